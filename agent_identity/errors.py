@@ -1,0 +1,291 @@
+"""The one error tree of agent-identity.
+
+Every exception the SDK raises on purpose derives from :class:`AgentIdentityError`, so
+``except AgentIdentityError`` catches all of them. Foreign exceptions (httpx2, joserfc,
+json, ssl) are mapped to this tree at one boundary (``agent_identity._http`` for the
+network, ``agent_identity.oauth`` parsers for wire data) and chained with ``from``.
+
+No message, ``repr`` or attribute of an error ever holds a secret (token, code, code
+verifier, client secret, private key): messages name *which* value was wrong, never the
+value itself.
+
+::
+
+    AgentIdentityError
+    ├── ConfigurationError              bad arguments or settings, found before any request
+    ├── InsecureURLError                a URL that breaks the transport policy (security 1-3)
+    │   └── SSRFBlockedError            a server-supplied URL that resolves to a private,
+    │                                   link-local or loopback address (security 2)
+    ├── TransportError                  the request did not complete
+    │   └── RequestTimeout              a connect/read/write/pool or flow timeout
+    ├── ProtocolViolation               the server broke the protocol; nothing was stored
+    │   ├── InvalidResponse             non-JSON, oversized, truncated, duplicate keys,
+    │   │                               missing or mistyped members, unexpected status
+    │   ├── MetadataError               discovery document unusable (issuer mismatch,
+    │   │                               no S256, missing endpoint)
+    │   └── InvalidTokenError           a JWT (ID token) failed validation
+    ├── AuthorizationResponseError      the redirect back to us is not acceptable
+    │   ├── StateMismatch               wrong, missing, expired or replayed ``state``
+    │   └── IssuerMismatch              RFC 9207 ``iss`` absent when required, or different
+    ├── OAuthError                      the server answered with an OAuth error response
+    │   │                               (``error``, ``error_description``, ``error_uri``,
+    │   │                               ``status_code``)
+    │   ├── InvalidRequest, InvalidClient, InvalidGrant, UnauthorizedClient,
+    │   │   UnsupportedGrantType, InvalidScope, InvalidTarget, AccessDenied,
+    │   │   ExpiredToken, ServerError, TemporarilyUnavailable
+    │   └── (device/CIBA polling states are not errors to users: they are handled inside)
+    ├── ConsentError                    the user's consent could not be obtained
+    │   ├── ConsentRequired             consent is needed and no handler can get it here
+    │   ├── ConsentDenied               the user (or the AS) refused: ``access_denied``
+    │   └── ConsentTimeout              nobody completed the consent in time
+    └── ReauthorizationRequired         the stored grant is gone (revoked, expired,
+                                        rotated away): run ``user.consent(...)`` again
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AccessDenied",
+    "AgentIdentityError",
+    "AuthorizationResponseError",
+    "ConfigurationError",
+    "ConsentDenied",
+    "ConsentError",
+    "ConsentRequired",
+    "ConsentTimeout",
+    "ExpiredToken",
+    "InsecureURLError",
+    "InvalidClient",
+    "InvalidGrant",
+    "InvalidRequest",
+    "InvalidResponse",
+    "InvalidScope",
+    "InvalidTarget",
+    "InvalidTokenError",
+    "IssuerMismatch",
+    "MetadataError",
+    "OAuthError",
+    "ProtocolViolation",
+    "ReauthorizationRequired",
+    "RequestTimeout",
+    "SSRFBlockedError",
+    "ServerError",
+    "StateMismatch",
+    "TemporarilyUnavailable",
+    "TransportError",
+    "UnauthorizedClient",
+    "UnsupportedGrantType",
+    "oauth_error_from_response",
+]
+
+
+class AgentIdentityError(Exception):
+    """Root of every error raised by agent-identity."""
+
+
+class ConfigurationError(AgentIdentityError, ValueError):
+    """An argument or setting is invalid; raised before any request is sent."""
+
+
+class InsecureURLError(AgentIdentityError, ValueError):
+    """A URL breaks the transport policy: not https (and not an allowed loopback URL),
+    a scheme that must never be opened (``javascript:``, ``data:``, ``file:``), userinfo,
+    or a fragment where none is allowed."""
+
+
+class SSRFBlockedError(InsecureURLError):
+    """A URL learned from a server points at a private, link-local, loopback or otherwise
+    non-public address, and such addresses were not explicitly allowed."""
+
+
+class TransportError(AgentIdentityError):
+    """The HTTP exchange failed before a complete response was received."""
+
+
+class RequestTimeout(TransportError, TimeoutError):
+    """A network operation or a whole flow ran past its deadline."""
+
+
+class ProtocolViolation(AgentIdentityError):
+    """The server's answer breaks the protocol. Nothing from that answer was stored."""
+
+
+class InvalidResponse(ProtocolViolation):
+    """A response body or status that cannot be accepted (not JSON, too large, truncated,
+    duplicate keys, missing or mistyped members, unexpected status or redirect)."""
+
+
+class MetadataError(ProtocolViolation):
+    """A discovery document cannot be used (issuer mismatch, S256 not advertised,
+    a required endpoint missing or insecure)."""
+
+
+class InvalidTokenError(ProtocolViolation):
+    """A JWT failed validation (signature, algorithm, issuer, audience, expiry, nonce)."""
+
+
+class AuthorizationResponseError(AgentIdentityError):
+    """The authorization response (the redirect back to the client) is not acceptable.
+    No token request was sent."""
+
+
+class StateMismatch(AuthorizationResponseError):
+    """``state`` is missing, unknown, expired or was already used."""
+
+
+class IssuerMismatch(AuthorizationResponseError):
+    """RFC 9207: ``iss`` is missing although the server advertises it, or differs from the
+    issuer the flow was started with. Any ``error`` the response carries is not trusted."""
+
+
+class OAuthError(AgentIdentityError):
+    """An OAuth 2.0 error response (RFC 6749 §5.2 and extensions).
+
+    Attributes mirror the wire format: ``error``, ``error_description``, ``error_uri``, plus
+    the HTTP ``status_code`` (``None`` for errors delivered in a redirect).
+    """
+
+    error_code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        error: str,
+        error_description: str | None = None,
+        error_uri: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        self.error = error
+        self.error_description = error_description
+        self.error_uri = error_uri
+        self.status_code = status_code
+        message = error if not error_description else f"{error}: {error_description}"
+        if status_code is not None:
+            message = f"{message} (HTTP {status_code})"
+        super().__init__(message)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(error={self.error!r}, "
+            f"error_description={self.error_description!r}, status_code={self.status_code!r})"
+        )
+
+
+class InvalidRequest(OAuthError):
+    error_code = "invalid_request"
+
+
+class InvalidClient(OAuthError):
+    error_code = "invalid_client"
+
+
+class InvalidGrant(OAuthError):
+    error_code = "invalid_grant"
+
+
+class UnauthorizedClient(OAuthError):
+    error_code = "unauthorized_client"
+
+
+class UnsupportedGrantType(OAuthError):
+    error_code = "unsupported_grant_type"
+
+
+class InvalidScope(OAuthError):
+    error_code = "invalid_scope"
+
+
+class InvalidTarget(OAuthError):
+    error_code = "invalid_target"
+
+
+class AccessDenied(OAuthError):
+    error_code = "access_denied"
+
+
+class ExpiredToken(OAuthError):
+    error_code = "expired_token"
+
+
+class ServerError(OAuthError):
+    error_code = "server_error"
+
+
+class TemporarilyUnavailable(OAuthError):
+    error_code = "temporarily_unavailable"
+
+
+_BY_CODE: dict[str, type[OAuthError]] = {
+    cls.error_code: cls
+    for cls in (
+        InvalidRequest,
+        InvalidClient,
+        InvalidGrant,
+        UnauthorizedClient,
+        UnsupportedGrantType,
+        InvalidScope,
+        InvalidTarget,
+        AccessDenied,
+        ExpiredToken,
+        ServerError,
+        TemporarilyUnavailable,
+    )
+    if cls.error_code is not None
+}
+
+
+def oauth_error_from_response(
+    error: str,
+    error_description: str | None = None,
+    error_uri: str | None = None,
+    status_code: int | None = None,
+) -> OAuthError:
+    """Build the most specific :class:`OAuthError` subclass for an ``error`` code."""
+    cls = _BY_CODE.get(error, OAuthError)
+    return cls(error, error_description, error_uri, status_code)
+
+
+class ConsentError(AgentIdentityError):
+    """The user's consent could not be obtained."""
+
+
+class ConsentRequired(ConsentError):
+    """Consent (or more consent) is needed and cannot be obtained here.
+
+    ``scopes`` and ``resource`` say what must be consented to; pass them to
+    ``user.consent(...)`` from a context where a human can act.
+    """
+
+    def __init__(
+        self, message: str, *, scopes: tuple[str, ...] = (), resource: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.scopes = scopes
+        self.resource = resource
+
+
+class ConsentDenied(ConsentError):
+    """The user or the authorization server refused (``access_denied``)."""
+
+    def __init__(self, message: str, *, error: str = "access_denied") -> None:
+        super().__init__(message)
+        self.error = error
+
+
+class ConsentTimeout(ConsentError, TimeoutError):
+    """Nobody completed the consent before its deadline."""
+
+
+class ReauthorizationRequired(AgentIdentityError):
+    """The stored grant can no longer be used (revoked, expired or rotated away).
+
+    Run ``user.consent(scopes=..., resource=...)`` again with the values carried here.
+    """
+
+    def __init__(
+        self, message: str, *, scopes: tuple[str, ...] = (), resource: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.scopes = scopes
+        self.resource = resource

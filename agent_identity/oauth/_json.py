@@ -1,0 +1,47 @@
+"""Strict JSON object parsing for untrusted response bodies (security item 4).
+
+Rejects non-UTF-8, non-JSON, truncated bodies, duplicate member names (a classic
+parser-differential attack), non-object top-level values, NaN/Infinity and absurd
+nesting. Unknown members are kept so callers can ignore them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from agent_identity.errors import InvalidResponse
+
+__all__ = ["parse_json_object"]
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise InvalidResponse(f"duplicate JSON member {key!r}")
+        obj[key] = value
+    return obj
+
+
+def _no_constants(name: str) -> Any:
+    raise InvalidResponse(f"non-standard JSON constant {name}")
+
+
+def parse_json_object(content: bytes, *, what: str = "response") -> dict[str, Any]:
+    """Parse ``content`` as a JSON object or raise :class:`InvalidResponse`."""
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidResponse(f"{what} is not UTF-8") from None
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except InvalidResponse:
+        raise
+    except RecursionError:
+        raise InvalidResponse(f"{what} JSON is nested too deeply") from None
+    except ValueError:
+        raise InvalidResponse(f"{what} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidResponse(f"{what} is not a JSON object")
+    return value

@@ -1,0 +1,53 @@
+"""Plain HTTP request/response values exchanged between the sans-IO protocol modules
+(``agent_identity.oauth``) and the single I/O driver (``agent_identity._http``).
+
+The protocol modules build :class:`HttpRequest` values and parse :class:`HttpResponse`
+values; they never perform I/O. ``repr`` of a request hides form values and credentials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+__all__ = ["HttpRequest", "HttpResponse"]
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """An HTTP request to send.
+
+    ``form`` is sent as ``application/x-www-form-urlencoded``; ``headers`` never carry an
+    ``Authorization`` value in ``repr``. ``server_supplied`` marks URLs learned from a server
+    (metadata, challenges), which the I/O layer checks against the SSRF policy.
+    """
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default=_EMPTY)
+    form: Mapping[str, str] | None = None
+    server_supplied: bool = False
+    #: Safe to send again after a transport failure or a 5xx/429 (GET, revocation, ...).
+    idempotent: bool = False
+
+    def __repr__(self) -> str:
+        names = sorted(self.form) if self.form else []
+        return f"HttpRequest(method={self.method!r}, url={self.url!r}, form_fields={names!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """A complete HTTP response. Header names are lower-case."""
+
+    status_code: int
+    headers: Mapping[str, str] = field(default=_EMPTY)
+    content: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def __repr__(self) -> str:
+        return f"HttpResponse(status_code={self.status_code}, length={len(self.content)})"
