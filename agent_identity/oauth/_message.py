@@ -9,11 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 __all__ = ["HttpRequest", "HttpResponse"]
-
-_EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +24,7 @@ class HttpRequest:
 
     method: str
     url: str
-    headers: Mapping[str, str] = field(default=_EMPTY)
+    headers: Mapping[str, str] = field(default_factory=dict)
     form: Mapping[str, str] | None = None
     server_supplied: bool = False
     #: Safe to send again after a transport failure or a 5xx/429 (GET, revocation, ...).
@@ -43,7 +40,7 @@ class HttpResponse:
     """A complete HTTP response. Header names are lower-case."""
 
     status_code: int
-    headers: Mapping[str, str] = field(default=_EMPTY)
+    headers: Mapping[str, str] = field(default_factory=dict)
     content: bytes = b""
 
     def header(self, name: str) -> str | None:
