@@ -1,13 +1,15 @@
 """Strict JSON object parsing for untrusted response bodies (security item 4).
 
 Rejects non-UTF-8, non-JSON, truncated bodies, duplicate member names (a classic
-parser-differential attack), non-object top-level values, NaN/Infinity and absurd
-nesting. Unknown members are kept so callers can ignore them.
+parser-differential attack), non-object top-level values, NaN/Infinity (also when a number
+such as ``1e400`` overflows to it) and absurd nesting. Unknown members are kept so
+callers can ignore them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from agent_identity.errors import InvalidResponse
@@ -28,6 +30,13 @@ def _no_constants(name: str) -> Any:
     raise InvalidResponse(f"non-standard JSON constant {name}")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # ``1e400`` overflows to infinity without a constant
+        raise InvalidResponse("JSON number out of range")
+    return value
+
+
 def parse_json_object(content: bytes, *, what: str = "response") -> dict[str, Any]:
     """Parse ``content`` as a JSON object or raise :class:`InvalidResponse`."""
     try:
@@ -35,7 +44,12 @@ def parse_json_object(content: bytes, *, what: str = "response") -> dict[str, An
     except UnicodeDecodeError:
         raise InvalidResponse(f"{what} is not UTF-8") from None
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constants,
+            parse_float=_finite_float,
+        )
     except InvalidResponse:
         raise
     except RecursionError:

@@ -1,0 +1,174 @@
+"""Token endpoint requests and responses.
+
+- authorization_code: OAuth 2.1 §4.1.3 with the PKCE ``code_verifier`` (RFC 7636 §4.5);
+- refresh_token: OAuth 2.1 §4.3, narrowed with ``scope`` (RFC 6749 §6) and audience-bound
+  with ``resource`` (RFC 8707 §2.2, security item 19);
+- client_credentials: OAuth 2.1 §4.2;
+- device_code: RFC 8628 §3.4 (polling semantics in :mod:`agent_identity.oauth.device`);
+- responses: RFC 6749 §5.1/§5.2. Unknown members are ignored; a missing ``access_token``
+  or ``token_type`` is an :class:`InvalidResponse`; error responses become typed
+  :class:`~agent_identity.errors.OAuthError` subclasses.
+
+Every builder is pure: it returns an :class:`HttpRequest` and never retries by itself
+(token requests are not idempotent; a refresh with a rotating refresh token must never be
+repeated blindly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import SecretStr, ValidationError
+
+from agent_identity.errors import InvalidResponse, oauth_error_from_response
+from agent_identity.models import TokenResponse
+from agent_identity.oauth._json import parse_json_object
+from agent_identity.oauth._message import HttpRequest, HttpResponse
+from agent_identity.oauth.client_auth import ClientAuthentication
+
+__all__ = [
+    "DEVICE_CODE_GRANT",
+    "authorization_code_request",
+    "client_credentials_request",
+    "device_code_request",
+    "parse_oauth_error",
+    "parse_token_response",
+    "refresh_request",
+    "token_request",
+]
+
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+
+def token_request(
+    endpoint: str,
+    form: Mapping[str, str],
+    client_auth: ClientAuthentication,
+    *,
+    issuer: str,
+    now: float,
+    headers: Mapping[str, str] | None = None,
+) -> HttpRequest:
+    """A POST to ``endpoint`` with ``form`` and the client's authentication applied."""
+    body = dict(form)
+    hdrs = dict(headers or {})
+    client_auth.apply(body, hdrs, issuer=issuer, endpoint=endpoint, now=now)
+    return HttpRequest("POST", endpoint, headers=hdrs, form=body, idempotent=False)
+
+
+def _scope_and_resource(
+    form: dict[str, str], scopes: Sequence[str] | None, resource: str | None
+) -> None:
+    if scopes:
+        form["scope"] = " ".join(scopes)
+    if resource is not None:
+        form["resource"] = resource
+
+
+def authorization_code_request(
+    endpoint: str,
+    *,
+    code: SecretStr,
+    redirect_uri: str,
+    code_verifier: SecretStr,
+    client_auth: ClientAuthentication,
+    issuer: str,
+    now: float,
+    resource: str | None = None,
+) -> HttpRequest:
+    form = {
+        "grant_type": "authorization_code",
+        "code": code.get_secret_value(),
+        "redirect_uri": redirect_uri,
+        "code_verifier": code_verifier.get_secret_value(),
+    }
+    _scope_and_resource(form, None, resource)
+    return token_request(endpoint, form, client_auth, issuer=issuer, now=now)
+
+
+def refresh_request(
+    endpoint: str,
+    *,
+    refresh_token: SecretStr,
+    client_auth: ClientAuthentication,
+    issuer: str,
+    now: float,
+    scopes: Sequence[str] | None = None,
+    resource: str | None = None,
+) -> HttpRequest:
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token.get_secret_value()}
+    _scope_and_resource(form, scopes, resource)
+    return token_request(endpoint, form, client_auth, issuer=issuer, now=now)
+
+
+def client_credentials_request(
+    endpoint: str,
+    *,
+    client_auth: ClientAuthentication,
+    issuer: str,
+    now: float,
+    scopes: Sequence[str] | None = None,
+    resource: str | None = None,
+) -> HttpRequest:
+    form = {"grant_type": "client_credentials"}
+    _scope_and_resource(form, scopes, resource)
+    return token_request(endpoint, form, client_auth, issuer=issuer, now=now)
+
+
+def device_code_request(
+    endpoint: str,
+    *,
+    device_code: SecretStr,
+    client_auth: ClientAuthentication,
+    issuer: str,
+    now: float,
+) -> HttpRequest:
+    form = {"grant_type": DEVICE_CODE_GRANT, "device_code": device_code.get_secret_value()}
+    return token_request(endpoint, form, client_auth, issuer=issuer, now=now)
+
+
+def parse_oauth_error(response: HttpResponse, body: Mapping[str, Any] | None = None) -> Exception:
+    """Return (not raise) the typed error for an error response (RFC 6749 §5.2)."""
+    if body is None:
+        try:
+            body = parse_json_object(response.content, what="error response")
+        except InvalidResponse:
+            return InvalidResponse(
+                f"token endpoint answered HTTP {response.status_code} without a JSON error"
+            )
+    error = body.get("error")
+    if not isinstance(error, str) or not error:
+        return InvalidResponse(f"HTTP {response.status_code} response without an error code")
+    description = body.get("error_description")
+    uri = body.get("error_uri")
+    return oauth_error_from_response(
+        error,
+        description if isinstance(description, str) else None,
+        uri if isinstance(uri, str) else None,
+        response.status_code,
+    )
+
+
+def parse_token_response(response: HttpResponse) -> TokenResponse:
+    """Parse a token endpoint response (RFC 6749 §5.1), or raise its typed error."""
+    if response.status_code != 200:
+        body: Mapping[str, Any] | None
+        try:
+            body = parse_json_object(response.content, what="token error response")
+        except InvalidResponse:
+            body = None
+        raise parse_oauth_error(response, body if body is not None else {})
+    data = parse_json_object(response.content, what="token response")
+    try:
+        token = TokenResponse.model_validate(data)
+    except ValidationError as exc:
+        fields = sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]})
+        raise InvalidResponse(
+            f"token response is missing or has invalid members: {', '.join(fields)}"
+        ) from None
+    if not token.access_token.get_secret_value():
+        raise InvalidResponse("token response has an empty access_token")
+    if not token.token_type:
+        raise InvalidResponse("token response has an empty token_type")
+    return token
