@@ -1,0 +1,72 @@
+"""The ``agent-identity`` command line.
+
+::
+
+    agent-identity dev-idp [--port 9000]        run the bundled DEV-ONLY authorization server
+    agent-identity discover ISSUER [--allow-insecure-loopback]
+                                                fetch and validate an issuer's metadata
+    agent-identity version
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import anyio
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agent-identity", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev-idp", help="run the bundled dev-only authorization server")
+    dev.add_argument("args", nargs=argparse.REMAINDER, help="options for the dev server")
+    disc = sub.add_parser("discover", help="fetch and validate authorization server metadata")
+    disc.add_argument("issuer")
+    disc.add_argument(
+        "--allow-insecure-loopback",
+        action="store_true",
+        help="accept an http://127.0.0.1 issuer (development only)",
+    )
+    sub.add_parser("version", help="print the SDK version")
+    return parser
+
+
+async def _discover(issuer: str, allow_insecure_loopback: bool) -> int:
+    from agent_identity.client import IdentityClient
+
+    async with IdentityClient(
+        issuer, client_id="agent-identity-cli", allow_insecure_loopback=allow_insecure_loopback
+    ) as client:
+        print(json.dumps(client.metadata.model_dump(exclude_defaults=True), indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        from agent_identity import __version__
+
+        print(__version__)
+        return 0
+    if args.command == "dev-idp":
+        from agent_identity import devidp
+
+        return devidp.main(args.args)
+    if args.command == "discover":
+        from agent_identity.errors import AgentIdentityError
+
+        try:
+            return anyio.run(_discover, args.issuer, args.allow_insecure_loopback)
+        except AgentIdentityError as exc:
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+    return 2  # pragma: no cover - argparse enforces the choices
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

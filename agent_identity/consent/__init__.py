@@ -1,0 +1,16 @@
+"""Consent handlers: how the human is reached (see :mod:`agent_identity.consent.base`)."""
+
+from agent_identity.consent.base import ConsentFlow, ConsentHandler
+from agent_identity.consent.console import ConsoleConsent
+from agent_identity.consent.device import DeviceCodeConsent
+from agent_identity.consent.loopback import LoopbackConsent
+from agent_identity.consent.notebook import NotebookConsent
+
+__all__ = [
+    "ConsentFlow",
+    "ConsentHandler",
+    "ConsoleConsent",
+    "DeviceCodeConsent",
+    "LoopbackConsent",
+    "NotebookConsent",
+]
