@@ -335,6 +335,9 @@ class HttpDriver:
         #: Awaited between retry attempts; replace it in tests to avoid waiting.
         self.sleep: _Sleep = sleep if sleep is not None else anyio.sleep
         self._trusted: set[tuple[str, str, int]] = set()
+        # URLs that already passed the policy check, with their parsed target: endpoints
+        # repeat, and the check is pure, so it runs once per distinct URL.
+        self._checked: dict[str, _Target] = {}
         self._owns_client = client is None
         if client is None:
             client = httpx2.AsyncClient(
@@ -400,10 +403,14 @@ class HttpDriver:
         exchange fails. 4xx and 5xx responses are returned, not raised.
         """
         policy = self._policy
-        check_endpoint_url(
-            request.url, allow_insecure_loopback=policy.allow_insecure_loopback, what="request"
-        )
-        target = _target(request.url)
+        target = self._checked.get(request.url)
+        if target is None:
+            check_endpoint_url(
+                request.url, allow_insecure_loopback=policy.allow_insecure_loopback, what="request"
+            )
+            target = _target(request.url)
+            if len(self._checked) < 1024:
+                self._checked[request.url] = target
         vet = (
             request.server_supplied
             and not policy.allow_private_addresses

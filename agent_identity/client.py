@@ -90,7 +90,7 @@ class _GrantState:
     granted_at: float
     id_token_claims: dict[str, object] = field(default_factory=dict)
     tokens: dict[tuple[str | None, frozenset[str]], AccessToken] = field(default_factory=dict)
-    refresh_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    refresh_lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))
 
     def __repr__(self) -> str:
         return f"_GrantState(scopes={self.scopes!r}, resources={self.resources!r})"
@@ -173,12 +173,12 @@ class IdentityClient:
         self._metadata: ServerMetadata | None = None
         self._client_auth: ClientAuthentication | None = None
         self._jwks: Any = None
-        self._discover_lock = anyio.Lock()
+        self._discover_lock = anyio.Lock(fast_acquire=True)
         self._pending = authz.PendingAuthorizations()
         self._users: dict[tuple[str, str], UserIdentity] = {}
         self._grants: dict[tuple[str, str], _GrantState] = {}
         self._own_tokens: dict[tuple[str | None, frozenset[str]], AccessToken] = {}
-        self._own_lock = anyio.Lock()
+        self._own_lock = anyio.Lock(fast_acquire=True)
 
     # -- construction -----------------------------------------------------------------
 
@@ -350,8 +350,9 @@ class IdentityClient:
     # -- internals shared with UserIdentity and the consent flow ------------------------
 
     async def _send(self, request: HttpRequest) -> HttpResponse:
-        with anyio.fail_after(self._timeout * 2):
-            return await self._driver.send(request)
+        # The driver bounds every attempt with the policy timeout (and the number of
+        # attempts), so each request is bounded without another cancel scope here.
+        return await self._driver.send(request)
 
     async def _token_call(self, request: HttpRequest) -> TokenResponse:
         return parse_token_response(await self._send(request))
@@ -576,7 +577,7 @@ class UserIdentity:
         self._client = client
         self.tenant = tenant
         self.user_id = user_id
-        self._consent_lock = anyio.Lock()
+        self._consent_lock = anyio.Lock(fast_acquire=True)
 
     def __repr__(self) -> str:
         return f"UserIdentity(tenant={self.tenant!r}, user_id={self.user_id!r})"
