@@ -79,6 +79,17 @@ def _scope_key(scopes: Sequence[str]) -> frozenset[str]:
     return frozenset(s for s in scopes if s not in _GRANT_SCOPES)
 
 
+def _words(value: str | Sequence[str], name: str) -> tuple[str, ...]:
+    """Accept a space-delimited string (the wire form, RFC 6749 §3.3) or a sequence."""
+    if isinstance(value, str):
+        return tuple(value.split())
+    items = tuple(value)
+    for item in items:
+        if not isinstance(item, str) or not item or any(c.isspace() for c in item):
+            raise ConfigurationError(f"{name} must be non-empty strings without spaces")
+    return items
+
+
 @dataclass
 class _GrantState:
     """One user's grant at this client's authorization server (in memory)."""
@@ -296,12 +307,17 @@ class IdentityClient:
     # -- the agent's own tokens ----------------------------------------------------------
 
     async def client_credentials(
-        self, *, scopes: Sequence[str] = (), resource: str | None = None, refresh: bool = False
+        self,
+        *,
+        scopes: str | Sequence[str] = (),
+        resource: str | None = None,
+        refresh: bool = False,
     ) -> AccessToken:
         """A token for the agent itself (OAuth 2.1 §4.2), cached until near expiry.
 
         ``refresh=True`` skips the cache and requests a new token (for example after the
         resource rejected the cached one)."""
+        scopes = _words(scopes, "scopes")
         metadata = await self.discover()
         canonical = canonical_resource_uri(resource) if resource is not None else None
         key = (canonical, frozenset(scopes))
@@ -610,11 +626,11 @@ class UserIdentity:
     async def consent(
         self,
         *,
-        scopes: Sequence[str],
+        scopes: str | Sequence[str],
         resource: str | None = None,
         handler: ConsentHandler | None = None,
         prompt: str | None = None,
-        acr_values: Sequence[str] = (),
+        acr_values: str | Sequence[str] = (),
         max_age: int | None = None,
     ) -> Grant:
         """Ask the user to consent to ``scopes`` for ``resource`` (RFC 8707).
@@ -624,6 +640,8 @@ class UserIdentity:
         item 29). ``offline_access`` is added when the server lists it (security item 20).
         """
         client = self._client
+        scopes = _words(scopes, "scopes")
+        acr_values = _words(acr_values, "acr_values")
         metadata = await client.discover()
         canonical = canonical_resource_uri(resource) if resource is not None else None
         async with self._consent_lock:
@@ -700,7 +718,7 @@ class UserIdentity:
         return self._grant_view(state)
 
     async def token(
-        self, *, resource: str | None = None, scopes: Sequence[str] = ()
+        self, *, resource: str | None = None, scopes: str | Sequence[str] = ()
     ) -> AccessToken:
         """The narrowest valid access token for ``resource`` with exactly ``scopes``.
 
@@ -711,7 +729,7 @@ class UserIdentity:
         """
         client = self._client
         canonical = canonical_resource_uri(resource) if resource is not None else None
-        wanted = _scope_key(scopes)
+        wanted = _scope_key(_words(scopes, "scopes"))
         key = (canonical, wanted)
         state = client._grants.get(self._key)
         if state is not None:
