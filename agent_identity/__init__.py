@@ -4,18 +4,13 @@ The public API is what this module exports; everything else is internal and may 
 See the guide in docs/ of the repository.
 """
 
+import importlib as _importlib
 import logging as _logging
+from typing import TYPE_CHECKING, Any
 
-from agent_identity.client import IdentityClient, UserIdentity
-from agent_identity.clock import Clock, SystemClock
-from agent_identity.consent import (
-    ConsentFlow,
-    ConsentHandler,
-    ConsoleConsent,
-    DeviceCodeConsent,
-    LoopbackConsent,
-    NotebookConsent,
-)
+from agent_identity._version import __version__
+
+# The error tree is light and is what callers catch: import it eagerly.
 from agent_identity.errors import (
     AccessDenied,
     AgentIdentityError,
@@ -48,16 +43,61 @@ from agent_identity.errors import (
     UnauthorizedClient,
     UnsupportedGrantType,
 )
-from agent_identity.models import (
-    AccessToken,
-    DeviceAuthorization,
-    Grant,
-    ServerMetadata,
-    TokenResponse,
-)
-from agent_identity.settings import IdentitySettings
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from agent_identity.client import IdentityClient, UserIdentity
+    from agent_identity.clock import Clock, SystemClock
+    from agent_identity.consent import (
+        ConsentFlow,
+        ConsentHandler,
+        ConsoleConsent,
+        DeviceCodeConsent,
+        LoopbackConsent,
+        NotebookConsent,
+    )
+    from agent_identity.models import (
+        AccessToken,
+        DeviceAuthorization,
+        Grant,
+        ServerMetadata,
+        TokenResponse,
+    )
+    from agent_identity.settings import IdentitySettings
+
+# Everything else is imported on first use (PEP 562), so that `import agent_identity`
+# stays cheap for code that only needs a part of the SDK.
+_LAZY = {
+    "IdentityClient": "agent_identity.client",
+    "UserIdentity": "agent_identity.client",
+    "Clock": "agent_identity.clock",
+    "SystemClock": "agent_identity.clock",
+    "ConsentFlow": "agent_identity.consent",
+    "ConsentHandler": "agent_identity.consent",
+    "ConsoleConsent": "agent_identity.consent",
+    "DeviceCodeConsent": "agent_identity.consent",
+    "LoopbackConsent": "agent_identity.consent",
+    "NotebookConsent": "agent_identity.consent",
+    "AccessToken": "agent_identity.models",
+    "DeviceAuthorization": "agent_identity.models",
+    "Grant": "agent_identity.models",
+    "ServerMetadata": "agent_identity.models",
+    "TokenResponse": "agent_identity.models",
+    "IdentitySettings": "agent_identity.settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agent_identity' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 _logging.getLogger("agent_identity").addHandler(_logging.NullHandler())
 

@@ -33,7 +33,6 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from types import MappingProxyType, TracebackType
 from typing import Any, Self
 from urllib.parse import urlencode, urlsplit
@@ -50,6 +49,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from agent_identity._version import __version__
 from agent_identity.errors import (
     AgentIdentityError,
     ConfigurationError,
@@ -87,15 +87,7 @@ _DELTA_SECONDS = re.compile(r"[0-9]+")
 _VET_CONNECT: ContextVar[bool] = ContextVar("agent_identity_vet_connect", default=False)
 
 
-def _user_agent() -> str:
-    try:
-        version = metadata.version("agent-identity")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        version = "0"
-    return f"agent-identity/{version}"
-
-
-_USER_AGENT = _user_agent()
+_USER_AGENT = f"agent-identity/{__version__}"
 
 
 @dataclass(frozen=True, slots=True)

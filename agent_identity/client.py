@@ -46,7 +46,7 @@ from agent_identity.errors import (
 from agent_identity.models import AccessToken, DeviceAuthorization, Grant, ServerMetadata
 from agent_identity.models import TokenResponse as TokenResponse
 from agent_identity.oauth import authorize as authz
-from agent_identity.oauth import discovery, jwt
+from agent_identity.oauth import discovery
 from agent_identity.oauth._message import HttpRequest, HttpResponse
 from agent_identity.oauth.client_auth import ClientAuthentication, choose_client_auth
 from agent_identity.oauth.device import (
@@ -398,6 +398,8 @@ class IdentityClient:
     async def _validate_id_token(
         self, id_token: SecretStr, *, nonce: str | None, max_age: int | None
     ) -> dict[str, object]:
+        from agent_identity.oauth import jwt  # joserfc is loaded on the first ID token
+
         metadata = self.metadata
         if self._jwks is None:
             jwks_uri = _require(metadata.jwks_uri, "jwks_uri")

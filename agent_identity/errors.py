@@ -173,46 +173,72 @@ class OAuthError(AgentIdentityError):
 
 
 class InvalidRequest(OAuthError):
+    """The request is missing a parameter or is malformed (RFC 6749 §5.2)."""
+
     error_code = "invalid_request"
 
 
 class InvalidClient(OAuthError):
+    """Client authentication failed (RFC 6749 §5.2)."""
+
     error_code = "invalid_client"
 
 
 class InvalidGrant(OAuthError):
+    """The code, refresh token or other grant is invalid, expired, revoked or was issued
+    to another client (RFC 6749 §5.2)."""
+
     error_code = "invalid_grant"
 
 
 class UnauthorizedClient(OAuthError):
+    """The client may not use this grant type (RFC 6749 §5.2)."""
+
     error_code = "unauthorized_client"
 
 
 class UnsupportedGrantType(OAuthError):
+    """The server does not support this grant type (RFC 6749 §5.2)."""
+
     error_code = "unsupported_grant_type"
 
 
 class InvalidScope(OAuthError):
+    """A requested scope is invalid, unknown or exceeds what was granted (RFC 6749
+    §5.2)."""
+
     error_code = "invalid_scope"
 
 
 class InvalidTarget(OAuthError):
+    """The requested resource or audience is invalid or not allowed (RFC 8707 §2, RFC
+    8693 §2.2.2)."""
+
     error_code = "invalid_target"
 
 
 class AccessDenied(OAuthError):
+    """The resource owner or the server denied the request (RFC 6749 §4.1.2.1)."""
+
     error_code = "access_denied"
 
 
 class ExpiredToken(OAuthError):
+    """A device code or CIBA request expired (RFC 8628 §3.5)."""
+
     error_code = "expired_token"
 
 
 class ServerError(OAuthError):
+    """The server met an unexpected condition (RFC 6749 §4.1.2.1)."""
+
     error_code = "server_error"
 
 
 class TemporarilyUnavailable(OAuthError):
+    """The server cannot handle the request now; retry later (RFC 6749 §4.1.2.1, RFC
+    7009 §2.2.1)."""
+
     error_code = "temporarily_unavailable"
 
 

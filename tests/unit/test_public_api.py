@@ -1,0 +1,136 @@
+"""Guards the public API: what `agent_identity` exports, and what importing it loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import agent_identity
+
+EXPECTED = {
+    # the client
+    "IdentityClient",
+    "UserIdentity",
+    "IdentitySettings",
+    # consent
+    "ConsentFlow",
+    "ConsentHandler",
+    "ConsoleConsent",
+    "DeviceCodeConsent",
+    "LoopbackConsent",
+    "NotebookConsent",
+    # values
+    "AccessToken",
+    "DeviceAuthorization",
+    "Grant",
+    "ServerMetadata",
+    "TokenResponse",
+    "Clock",
+    "SystemClock",
+    # errors
+    "AccessDenied",
+    "AgentIdentityError",
+    "AuthorizationResponseError",
+    "ConfigurationError",
+    "ConsentDenied",
+    "ConsentError",
+    "ConsentRequired",
+    "ConsentTimeout",
+    "ExpiredToken",
+    "InsecureURLError",
+    "InvalidClient",
+    "InvalidGrant",
+    "InvalidRequest",
+    "InvalidResponse",
+    "InvalidScope",
+    "InvalidTarget",
+    "InvalidTokenError",
+    "IssuerMismatch",
+    "MetadataError",
+    "OAuthError",
+    "ProtocolViolation",
+    "ReauthorizationRequired",
+    "RequestTimeout",
+    "SSRFBlockedError",
+    "ServerError",
+    "StateMismatch",
+    "TemporarilyUnavailable",
+    "TransportError",
+    "UnauthorizedClient",
+    "UnsupportedGrantType",
+    "__version__",
+}
+
+
+def test_all_is_sorted_and_exactly_the_public_api() -> None:
+    assert agent_identity.__all__ == sorted(agent_identity.__all__)
+    assert set(agent_identity.__all__) == EXPECTED
+
+
+def test_every_export_resolves_and_is_documented() -> None:
+    for name in agent_identity.__all__:
+        value = getattr(agent_identity, name)
+        if name != "__version__":
+            assert value.__doc__, f"{name} has no docstring"
+            assert value.__module__.startswith("agent_identity"), name
+
+
+def test_unknown_attribute_raises_attribute_error() -> None:
+    try:
+        agent_identity.DoesNotExist  # type: ignore[attr-defined]  # noqa: B018
+    except AttributeError:
+        pass
+    else:  # pragma: no cover
+        raise AssertionError("expected AttributeError")
+
+
+def test_every_error_derives_from_the_root() -> None:
+    from agent_identity import errors
+
+    for name in errors.__all__:
+        value = getattr(errors, name)
+        if isinstance(value, type):
+            assert issubclass(value, errors.AgentIdentityError), name
+
+
+def test_import_does_not_load_optional_integrations() -> None:
+    code = (
+        "import sys, agent_identity\n"
+        "from agent_identity import IdentityClient, LoopbackConsent\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('langchain', 'langchain_core', 'langgraph', 'opentelemetry', 'asyncpg', 'psycopg', "
+        "'psycopg2', 'IPython')]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_only_the_http_layer_imports_httpx2() -> None:
+    import pathlib
+
+    root = pathlib.Path(agent_identity.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path.name == "_http.py" or "node_modules" in path.parts:
+            continue
+        text = path.read_text()
+        if "import httpx2" in text.replace("    import httpx2", "") or "from httpx2" in text:
+            offenders.append(str(path.relative_to(root)))
+    assert offenders == []
+
+
+def test_protocol_core_does_no_io() -> None:
+    import pathlib
+
+    root = pathlib.Path(agent_identity.__file__).parent / "oauth"
+    for path in root.glob("*.py"):
+        text = path.read_text()
+        for forbidden in (
+            "import httpx2",
+            "import anyio",
+            "import socket",
+            "agent_identity._http import",
+            "from agent_identity import _http",
+        ):
+            assert forbidden not in text, f"{path.name} uses {forbidden}"
