@@ -817,6 +817,7 @@ function install(provider) {
         grant_type: route === 'token' ? (ctx.oidc.params?.grant_type ?? null) : null,
         client_id: ctx.oidc.client?.clientId ?? null,
         status: ctx.status,
+        at: Date.now() / 1000,
       });
     }
     if (route === 'discovery' && ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {

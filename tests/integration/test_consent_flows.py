@@ -478,3 +478,42 @@ async def test_from_env(dev_idp: DevIdP, monkeypatch: pytest.MonkeyPatch) -> Non
     async with identity:
         token = await identity.client_credentials(scopes=["calendar.read"], resource=CALENDAR)
         assert token.issuer == dev_idp.issuer
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_consent_and_refresh_on_asyncio_and_trio(dev_idp: DevIdP) -> None:
+    async with _client(dev_idp) as identity:
+        alice = identity.user("alice")
+        await alice.consent(scopes="openid calendar.read calendar.write", resource=CALENDAR)
+        token = await alice.token(resource=CALENDAR, scopes="calendar.read")
+        assert peek_claims(token.value.get_secret_value())["scope"] == "calendar.read"
+
+
+async def test_device_flow_honours_slow_down(dev_idp_factory: Any) -> None:
+    idp = dev_idp_factory(device_interval=1, device_slow_down_once=True)
+    polls: list[float] = []
+
+    async def approve_later(authorization: DeviceAuthorization) -> None:
+        await anyio.sleep(1.5)  # after the first poll, which gets slow_down
+        await DevBrowser("bob").complete_device(
+            authorization.verification_uri, authorization.user_code
+        )
+
+    async with anyio.create_task_group() as tg:
+
+        def prompt(authorization: DeviceAuthorization) -> None:
+            assert authorization.interval == 1
+            tg.start_soon(approve_later, authorization)
+
+        async with _client(idp, consent=DeviceCodeConsent(prompt=prompt)) as identity:
+            await idp.clear_requests()
+            grant = await identity.user("bob").consent(scopes=["openid"], resource=MAIL)
+            assert grant.subject == "bob"
+            polls = [
+                float(r["at"])
+                for r in await idp.token_requests("urn:ietf:params:oauth:grant-type:device_code")
+            ]
+    # The first poll (after 1 s) got slow_down; the next one waited 1 + 5 = 6 s (RFC 8628
+    # §3.5) and succeeded, the user having approved in between.
+    assert len(polls) == 2
+    assert polls[1] - polls[0] >= 5.9
