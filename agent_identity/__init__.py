@@ -42,6 +42,11 @@ from agent_identity.errors import (
     TransportError,
     UnauthorizedClient,
     UnsupportedGrantType,
+    VaultCorrupted,
+    VaultError,
+    VaultKeyError,
+    VaultUnavailable,
+    VersionConflict,
 )
 
 if TYPE_CHECKING:
@@ -148,5 +153,10 @@ __all__ = [
     "UnauthorizedClient",
     "UnsupportedGrantType",
     "UserIdentity",
+    "VaultCorrupted",
+    "VaultError",
+    "VaultKeyError",
+    "VaultUnavailable",
+    "VersionConflict",
     "__version__",
 ]

@@ -38,8 +38,14 @@ value itself.
     │   ├── ConsentRequired             consent is needed and no handler can get it here
     │   ├── ConsentDenied               the user (or the AS) refused: ``access_denied``
     │   └── ConsentTimeout              nobody completed the consent in time
-    └── ReauthorizationRequired         the stored grant is gone (revoked, expired,
-                                        rotated away): run ``user.consent(...)`` again
+    ├── ReauthorizationRequired         the stored grant is gone (revoked, expired,
+    │                                   rotated away): run ``user.consent(...)`` again
+    └── VaultError                      the token vault cannot serve the request
+        ├── VaultUnavailable            the store cannot be reached or stays locked
+        ├── VaultCorrupted              a row fails to decode or authenticate (tampered,
+        │   │                           swapped between users, truncated); it is kept
+        │   └── VaultKeyError           no key for the row's key id, or the wrong key
+        └── VersionConflict             a compare-and-swap write lost a race
 """
 
 from __future__ import annotations
@@ -77,6 +83,11 @@ __all__ = [
     "TransportError",
     "UnauthorizedClient",
     "UnsupportedGrantType",
+    "VaultCorrupted",
+    "VaultError",
+    "VaultKeyError",
+    "VaultUnavailable",
+    "VersionConflict",
     "oauth_error_from_response",
 ]
 
@@ -315,3 +326,26 @@ class ReauthorizationRequired(AgentIdentityError):
         super().__init__(message)
         self.scopes = scopes
         self.resource = resource
+
+
+class VaultError(AgentIdentityError):
+    """The token vault cannot serve the request. Nothing stored was changed."""
+
+
+class VaultUnavailable(VaultError):
+    """The vault's store cannot be reached, or stayed locked past its timeout."""
+
+
+class VaultCorrupted(VaultError):
+    """A vault row does not decode or authenticate: tampered with, moved to another key
+    (AES-GCM associated data binds each row to its tenant, user and connection),
+    truncated, or written by an incompatible version. The row is left in place."""
+
+
+class VaultKeyError(VaultCorrupted):
+    """The vault has no key for a row's key id, or the configured key is wrong."""
+
+
+class VersionConflict(VaultError):
+    """A compare-and-swap write found a newer version: another task or process wrote
+    first. Re-read and decide again."""

@@ -58,6 +58,11 @@ EXPECTED = {
     "TransportError",
     "UnauthorizedClient",
     "UnsupportedGrantType",
+    "VaultCorrupted",
+    "VaultError",
+    "VaultKeyError",
+    "VaultUnavailable",
+    "VersionConflict",
     "__version__",
 }
 
