@@ -200,16 +200,18 @@ class IdentityClient:
         from agent_identity.settings import IdentitySettings
 
         setting_names = set(IdentitySettings.model_fields)
+        names: list[str] = []
         try:
             settings = IdentitySettings(
                 **{k: v for k, v in overrides.items() if k in setting_names}
             )
         except ValidationError as exc:
-            names = sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]})
+            names = sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]}) or ["?"]
+        if names:  # raised outside the handler: pydantic's error quotes the secret values
             raise ConfigurationError(
                 "invalid or missing AGENT_IDENTITY_* settings: "
                 + ", ".join(f"AGENT_IDENTITY_{n.upper()}" for n in names)
-            ) from None
+            )
         rest = {k: v for k, v in overrides.items() if k not in setting_names}
         private_key: Any = None
         if settings.private_key is not None:
@@ -819,10 +821,13 @@ def _require(value: str | None, name: str) -> str:
 def _load_key_text(text: str) -> Any:
     stripped = text.strip()
     if stripped.startswith("{"):
+        key: Mapping[str, Any] | None
         try:
-            key: Mapping[str, Any] = json.loads(stripped)
+            key = json.loads(stripped)
         except ValueError:
-            raise ConfigurationError("private key is neither a JWK (JSON) nor PEM") from None
+            key = None
+        if not isinstance(key, Mapping):  # raised outside the handler: it quotes the key
+            raise ConfigurationError("private key is neither a JWK (JSON) nor PEM")
         return dict(key)
     return stripped
 

@@ -22,7 +22,7 @@ import anyio
 import anyio.abc
 
 from agent_identity.consent.base import ConsentFlow
-from agent_identity.errors import AgentIdentityError, ConsentTimeout
+from agent_identity.errors import AgentIdentityError, ConfigurationError, ConsentTimeout
 from agent_identity.oauth.urls import check_browser_url
 
 __all__ = ["BrowserOpener", "LoopbackConsent", "LoopbackListener"]
@@ -33,6 +33,15 @@ logger = logging.getLogger("agent_identity.consent")
 BrowserOpener = Callable[[str], Awaitable[Any] | Any]
 
 _MAX_REQUEST = 16 * 1024
+_LOOPBACK_LITERALS = ("127.0.0.1", "::1")
+
+
+def _check_listener_args(host: str, path: str) -> None:
+    # RFC 8252 §8.3: bind the IP literal, never the name ``localhost`` (security item 21).
+    if host not in _LOOPBACK_LITERALS:
+        raise ConfigurationError("the loopback listener binds 127.0.0.1 or ::1 only")
+    if not path.startswith("/"):
+        raise ConfigurationError("callback path must start with '/'")
 
 
 async def _system_browser(url: str) -> None:
@@ -45,10 +54,7 @@ class LoopbackListener:
     """A one-shot HTTP listener on a loopback IP literal that captures one callback."""
 
     def __init__(self, host: str = "127.0.0.1", path: str = "/callback") -> None:
-        if host not in ("127.0.0.1", "::1"):
-            raise ValueError("the loopback listener binds 127.0.0.1 or ::1 only")
-        if not path.startswith("/"):
-            raise ValueError("callback path must start with '/'")
+        _check_listener_args(host, path)
         self.host = host
         self.path = path
         self._listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = None
@@ -131,7 +137,8 @@ class LoopbackConsent:
 
     ``browser`` replaces the system browser (for example to print the link, or to drive
     the dev authorization server headlessly in tests). ``timeout`` bounds the whole
-    consent (seconds).
+    consent (seconds). Once the one callback has been handled the consent is over: a
+    ``browser`` call still running then is cancelled.
     """
 
     def __init__(
@@ -142,6 +149,7 @@ class LoopbackConsent:
         path: str = "/callback",
         timeout: float = 300.0,
     ) -> None:
+        _check_listener_args(host, path)  # refuse ``localhost`` now, not at the first consent
         self._browser: BrowserOpener = browser or _system_browser
         self._host = host
         self._path = path
@@ -163,7 +171,15 @@ class LoopbackConsent:
             check_browser_url(url, allow_insecure_loopback=flow.allow_insecure_loopback)
             with anyio.move_on_after(self._timeout) as scope:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(listener.serve, on_callback)
+
+                    async def serve_one() -> None:
+                        await listener.serve(on_callback)
+                        # The one callback was handled: the consent is over, so an opener
+                        # that is still running (a prompt, a widget) must not hold it open
+                        # until the timeout, nor turn its outcome into ConsentTimeout.
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(serve_one)
                     result = self._browser(url)
                     if inspect.isawaitable(result):
                         await result

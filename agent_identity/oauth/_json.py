@@ -39,23 +39,32 @@ def _finite_float(text: str) -> float:
 
 def parse_json_object(content: bytes, *, what: str = "response") -> dict[str, Any]:
     """Parse ``content`` as a JSON object or raise :class:`InvalidResponse`."""
+    # Errors are raised outside the ``except`` blocks: the foreign exception (which quotes
+    # the body, possibly a token) must not survive as ``__context__`` (security item 40).
+    problem: str | None = None
+    value: Any = None
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidResponse(f"{what} is not UTF-8") from None
-    try:
-        value = json.loads(
-            text,
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constants,
-            parse_float=_finite_float,
+        problem, text = "is not UTF-8", ""
+    if problem is None:
+        try:
+            value = json.loads(
+                text,
+                object_pairs_hook=_no_duplicates,
+                parse_constant=_no_constants,
+                parse_float=_finite_float,
+            )
+        except InvalidResponse as exc:
+            problem = str(exc)
+        except RecursionError:
+            problem = "JSON is nested too deeply"
+        except ValueError:
+            problem = "is not valid JSON"
+    if problem is not None:
+        raise InvalidResponse(
+            problem if problem.startswith(("duplicate", "non-")) else f"{what} {problem}"
         )
-    except InvalidResponse:
-        raise
-    except RecursionError:
-        raise InvalidResponse(f"{what} JSON is nested too deeply") from None
-    except ValueError:
-        raise InvalidResponse(f"{what} is not valid JSON") from None
     if not isinstance(value, dict):
         raise InvalidResponse(f"{what} is not a JSON object")
     return value

@@ -273,6 +273,7 @@ def parse_callback(url_or_query: str) -> AuthorizationCallback:
     Only the query is read (``response_mode=query``); a fragment is ignored.
     """
     text = url_or_query.strip()
+    query: str | None
     if text.startswith("?"):
         query = text[1:]
     elif _URL_START.match(text):
@@ -281,15 +282,21 @@ def parse_callback(url_or_query: str) -> AuthorizationCallback:
         try:
             query = urlsplit(text).query
         except ValueError:  # e.g. an unterminated IPv6 literal in the host
-            raise AuthorizationResponseError("authorization response URL is malformed") from None
+            query = None
+        if query is None:  # raised outside the handler: the URL holds the code
+            raise AuthorizationResponseError("authorization response URL is malformed")
     else:
         query = text
     query = query.partition("#")[0]
     params: dict[str, str] = {}
     try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False, max_num_fields=64)
+        pairs: list[tuple[str, str]] | None = parse_qsl(
+            query, keep_blank_values=True, strict_parsing=False, max_num_fields=64
+        )
     except ValueError:
-        raise AuthorizationResponseError("authorization response has too many parameters") from None
+        pairs = None
+    if pairs is None:
+        raise AuthorizationResponseError("authorization response has too many parameters")
     for key, value in pairs:
         if key in params:
             raise AuthorizationResponseError(

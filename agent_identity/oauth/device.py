@@ -15,8 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import ValidationError
-
 from agent_identity.errors import (
     AccessDenied,
     ConfigurationError,
@@ -30,7 +28,12 @@ from agent_identity.models import DeviceAuthorization, TokenResponse
 from agent_identity.oauth._json import parse_json_object
 from agent_identity.oauth._message import HttpRequest, HttpResponse
 from agent_identity.oauth.client_auth import ClientAuthentication
-from agent_identity.oauth.token import parse_oauth_error, parse_token_response, token_request
+from agent_identity.oauth.token import (
+    _invalid_fields,
+    parse_oauth_error,
+    parse_token_response,
+    token_request,
+)
 
 __all__ = [
     "SLOW_DOWN_INCREMENT",
@@ -69,13 +72,12 @@ def parse_device_authorization(response: HttpResponse) -> DeviceAuthorization:
     if response.status_code != 200:
         raise parse_oauth_error(response)
     data = parse_json_object(response.content, what="device authorization response")
-    try:
+    fields = _invalid_fields(DeviceAuthorization, data)
+    if fields is None:
         return DeviceAuthorization.model_validate(data)
-    except ValidationError as exc:
-        fields = sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]})
-        raise InvalidResponse(
-            f"device authorization response is missing or has invalid members: {', '.join(fields)}"
-        ) from None
+    raise InvalidResponse(
+        f"device authorization response is missing or has invalid members: {', '.join(fields)}"
+    )
 
 
 @dataclass

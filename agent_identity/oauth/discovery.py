@@ -23,8 +23,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import ValidationError
-
 from agent_identity.errors import (
     ConfigurationError,
     InsecureURLError,
@@ -34,6 +32,7 @@ from agent_identity.errors import (
 from agent_identity.models import ServerMetadata
 from agent_identity.oauth._json import parse_json_object
 from agent_identity.oauth._message import HttpRequest, HttpResponse
+from agent_identity.oauth.token import _invalid_fields
 from agent_identity.oauth.urls import check_endpoint_url
 
 __all__ = [
@@ -102,11 +101,10 @@ def parse_metadata(
     if response.status_code != 200:
         raise InvalidResponse(f"metadata request answered HTTP {response.status_code}")
     body: dict[str, Any] = parse_json_object(response.content, what="metadata")
-    try:
-        metadata = ServerMetadata.model_validate(body)
-    except ValidationError as exc:
-        fields = sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]})
-        raise InvalidResponse(f"metadata has invalid members: {', '.join(fields)}") from None
+    fields = _invalid_fields(ServerMetadata, body)
+    if fields is not None:
+        raise InvalidResponse(f"metadata has invalid members: {', '.join(fields)}")
+    metadata = ServerMetadata.model_validate(body)
     if metadata.issuer != issuer:
         raise MetadataError(
             f"metadata issuer {metadata.issuer!r} is not identical to the expected issuer "

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from agent_identity.errors import InvalidResponse, oauth_error_from_response
 from agent_identity.models import TokenResponse
@@ -128,6 +128,19 @@ def device_code_request(
     return token_request(endpoint, form, client_auth, issuer=issuer, now=now)
 
 
+def _invalid_fields(model: type[BaseModel], data: Mapping[str, Any]) -> list[str] | None:
+    """The names of the members of ``data`` that ``model`` refuses, or ``None`` if valid.
+
+    The caller raises *outside* any ``except`` block, so pydantic's error (which quotes
+    the input values, tokens included) never becomes an exception's ``__context__``.
+    """
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        return sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]}) or ["(document)"]
+    return None
+
+
 def parse_oauth_error(response: HttpResponse, body: Mapping[str, Any] | None = None) -> Exception:
     """Return (not raise) the typed error for an error response (RFC 6749 §5.2)."""
     if body is None:
@@ -160,13 +173,12 @@ def parse_token_response(response: HttpResponse) -> TokenResponse:
             body = None
         raise parse_oauth_error(response, body if body is not None else {})
     data = parse_json_object(response.content, what="token response")
-    try:
-        token = TokenResponse.model_validate(data)
-    except ValidationError as exc:
-        fields = sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]})
+    fields = _invalid_fields(TokenResponse, data)
+    if fields is not None:
         raise InvalidResponse(
             f"token response is missing or has invalid members: {', '.join(fields)}"
-        ) from None
+        )
+    token = TokenResponse.model_validate(data)
     if not token.access_token.get_secret_value():
         raise InvalidResponse("token response has an empty access_token")
     if not token.token_type:
