@@ -29,12 +29,12 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType, TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 from urllib.parse import urlencode, urlsplit
 
 import anyio
@@ -59,8 +59,10 @@ from agent_identity.errors import (
     SSRFBlockedError,
     TransportError,
 )
+from agent_identity.models import AccessToken
 from agent_identity.oauth._message import HttpRequest, HttpResponse
 from agent_identity.oauth.urls import check_endpoint_url, check_ssrf_literal, is_public_ip
+from agent_identity.oauth.www_authenticate import Challenge, parse_www_authenticate
 
 __all__ = [
     "HttpDriver",
@@ -576,3 +578,118 @@ def create_client(**kwargs: Any) -> httpx2.AsyncClient:
     kwargs.setdefault("follow_redirects", False)
     kwargs.setdefault("timeout", 30.0)
     return httpx2.AsyncClient(**kwargs)
+
+
+# -- an httpx2.Auth for calling protected resources --------------------------------------
+
+
+class TokenSource(Protocol):
+    """Where :class:`ResourceAuth` gets tokens; implemented by the identity layer."""
+
+    async def token(self) -> AccessToken: ...
+
+    async def after_unauthorized(self, rejected: AccessToken) -> AccessToken: ...
+
+    async def after_insufficient_scope(self, scopes: Sequence[str]) -> AccessToken: ...
+
+    async def after_insufficient_authentication(
+        self, acr_values: Sequence[str], max_age: int | None
+    ) -> AccessToken: ...
+
+
+def _is_under(url: httpx2.URL, resource: str) -> bool:
+    """Whether ``url`` is ``resource`` or below it: same scheme, host and port, and a path
+    equal to the resource's or under it at a segment boundary."""
+    base = httpx2.URL(resource)
+    if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+        return False
+    prefix = base.path.rstrip("/")
+    return not prefix or url.path == prefix or url.path.startswith(prefix + "/")
+
+
+def _challenge(response: httpx2.Response) -> Challenge | None:
+    values = response.headers.get_list("www-authenticate")
+    for challenge in parse_www_authenticate(", ".join(values)):
+        if challenge.scheme in ("bearer", "dpop"):
+            return challenge
+    return None
+
+
+class ResourceAuth(httpx2.Auth):
+    """Authorizes requests to one protected resource with the user's narrow token.
+
+    - the token goes only in the ``Authorization`` header (security item 22) and only to
+      URLs under ``resource`` (security item 23: a request elsewhere is refused before it
+      is sent);
+    - ``401``: one refresh, then one retry (a refresh before any re-consent);
+    - ``401`` with ``error="insufficient_user_authentication"`` (RFC 9470): a new
+      authentication with the challenge's ``acr_values``/``max_age``, then a retry;
+    - ``403`` with ``error="insufficient_scope"`` and a ``scope``: consent to the union of
+      held and challenged scopes, then a retry (security item 29);
+    at most ``max_step_ups`` elevations per request; then the last response is returned.
+    """
+
+    requires_request_body = True
+
+    def __init__(self, source: TokenSource, *, resource: str, max_step_ups: int = 2) -> None:
+        if max_step_ups < 0:
+            raise ConfigurationError("max_step_ups must be >= 0")
+        self._source = source
+        self._resource = resource
+        self._max_step_ups = max_step_ups
+
+    def __repr__(self) -> str:
+        return f"ResourceAuth(resource={self._resource!r})"
+
+    def sync_auth_flow(
+        self, request: httpx2.Request
+    ) -> Generator[httpx2.Request, httpx2.Response, None]:
+        raise ConfigurationError("ResourceAuth is async: use it with an httpx2.AsyncClient")
+        yield request  # pragma: no cover - makes this a generator
+
+    async def async_auth_flow(
+        self, request: httpx2.Request
+    ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+        if not _is_under(request.url, self._resource):
+            raise InsecureURLError(
+                f"a token for {self._resource} is never sent to "
+                f"{request.url.scheme}://{request.url.host}{request.url.path} "
+                "(no token passthrough)"
+            )
+        token = await self._source.token()
+        request.headers["Authorization"] = token.authorization_header()
+        response = yield request
+        refreshed = False
+        step_ups = 0
+        while True:
+            challenge = _challenge(response)
+            error = challenge.error if challenge is not None else None
+            if (
+                response.status_code == 401
+                and error == "insufficient_user_authentication"
+                and challenge is not None
+                and step_ups < self._max_step_ups
+            ):
+                step_ups += 1
+                max_age = challenge.get("max_age")
+                acr = challenge.get("acr_values")
+                token = await self._source.after_insufficient_authentication(
+                    tuple(acr.split()) if acr else (),
+                    int(max_age) if max_age and max_age.isdigit() else None,
+                )
+            elif response.status_code == 401 and not refreshed:
+                refreshed = True
+                token = await self._source.after_unauthorized(token)
+            elif (
+                response.status_code == 403
+                and error == "insufficient_scope"
+                and challenge is not None
+                and challenge.scopes
+                and step_ups < self._max_step_ups
+            ):
+                step_ups += 1
+                token = await self._source.after_insufficient_scope(challenge.scopes)
+            else:
+                return
+            request.headers["Authorization"] = token.authorization_header()
+            response = yield request

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,13 +36,10 @@ from agent_identity.errors import (
     AgentIdentityError,
     ConfigurationError,
     ConsentError,
-    ConsentRequired,
-    InvalidGrant,
     InvalidResponse,
     MetadataError,
-    ReauthorizationRequired,
 )
-from agent_identity.models import AccessToken, DeviceAuthorization, Grant, ServerMetadata
+from agent_identity.models import AccessToken, DeviceAuthorization, ServerMetadata
 from agent_identity.models import TokenResponse as TokenResponse
 from agent_identity.oauth import authorize as authz
 from agent_identity.oauth import discovery
@@ -60,51 +56,18 @@ from agent_identity.oauth.token import (
     client_credentials_request,
     device_code_request,
     parse_token_response,
-    refresh_request,
 )
 from agent_identity.oauth.urls import canonical_resource_uri, check_endpoint_url
+from agent_identity.user import UserIdentity, words
 
 if TYPE_CHECKING:
     import httpx2
 
+    from agent_identity.vault import TokenVault
+
 __all__ = ["IdentityClient", "UserIdentity"]
 
 logger = logging.getLogger("agent_identity")
-
-#: Scopes that govern the grant itself rather than a resource's API.
-_GRANT_SCOPES = frozenset({"openid", "offline_access"})
-
-
-def _scope_key(scopes: Sequence[str]) -> frozenset[str]:
-    return frozenset(s for s in scopes if s not in _GRANT_SCOPES)
-
-
-def _words(value: str | Sequence[str], name: str) -> tuple[str, ...]:
-    """Accept a space-delimited string (the wire form, RFC 6749 §3.3) or a sequence."""
-    if isinstance(value, str):
-        return tuple(value.split())
-    items = tuple(value)
-    for item in items:
-        if not isinstance(item, str) or not item or any(c.isspace() for c in item):
-            raise ConfigurationError(f"{name} must be non-empty strings without spaces")
-    return items
-
-
-@dataclass
-class _GrantState:
-    """One user's grant at this client's authorization server (in memory)."""
-
-    scopes: tuple[str, ...]
-    resources: tuple[str, ...]
-    refresh_token: SecretStr | None
-    subject: str | None
-    granted_at: float
-    id_token_claims: dict[str, object] = field(default_factory=dict)
-    tokens: dict[tuple[str | None, frozenset[str]], AccessToken] = field(default_factory=dict)
-    refresh_lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))
-
-    def __repr__(self) -> str:
-        return f"_GrantState(scopes={self.scopes!r}, resources={self.resources!r})"
 
 
 class IdentityClient:
@@ -132,6 +95,15 @@ class IdentityClient:
     :param use_par: push authorization requests (RFC 9126): ``None`` (default) when the
         server offers PAR, ``True`` always, ``False`` never (unless the server requires it).
     :param clock: time source (tests inject a fake one).
+    :param vault: where grants and tokens are kept
+        (:class:`~agent_identity.vault.TokenVault`). Default: the embedded SQLite vault in
+        the user data directory (``AGENT_IDENTITY_VAULT_URL`` selects another,
+        ``AGENT_IDENTITY_VAULT_KEYS`` holds its keys). A vault passed in is not closed by
+        the client.
+    :param connection: the name of this authorization server account in the vault
+        (default: the issuer). Grants are keyed by (tenant, user, connection).
+    :param lease_ttl: how long one refresh may hold the cross-process refresh lease before
+        others may take over (a crashed holder blocks at most this long).
     """
 
     def __init__(
@@ -151,6 +123,9 @@ class IdentityClient:
         request_offline_access: bool = True,
         use_par: bool | None = None,
         clock: Clock | None = None,
+        vault: TokenVault | None = None,
+        connection: str | None = None,
+        lease_ttl: float | None = None,
     ) -> None:
         if not client_id:
             raise ConfigurationError("client_id is required")
@@ -187,7 +162,13 @@ class IdentityClient:
         self._discover_lock = anyio.Lock(fast_acquire=True)
         self._pending = authz.PendingAuthorizations()
         self._users: dict[tuple[str, str], UserIdentity] = {}
-        self._grants: dict[tuple[str, str], _GrantState] = {}
+        self.connection = connection or issuer
+        self._owns_vault = vault is None
+        self.vault: TokenVault = vault if vault is not None else _default_vault(self.clock)
+        # A refresh lease must outlive the slowest refresh (one request, bounded by the
+        # transport timeout) so that a live holder is never overtaken.
+        self._lease_ttl = lease_ttl if lease_ttl is not None else 2 * timeout + 5
+        self._lease_wait = self._lease_ttl + timeout
         self._own_tokens: dict[tuple[str | None, frozenset[str]], AccessToken] = {}
         self._own_lock = anyio.Lock(fast_acquire=True)
 
@@ -242,8 +223,12 @@ class IdentityClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP client if the SDK created it."""
-        await self._driver.aclose()
+        """Close the HTTP client and the vault if the SDK created them."""
+        try:
+            await self._driver.aclose()
+        finally:
+            if self._owns_vault:
+                await self.vault.aclose()
 
     def __repr__(self) -> str:
         return f"IdentityClient(issuer={self.issuer!r}, client_id={self.client_id!r})"
@@ -319,7 +304,7 @@ class IdentityClient:
 
         ``refresh=True`` skips the cache and requests a new token (for example after the
         resource rejected the cached one)."""
-        scopes = _words(scopes, "scopes")
+        scopes = words(scopes, "scopes")
         metadata = await self.discover()
         canonical = canonical_resource_uri(resource) if resource is not None else None
         key = (canonical, frozenset(scopes))
@@ -374,6 +359,58 @@ class IdentityClient:
 
     async def _token_call(self, request: HttpRequest) -> TokenResponse:
         return parse_token_response(await self._send(request))
+
+    async def exchange(
+        self,
+        subject_token: AccessToken | SecretStr,
+        *,
+        resource: str | None = None,
+        audience: str | None = None,
+        scopes: str | Sequence[str] = (),
+        actor: bool = True,
+        subject_token_type: str | None = None,
+    ) -> AccessToken:
+        """RFC 8693 token exchange: trade ``subject_token`` for a token bound to
+        ``resource`` (or ``audience``) with ``scopes`` (security items 31-32).
+
+        With ``actor=True`` the agent's own client-credentials token is the actor token,
+        so the result's ``act`` claim names this agent; exchanging an exchanged token again
+        nests the previous ``act`` (a delegation chain; see
+        :class:`~agent_identity.delegation.DelegationChain`).
+        """
+        from agent_identity.oauth.exchange import (
+            ACCESS_TOKEN_TYPE,
+            parse_token_exchange_response,
+            token_exchange_request,
+        )
+
+        metadata = await self.discover()
+        wanted = words(scopes, "scopes")
+        canonical = canonical_resource_uri(resource) if resource is not None else None
+        subject = subject_token.value if isinstance(subject_token, AccessToken) else subject_token
+        actor_token = await self.client_credentials() if actor else None
+        request = token_exchange_request(
+            _require(metadata.token_endpoint, "token_endpoint"),
+            subject_token=subject,
+            subject_token_type=subject_token_type or ACCESS_TOKEN_TYPE,
+            actor_token=actor_token.value if actor_token is not None else None,
+            actor_token_type=ACCESS_TOKEN_TYPE if actor_token is not None else None,
+            resource=canonical,
+            audience=audience,
+            scopes=wanted,
+            client_auth=self.client_auth,
+            issuer=metadata.issuer,
+            now=self.clock.time(),
+        )
+        response = parse_token_exchange_response(await self._send(request))
+        token = self._access_token(response, canonical, wanted)
+        logger.info(
+            "token exchanged: resource=%s scopes=%s actor=%s",
+            canonical,
+            " ".join(token.scopes),
+            self.client_id if actor else None,
+        )
+        return token
 
     def _expiring(self, token: AccessToken) -> bool:
         if token.expires_at is None:
@@ -589,233 +626,21 @@ class _ConsentFlow:
                 return
 
 
-class UserIdentity:
-    """The agent acting for one user in one tenant. Get one with
-    :meth:`IdentityClient.user`."""
-
-    def __init__(self, client: IdentityClient, *, tenant: str, user_id: str) -> None:
-        self._client = client
-        self.tenant = tenant
-        self.user_id = user_id
-        self._consent_lock = anyio.Lock(fast_acquire=True)
-
-    def __repr__(self) -> str:
-        return f"UserIdentity(tenant={self.tenant!r}, user_id={self.user_id!r})"
-
-    @property
-    def _key(self) -> tuple[str, str]:
-        return (self.tenant, self.user_id)
-
-    @property
-    def grant(self) -> Grant | None:
-        """What this user granted so far, or ``None``."""
-        state = self._client._grants.get(self._key)
-        if state is None:
-            return None
-        return self._grant_view(state)
-
-    def _grant_view(self, state: _GrantState) -> Grant:
-        return Grant(
-            issuer=self._client.issuer,
-            tenant=self.tenant,
-            user=self.user_id,
-            subject=state.subject,
-            scopes=state.scopes,
-            resources=state.resources,
-            has_refresh_token=state.refresh_token is not None,
-            granted_at=state.granted_at,
-            id_token_claims=dict(state.id_token_claims),
-        )
-
-    async def consent(
-        self,
-        *,
-        scopes: str | Sequence[str],
-        resource: str | None = None,
-        handler: ConsentHandler | None = None,
-        prompt: str | None = None,
-        acr_values: str | Sequence[str] = (),
-        max_age: int | None = None,
-    ) -> Grant:
-        """Ask the user to consent to ``scopes`` for ``resource`` (RFC 8707).
-
-        Runs the authorization code flow with PKCE (or the device flow, depending on the
-        handler). Scopes already granted are kept: the request asks for the union (security
-        item 29). ``offline_access`` is added when the server lists it (security item 20).
-        """
-        client = self._client
-        scopes = _words(scopes, "scopes")
-        acr_values = _words(acr_values, "acr_values")
-        metadata = await client.discover()
-        canonical = canonical_resource_uri(resource) if resource is not None else None
-        async with self._consent_lock:
-            state = client._grants.get(self._key)
-            held = state.scopes if state is not None else ()
-            wanted = authz.scopes_union(held, scopes)
-            if client._offline_scope_wanted():
-                wanted = authz.scopes_union(wanted, ["offline_access"])
-                # OpenID Connect Core §11: offline_access needs prompt=consent.
-                if prompt is None and "openid" in wanted:
-                    prompt = "consent"
-            flow = _ConsentFlow(
-                client,
-                self,
-                scopes=wanted,
-                resource=canonical,
-                prompt=prompt,
-                acr_values=tuple(acr_values),
-                max_age=max_age,
-            )
-            await (handler or client.consent_handler).obtain_consent(flow)
-            if flow.result is None:
-                raise ConsentError("the consent handler returned without completing the consent")
-            response, claims = flow.result
-            return self._store_consent(response, claims, wanted, canonical, metadata)
-
-    def _store_consent(
-        self,
-        response: TokenResponse,
-        claims: dict[str, object],
-        requested: tuple[str, ...],
-        resource: str | None,
-        metadata: ServerMetadata,
-    ) -> Grant:
-        client = self._client
-        previous = client._grants.get(self._key)
-        granted = response.scopes if response.scopes is not None else requested
-        # Servers often echo only the resource's scopes; the grant-level scopes are evident
-        # from what was issued (an ID token for openid, a refresh token for offline_access).
-        evident = [
-            scope
-            for scope, issued in (
-                ("openid", response.id_token is not None),
-                ("offline_access", response.refresh_token is not None),
-            )
-            if issued and scope in requested
-        ]
-        resources = previous.resources if previous is not None else ()
-        if resource is not None and resource not in resources:
-            resources = (*resources, resource)
-        subject = claims.get("sub") if isinstance(claims.get("sub"), str) else None
-        state = _GrantState(
-            scopes=authz.scopes_union(previous.scopes if previous else (), evident, granted),
-            resources=resources,
-            # keep the previous refresh token if the server issued no new one
-            refresh_token=response.refresh_token
-            or (previous.refresh_token if previous is not None else None),
-            subject=str(subject) if subject else (previous.subject if previous else None),
-            granted_at=client.clock.monotonic(),
-            id_token_claims=claims or (previous.id_token_claims if previous else {}),
-        )
-        if previous is not None:
-            state.tokens.update(previous.tokens)
-        token = client._access_token(response, resource, tuple(granted))
-        state.tokens[(resource, _scope_key(token.scopes))] = token
-        client._grants[self._key] = state
-        logger.info(
-            "consent granted: tenant=%s user=%s issuer=%s scopes=%s",
-            self.tenant,
-            self.user_id,
-            metadata.issuer,
-            " ".join(state.scopes),
-        )
-        return self._grant_view(state)
-
-    async def token(
-        self, *, resource: str | None = None, scopes: str | Sequence[str] = ()
-    ) -> AccessToken:
-        """The narrowest valid access token for ``resource`` with exactly ``scopes``.
-
-        Served from memory while valid; otherwise obtained with the refresh token,
-        narrowed with ``scope`` and audience-bound with ``resource`` (RFC 8707), one
-        refresh at a time per grant. Scopes not granted yet trigger an incremental consent
-        for the union of held and needed scopes through the configured consent handler.
-        """
-        client = self._client
-        canonical = canonical_resource_uri(resource) if resource is not None else None
-        wanted = _scope_key(_words(scopes, "scopes"))
-        key = (canonical, wanted)
-        state = client._grants.get(self._key)
-        if state is not None:
-            cached = state.tokens.get(key)
-            if cached is not None and not client._expiring(cached):
-                return cached
-        if (
-            state is None
-            or not wanted <= set(state.scopes)
-            or (canonical is not None and canonical not in state.resources)
-        ):
-            await self.consent(scopes=sorted(wanted), resource=canonical)
-            state = client._grants[self._key]
-            cached = state.tokens.get(key)
-            if cached is not None and not client._expiring(cached):
-                return cached
-        return await self._refresh(state, key, canonical, wanted)
-
-    async def _refresh(
-        self,
-        state: _GrantState,
-        key: tuple[str | None, frozenset[str]],
-        resource: str | None,
-        wanted: frozenset[str],
-    ) -> AccessToken:
-        client = self._client
-        async with state.refresh_lock:
-            cached = state.tokens.get(key)
-            if cached is not None and not client._expiring(cached):
-                return cached  # another task refreshed while we waited
-            if state.refresh_token is None:
-                raise ConsentRequired(
-                    "no refresh token is held for this grant; ask the user to consent again",
-                    scopes=tuple(sorted(wanted)),
-                    resource=resource,
-                )
-            metadata = client.metadata
-            request = refresh_request(
-                _require(metadata.token_endpoint, "token_endpoint"),
-                refresh_token=state.refresh_token,
-                client_auth=client.client_auth,
-                issuer=metadata.issuer,
-                now=client.clock.time(),
-                scopes=sorted(wanted),
-                resource=resource,
-            )
-            try:
-                response = await client._token_call(request)
-            except InvalidGrant as exc:
-                # The grant is gone (revoked, expired, or its refresh token was rotated away).
-                state.refresh_token = None
-                state.tokens.clear()
-                raise ReauthorizationRequired(
-                    "the authorization server no longer accepts this grant; "
-                    "run user.consent(...) again",
-                    scopes=state.scopes,
-                    resource=resource,
-                ) from exc
-            # Persist the rotated refresh token before handing out the access token.
-            if response.refresh_token is not None:
-                state.refresh_token = response.refresh_token
-            token = client._access_token(response, resource, tuple(sorted(wanted)))
-            state.tokens[key] = token
-            return token
-
-    async def disconnect(self) -> None:
-        """Revoke this user's refresh token at the authorization server (RFC 7009) and
-        forget the grant locally, only after the server confirmed (security item 28)."""
-        client = self._client
-        state = client._grants.get(self._key)
-        if state is None:
-            return
-        async with state.refresh_lock:
-            if state.refresh_token is not None:
-                await client.revoke(state.refresh_token, token_type_hint="refresh_token")
-            client._grants.pop(self._key, None)
-
-
 def _require(value: str | None, name: str) -> str:
     if value is None:
         raise MetadataError(f"the authorization server metadata has no {name}")
     return value
+
+
+def _default_vault(clock: Clock) -> TokenVault:
+    import os
+
+    from agent_identity.vault import TokenVault
+
+    url = os.environ.get("AGENT_IDENTITY_VAULT_URL")
+    if url:
+        return TokenVault.from_url(url)
+    return TokenVault.sqlite()
 
 
 def _load_key_text(text: str) -> Any:

@@ -139,10 +139,12 @@ class AccessToken:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """What a user consented to at one authorization server: the granted scopes, the
-    resources the grant may be used for, and whether a refresh token is held."""
+    """What a user consented to at one connection (an authorization server account): the
+    granted scopes, the resources the grant may be used for, and whether a refresh token
+    is held. ``granted_at`` is the Unix time of the last change."""
 
     issuer: str
+    connection: str
     tenant: str
     user: str
     subject: str | None

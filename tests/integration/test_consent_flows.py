@@ -59,6 +59,12 @@ async def _token_requests(idp: DevIdP) -> list[dict[str, Any]]:
     return [r for r in await idp.requests() if r.get("path", "").endswith("/token")]
 
 
+async def _record(identity: IdentityClient, user: str, tenant: str = "default") -> Any:
+    current = await identity.vault.load(identity.user(user, tenant=tenant).key, fresh=True)
+    assert current is not None
+    return current.record
+
+
 def _with_query(url: str, **changes: str | None) -> str:
     parts = urlsplit(url)
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -138,8 +144,8 @@ async def test_incremental_consent_asks_for_the_union(dev_idp: DevIdP) -> None:
         assert len(seen) == 2
         second = dict(parse_qsl(urlsplit(seen[1]).query))
         assert {"openid", "calendar.read", "calendar.write"} <= set(second["scope"].split())
-        assert alice.grant is not None
-        assert {"calendar.read", "calendar.write"} <= set(alice.grant.scopes)
+        assert (await alice.grant()) is not None
+        assert {"calendar.read", "calendar.write"} <= set((await alice.grant()).scopes)
 
 
 async def test_par_used_when_offered(dev_idp: DevIdP) -> None:
@@ -162,13 +168,13 @@ async def test_sec_25_refresh_rotation_and_reuse_detection(dev_idp_factory: Any)
     async with _client(idp, refresh_buffer=0) as identity:
         alice = identity.user("alice")
         await alice.consent(scopes=["openid", "calendar.read"], resource=CALENDAR)
-        first_rt = identity._grants[("default", "alice")].refresh_token
+        first_rt = (await _record(identity, "alice")).refresh_token
         assert first_rt is not None
         first = await alice.token(resource=CALENDAR, scopes=["calendar.read"])
         await anyio.sleep(2.2)
         second = await alice.token(resource=CALENDAR, scopes=["calendar.read"])
         assert second.value.get_secret_value() != first.value.get_secret_value()
-        rotated = identity._grants[("default", "alice")].refresh_token
+        rotated = (await _record(identity, "alice")).refresh_token
         assert rotated is not None
         assert rotated.get_secret_value() != first_rt.get_secret_value()
         # The old refresh token is dead: the server detects the reuse...
@@ -413,10 +419,10 @@ async def test_sec_28_disconnect_revokes_then_forgets(dev_idp: DevIdP) -> None:
     async with _client(dev_idp) as identity:
         alice = identity.user("alice")
         await alice.consent(scopes=["openid", "calendar.read"], resource=CALENDAR)
-        refresh_token = identity._grants[("default", "alice")].refresh_token
+        refresh_token = (await _record(identity, "alice")).refresh_token
         assert refresh_token is not None
         await alice.disconnect()
-        assert alice.grant is None
+        assert (await alice.grant()) is None
         from agent_identity.oauth.token import refresh_request
 
         request = refresh_request(
@@ -446,7 +452,7 @@ async def test_sec_22_tokens_never_in_urls_and_40_never_in_logs(
         alice = identity.user("alice", tenant="acme")
         await alice.consent(scopes=["openid", "calendar.read", "calendar.write"], resource=CALENDAR)
         token = await alice.token(resource=CALENDAR, scopes=["calendar.read"])
-        state = identity._grants[("acme", "alice")]
+        state = await _record(identity, "alice", "acme")
         secrets_seen = [token.value.get_secret_value()]
         if state.refresh_token is not None:
             secrets_seen.append(state.refresh_token.get_secret_value())
@@ -457,7 +463,7 @@ async def test_sec_22_tokens_never_in_urls_and_40_never_in_logs(
                 repr(identity),
                 repr(alice),
                 repr(token),
-                repr(alice.grant),
+                repr(await alice.grant()),
                 repr(state),
                 str(token),
             ]

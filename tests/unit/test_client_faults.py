@@ -31,7 +31,6 @@ import pytest
 from agent_identity import IdentityClient, UserIdentity
 from agent_identity.consent import ConsentFlow
 from agent_identity.errors import (
-    ConsentRequired,
     InvalidGrant,
     InvalidResponse,
     MetadataError,
@@ -391,7 +390,7 @@ async def _refresh_fault_typed_error_sent_once_nothing_lost(
 ) -> None:
     async with connected(timeout=0.5) as setup:
         user = await consented(setup)
-        grant_before = user.grant
+        grant_before = (await user.grant())
         setup.server.refresh_faults.append(fault)
 
         with anyio.fail_after(5), pytest.raises(expected) as info:
@@ -401,9 +400,9 @@ async def _refresh_fault_typed_error_sent_once_nothing_lost(
         assert setup.server.refreshes() == ["RT-2"]
         assert setup.sleeps.waits == []
         # nothing lost, nothing half-stored
-        assert user.grant == grant_before
-        assert user.grant is not None
-        assert user.grant.has_refresh_token
+        assert (await user.grant()) == grant_before
+        assert (await user.grant()) is not None
+        assert (await user.grant()).has_refresh_token
 
         # the next refresh goes out with the same refresh token and succeeds
         assert await read_token(user) == "AT-3"
@@ -434,7 +433,7 @@ async def test_code_redemption_fault_stores_no_grant_and_is_not_retried() -> Non
         with pytest.raises(TransportError):
             await user.consent(scopes=["calendar.read"], resource=CALENDAR)
         assert len(server.to("/token")) == 1  # an authorization code is never sent twice
-        assert user.grant is None
+        assert (await user.grant()) is None
         # a new consent works
         grant = await user.consent(scopes=["calendar.read"], resource=CALENDAR)
         assert grant.has_refresh_token
@@ -450,8 +449,8 @@ async def test_refresh_without_new_refresh_token_keeps_the_old_one() -> None:
         write = await user.token(resource=CALENDAR, scopes=["calendar.write"])
         assert write.value.get_secret_value() == "AT-4"
         assert setup.server.refreshes() == ["RT-2", "RT-2"]
-        assert user.grant is not None
-        assert user.grant.has_refresh_token
+        assert (await user.grant()) is not None
+        assert (await user.grant()).has_refresh_token
 
 
 async def test_sec_25_rotated_refresh_token_replaces_old() -> None:
@@ -468,7 +467,7 @@ async def test_sec_25_rotated_refresh_token_replaces_old() -> None:
         # every rotated-away refresh token was sent exactly once, and never again
         for old in ("RT-2", "RT-3", "RT-4"):
             assert setup.server.sent_anywhere(old) == 1, old
-        assert user.grant is None
+        assert (await user.grant()) is None
 
 
 async def test_sec_25_rotated_refresh_token_persisted_before_access_token_is_built(
@@ -478,19 +477,25 @@ async def test_sec_25_rotated_refresh_token_persisted_before_access_token_is_bui
     the old one is dead at the server and must not be sent again."""
     async with connected() as setup:
         user = await consented(setup)
-        identity = setup.identity
-        build = identity._access_token
+        from agent_identity.user import UserIdentity
 
-        def fail_once(*args: Any, **kwargs: Any) -> Any:
-            monkeypatch.setattr(identity, "_access_token", build)
+        build = UserIdentity._remember
+
+        def fail_once(self: UserIdentity, *args: Any, **kwargs: Any) -> Any:
+            monkeypatch.setattr(UserIdentity, "_remember", build)
             raise RuntimeError("boom while building the access token")
 
-        monkeypatch.setattr(identity, "_access_token", fail_once)
+        monkeypatch.setattr(UserIdentity, "_remember", fail_once)
         with pytest.raises(RuntimeError, match="boom"):
             await read_token(user)
+        stored = await setup.identity.vault.load(user.key, fresh=True)
+        assert stored is not None
+        assert stored.record.refresh_token is not None
+        assert stored.record.refresh_token.get_secret_value() == "RT-3"
         assert setup.server.refreshes() == ["RT-2"]
-        assert await read_token(user) == "AT-4"
-        assert setup.server.refreshes() == ["RT-2", "RT-3"]
+        # the access token was stored with it, so nothing is lost and nothing is re-sent
+        assert await read_token(user) == "AT-3"
+        assert setup.server.refreshes() == ["RT-2"]
 
 
 async def test_invalid_grant_on_refresh_requires_reauthorization() -> None:
@@ -509,21 +514,19 @@ async def test_invalid_grant_on_refresh_requires_reauthorization() -> None:
         assert cause.error_description == "revoked"
         assert cause.status_code == 400
 
-        # the grant no longer offers the old refresh token, and no cached token either
-        assert user.grant is not None
-        assert not user.grant.has_refresh_token
-        for scopes in (["calendar.read"], ["calendar.read", "calendar.write"]):
-            with pytest.raises(ConsentRequired) as required:
-                await user.token(resource=CALENDAR, scopes=scopes)
-            assert required.value.resource == CALENDAR
+        # the dead grant is removed from the vault: no refresh token, no cached token
+        assert (await user.grant()) is None
+        stored = await setup.identity.vault.load(user.key, fresh=True)
+        assert stored is None
         assert server.refreshes() == ["RT-2"]
         assert server.sent_anywhere("RT-2") == 1
 
         # consenting again restores the grant
         grant = await user.consent(scopes=["calendar.read"], resource=CALENDAR)
         assert grant.has_refresh_token
-        assert await read_token(user) == "AT-5"
-        assert server.refreshes() == ["RT-2", "RT-4"]
+        # the new consent asked exactly calendar.read: its own token is the narrow one
+        assert await read_token(user) == "AT-4"
+        assert server.refreshes() == ["RT-2"]
 
 
 # --- discovery ---------------------------------------------------------------------------------
@@ -613,7 +616,7 @@ async def test_sec_10_no_s256_consent_refused_without_requests(methods: list[str
         assert setup.consent.opened == []
         for path in ("/authorize", "/par", "/token"):
             assert server.to(path) == [], path
-        assert user.grant is None
+        assert (await user.grant()) is None
 
 
 # --- revocation ----------------------------------------------------------------------------------
@@ -625,7 +628,7 @@ async def test_sec_28_revocation_200_with_garbage_body_forgets_grant() -> None:
         await setup.identity.revoke("some-access-token", token_type_hint="access_token")
         user = await consented(setup)
         await user.disconnect()
-        assert user.grant is None
+        assert (await user.grant()) is None
         revocations = server.to("/revoke")
         assert [seen.form["token"] for seen in revocations] == ["some-access-token", "RT-2"]
         assert revocations[1].form["token_type_hint"] == "refresh_token"
@@ -643,21 +646,21 @@ async def test_sec_28_disconnect_keeps_grant_on_503() -> None:
     server = FakeAS(revocation_answers=[_raw(503, b"", **{"retry-after": "1"})])
     async with connected(server) as setup:
         user = await consented(setup)
-        grant_before = user.grant
+        grant_before = (await user.grant())
         with pytest.raises(TemporarilyUnavailable) as info:
             await user.disconnect()
         assert info.value.status_code == 503
         assert len(server.to("/revoke")) == 3  # retried per Retry-After (idempotent)
         assert setup.sleeps.waits == [1.0, 1.0]
         # the token may still be valid at the server: the grant is KEPT
-        assert user.grant == grant_before
+        assert (await user.grant()) == grant_before
         assert await read_token(user) == "AT-3"
         assert server.refreshes() == ["RT-2"]
 
         # once the server confirms, the grant is forgotten
         server.revocation_answers[:] = [httpx2.Response(200)]
         await user.disconnect()
-        assert user.grant is None
+        assert (await user.grant()) is None
         assert server.to("/revoke")[-1].form["token"] == "RT-3"
 
 
@@ -671,8 +674,8 @@ async def test_revocation_error_keeps_grant() -> None:
             await user.disconnect()
         assert info.value.error == "unsupported_token_type"
         assert len(server.to("/revoke")) == 1
-        assert user.grant is not None
-        assert user.grant.has_refresh_token
+        assert (await user.grant()) is not None
+        assert (await user.grant()).has_refresh_token
 
 
 # --- security item 39: the wall clock does not move refresh timing ------------------------------
@@ -785,8 +788,8 @@ async def test_sec_25_cancelled_refresh_releases_the_lock() -> None:
                 await server.refresh_entered.wait()
                 tg.cancel_scope.cancel()  # cancelled while the refresh is in flight
         assert server.refreshes() == ["RT-2"]
-        assert user.grant is not None
-        assert user.grant.has_refresh_token
+        assert (await user.grant()) is not None
+        assert (await user.grant()).has_refresh_token
         # the server never answered, so the refresh token was not rotated: a later call
         # refreshes again (one request) without waiting on a stale lock
         server.gate = None

@@ -189,5 +189,5 @@ def test_device_authorization_interval_default_and_bounds() -> None:
 def test_grant_holds_no_secret_fields() -> None:
     names = {f.name for f in dataclasses.fields(Grant)}
     assert not names & {"refresh_token", "access_token", "id_token", "code_verifier"}
-    grant = Grant("https://as", "t", "u", None, ("a",), (), True, 0.0, {"sub": "x"})
-    assert grant == Grant("https://as", "t", "u", None, ("a",), (), True, 0.0)
+    grant = Grant("https://as", "https://as", "t", "u", None, ("a",), (), True, 0.0, {"sub": "x"})
+    assert grant == Grant("https://as", "https://as", "t", "u", None, ("a",), (), True, 0.0)

@@ -1,0 +1,427 @@
+"""What the token vault stores: grant keys, grant records and their serialisation.
+
+A grant is what one user consented to at one authorization server (RFC 6749 §1.3): the
+refresh token (RFC 6749 §1.5, §6), the scopes (§3.3) and resources (RFC 8707 §2) it covers,
+the access tokens cached from it (§1.4, one per resource and scope set) and the claims of
+the last ID token (OpenID Connect Core §2).
+
+Partitioning (security item 26): every record lives under a :class:`GrantKey` (tenant, user,
+connection). Its :attr:`GrantKey.storage_key` is a JSON array, so no tenant, user or
+connection name, whatever characters it holds, can produce another key's text or fall
+under another user's listing prefix (:func:`grant_prefix`). The storage key is also the
+AES-GCM associated data of the row (see :mod:`agent_identity.vault.crypto`), so a row copied
+under another key does not decrypt.
+
+Serialisation (:meth:`GrantRecord.to_bytes` / :meth:`GrantRecord.from_bytes`) is a
+versioned JSON object (``{"v": 1, ...}``) that round-trips exactly. Any content that is not
+exactly that format raises :class:`~agent_identity.errors.VaultCorrupted`: nothing is
+guessed. A change of format bumps ``v``; readers keep reading older versions.
+
+Nothing here puts a token in a ``repr``: tokens are :class:`pydantic.SecretStr` and the
+records' ``repr`` names only non-secret fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+from pydantic import SecretStr
+
+from agent_identity.errors import ConfigurationError, VaultCorrupted
+
+__all__ = [
+    "CachedToken",
+    "GrantKey",
+    "GrantRecord",
+    "TokenKey",
+    "VersionedGrant",
+    "grant_prefix",
+]
+
+GRANT_KIND: Final = "grant"
+_FORMAT_VERSION: Final = 1
+
+#: How a cached access token is found in a :class:`GrantRecord`: (resource, scopes).
+TokenKey = tuple[str | None, frozenset[str]]
+
+
+def _json_key(parts: list[str]) -> str:
+    return json.dumps(parts, separators=(",", ":"), ensure_ascii=True)
+
+
+@dataclass(frozen=True, slots=True)
+class GrantKey:
+    """Where a grant lives: ``tenant``, ``user`` and ``connection``.
+
+    ``connection`` names the authorization server account the grant was obtained from (by
+    default the issuer URL; for MCP servers the server URL). All three are opaque,
+    non-empty strings compared exactly.
+    """
+
+    tenant: str
+    user: str
+    connection: str
+
+    def __post_init__(self) -> None:
+        for name in ("tenant", "user", "connection"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ConfigurationError(f"GrantKey.{name} must be a non-empty string")
+
+    @property
+    def storage_key(self) -> str:
+        """``grant:["tenant","user","connection"]``: deterministic, unambiguous, ASCII."""
+        return f"{GRANT_KIND}:{_json_key([self.tenant, self.user, self.connection])}"
+
+    @classmethod
+    def from_storage_key(cls, storage_key: str) -> GrantKey:
+        """Parse :attr:`storage_key` back; anything else raises :class:`VaultCorrupted`."""
+        head = f"{GRANT_KIND}:"
+        if not storage_key.startswith(head):
+            raise VaultCorrupted("not a grant storage key")
+        try:
+            parts = json.loads(storage_key[len(head) :])
+        except ValueError:
+            raise VaultCorrupted("grant storage key is not valid JSON") from None
+        if (
+            not isinstance(parts, list)
+            or len(parts) != 3
+            or not all(isinstance(p, str) and p for p in parts)
+        ):
+            raise VaultCorrupted("grant storage key is not three non-empty strings")
+        key = cls(parts[0], parts[1], parts[2])
+        if key.storage_key != storage_key:  # not in canonical form: not written by us
+            raise VaultCorrupted("grant storage key is not canonical")
+        return key
+
+
+def grant_prefix(tenant: str, user: str) -> str:
+    """The storage-key prefix of every grant of ``user`` in ``tenant`` and of nobody else.
+
+    It is the JSON of ``[tenant, user`` followed by the comma that separates the
+    connection: a JSON string ends at its first unescaped quote, so a user id that is a
+    prefix of another (``u`` and ``u2``) or holds ``,``, ``"`` or ``]`` cannot match.
+    """
+    GrantKey(tenant, user, "-")  # same validation as a full key
+    return f"{GRANT_KIND}:{_json_key([tenant, user])[:-1]},"
+
+
+def _finite(value: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{what} must be a number")
+    result = float(value)
+    if not math.isfinite(result):
+        raise ConfigurationError(f"{what} must be finite")
+    return result
+
+
+def _str_tuple(values: Iterable[str], what: str) -> tuple[str, ...]:
+    if isinstance(values, str):
+        raise ConfigurationError(f"{what} must be a collection of strings, not a string")
+    result = tuple(values)
+    if not all(isinstance(v, str) for v in result):
+        raise ConfigurationError(f"{what} must hold strings only")
+    return result
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class CachedToken:
+    """An access token cached for one ``resource`` (RFC 8707) and one set of ``scopes``.
+
+    ``expires_at`` and ``issued_at`` are Unix epoch seconds so that a persisted expiry
+    survives a restart; the client converts them to its monotonic clock when it loads them.
+    ``expires_at`` is ``None`` when the server sent no ``expires_in`` (RFC 6749 §5.1).
+    """
+
+    resource: str | None
+    scopes: frozenset[str]
+    value: SecretStr
+    token_type: str
+    expires_at: float | None
+    issued_at: float
+
+    def __post_init__(self) -> None:
+        if self.resource is not None and not isinstance(self.resource, str):
+            raise ConfigurationError("CachedToken.resource must be a string or None")
+        if not isinstance(self.scopes, frozenset) or not all(
+            isinstance(s, str) for s in self.scopes
+        ):
+            raise ConfigurationError("CachedToken.scopes must be a frozenset of strings")
+        if not isinstance(self.value, SecretStr):
+            raise ConfigurationError("CachedToken.value must be a SecretStr")
+        if not isinstance(self.token_type, str) or not self.token_type:
+            raise ConfigurationError("CachedToken.token_type must be a non-empty string")
+        if self.expires_at is not None:
+            object.__setattr__(
+                self, "expires_at", _finite(self.expires_at, "CachedToken.expires_at")
+            )
+        object.__setattr__(self, "issued_at", _finite(self.issued_at, "CachedToken.issued_at"))
+
+    @property
+    def key(self) -> TokenKey:
+        """``(resource, scopes)``: the key of this token in :attr:`GrantRecord.tokens`."""
+        return (self.resource, self.scopes)
+
+    def __repr__(self) -> str:
+        return (
+            f"CachedToken(resource={self.resource!r}, scopes={sorted(self.scopes)!r}, "
+            f"token_type={self.token_type!r}, expires_at={self.expires_at!r}, "
+            f"value='**********')"
+        )
+
+
+def _frozen_mapping(value: Mapping[Any, Any]) -> Mapping[Any, Any]:
+    return MappingProxyType(dict(value))
+
+
+@dataclass(frozen=True, repr=False, eq=True)
+class GrantRecord:
+    """One grant: copy-on-write (use :meth:`replace` or :meth:`with_token`).
+
+    ``tokens`` maps ``(resource, scopes)`` to the :class:`CachedToken` with exactly that
+    resource and those scopes. ``created_at``/``updated_at`` are epoch seconds.
+    """
+
+    issuer: str
+    subject: str | None
+    scopes: tuple[str, ...]
+    resources: tuple[str, ...]
+    refresh_token: SecretStr | None
+    tokens: Mapping[TokenKey, CachedToken] = field(default_factory=dict)
+    id_token_claims: Mapping[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    __hash__ = None  # type: ignore[assignment]  # holds mappings
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.issuer, str) or not self.issuer:
+            raise ConfigurationError("GrantRecord.issuer must be a non-empty string")
+        if self.subject is not None and not isinstance(self.subject, str):
+            raise ConfigurationError("GrantRecord.subject must be a string or None")
+        object.__setattr__(self, "scopes", _str_tuple(self.scopes, "GrantRecord.scopes"))
+        object.__setattr__(self, "resources", _str_tuple(self.resources, "GrantRecord.resources"))
+        if self.refresh_token is not None and not isinstance(self.refresh_token, SecretStr):
+            raise ConfigurationError("GrantRecord.refresh_token must be a SecretStr or None")
+        for token_key, token in self.tokens.items():
+            if not isinstance(token, CachedToken) or token.key != token_key:
+                raise ConfigurationError(
+                    "GrantRecord.tokens must map (resource, scopes) to the CachedToken "
+                    "with that resource and those scopes"
+                )
+        object.__setattr__(self, "tokens", _frozen_mapping(self.tokens))
+        if not all(isinstance(k, str) for k in self.id_token_claims):
+            raise ConfigurationError("GrantRecord.id_token_claims keys must be strings")
+        object.__setattr__(self, "id_token_claims", _frozen_mapping(self.id_token_claims))
+        object.__setattr__(self, "created_at", _finite(self.created_at, "created_at"))
+        object.__setattr__(self, "updated_at", _finite(self.updated_at, "updated_at"))
+
+    def replace(self, **changes: Any) -> GrantRecord:
+        """A copy with ``changes`` applied (validated like a new record)."""
+        return dataclasses.replace(self, **changes)
+
+    def with_token(self, token: CachedToken) -> GrantRecord:
+        """A copy whose token cache holds ``token`` (replacing one with the same key)."""
+        return self.replace(tokens={**self.tokens, token.key: token})
+
+    def __repr__(self) -> str:
+        return (
+            f"GrantRecord(issuer={self.issuer!r}, subject={self.subject!r}, "
+            f"scopes={list(self.scopes)!r}, resources={list(self.resources)!r}, "
+            f"refresh_token={'present' if self.refresh_token is not None else None}, "
+            f"tokens={len(self.tokens)}, id_token_claims={sorted(self.id_token_claims)!r}, "
+            f"updated_at={self.updated_at!r})"
+        )
+
+    # -- serialisation ---------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """The record as UTF-8 JSON, format ``v`` 1 (see :meth:`from_bytes`)."""
+        document = {
+            "v": _FORMAT_VERSION,
+            "issuer": self.issuer,
+            "subject": self.subject,
+            "scopes": list(self.scopes),
+            "resources": list(self.resources),
+            "refresh_token": (
+                None if self.refresh_token is None else self.refresh_token.get_secret_value()
+            ),
+            "tokens": [
+                {
+                    "resource": t.resource,
+                    "scopes": sorted(t.scopes),
+                    "value": t.value.get_secret_value(),
+                    "token_type": t.token_type,
+                    "expires_at": t.expires_at,
+                    "issued_at": t.issued_at,
+                }
+                for t in sorted(
+                    self.tokens.values(), key=lambda t: (t.resource or "", sorted(t.scopes))
+                )
+            ],
+            "id_token_claims": dict(self.id_token_claims),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+        try:
+            return json.dumps(
+                document, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode("utf-8")
+        except (TypeError, ValueError, UnicodeEncodeError) as exc:
+            # Name the problem, never the value (it may be a token).
+            raise ConfigurationError(
+                f"GrantRecord cannot be serialised ({type(exc).__name__}): strings must be "
+                "valid Unicode and id_token_claims must hold JSON values"
+            ) from None
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> GrantRecord:
+        """Parse :meth:`to_bytes` output. Anything else raises :class:`VaultCorrupted`."""
+        doc = _strict_json_object(data)
+        if doc.get("v") != _FORMAT_VERSION or type(doc.get("v")) is not int:
+            raise VaultCorrupted("grant record has an unknown format version")
+        if set(doc) != _RECORD_MEMBERS:
+            raise VaultCorrupted("grant record members are not those of format v1")
+        try:
+            tokens: dict[TokenKey, CachedToken] = {}
+            for item in _list(doc["tokens"], "tokens"):
+                token = _token_from_json(item)
+                if token.key in tokens:
+                    raise VaultCorrupted("grant record holds a token twice")
+                tokens[token.key] = token
+            claims = doc["id_token_claims"]
+            if not isinstance(claims, dict):
+                raise VaultCorrupted("grant record id_token_claims is not an object")
+            refresh = _opt_str(doc["refresh_token"], "refresh_token")
+            return cls(
+                issuer=_str(doc["issuer"], "issuer"),
+                subject=_opt_str(doc["subject"], "subject"),
+                scopes=tuple(_str_list(doc["scopes"], "scopes")),
+                resources=tuple(_str_list(doc["resources"], "resources")),
+                refresh_token=None if refresh is None else SecretStr(refresh),
+                tokens=tokens,
+                id_token_claims=claims,
+                created_at=_number(doc["created_at"], "created_at"),
+                updated_at=_number(doc["updated_at"], "updated_at"),
+            )
+        except ConfigurationError:
+            raise VaultCorrupted("grant record content is invalid") from None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionedGrant:
+    """A :class:`GrantRecord` with the store version it was read or written at; pass
+    ``version`` as ``expected_version`` to write it back (compare-and-swap)."""
+
+    record: GrantRecord
+    version: int
+
+
+# -- strict parsing helpers ----------------------------------------------------------------
+
+_RECORD_MEMBERS: Final = frozenset(
+    {
+        "v",
+        "issuer",
+        "subject",
+        "scopes",
+        "resources",
+        "refresh_token",
+        "tokens",
+        "id_token_claims",
+        "created_at",
+        "updated_at",
+    }
+)
+_TOKEN_MEMBERS: Final = frozenset(
+    {"resource", "scopes", "value", "token_type", "expires_at", "issued_at"}
+)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise VaultCorrupted("grant record has a duplicate JSON member")
+        obj[key] = value
+    return obj
+
+
+def _no_constant(_name: str) -> Any:
+    raise VaultCorrupted("grant record has a non-standard JSON constant")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise VaultCorrupted("grant record has a number out of range")
+    return value
+
+
+def _strict_json_object(data: bytes) -> dict[str, Any]:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise VaultCorrupted("grant record is not bytes")
+    try:
+        text = bytes(data).decode("utf-8")
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+        )
+    except VaultCorrupted:
+        raise
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+        raise VaultCorrupted("grant record is not UTF-8 JSON") from None
+    if not isinstance(value, dict):
+        raise VaultCorrupted("grant record is not a JSON object")
+    return value
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise VaultCorrupted(f"grant record {what} is not a string")
+    return value
+
+
+def _opt_str(value: Any, what: str) -> str | None:
+    return None if value is None else _str(value, what)
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise VaultCorrupted(f"grant record {what} is not an array")
+    return value
+
+
+def _str_list(value: Any, what: str) -> list[str]:
+    return [_str(v, what) for v in _list(value, what)]
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise VaultCorrupted(f"grant record {what} is not a number")
+    return float(value)
+
+
+def _token_from_json(item: Any) -> CachedToken:
+    if not isinstance(item, dict) or set(item) != _TOKEN_MEMBERS:
+        raise VaultCorrupted("grant record token members are not those of format v1")
+    scopes = _str_list(item["scopes"], "token scopes")
+    if len(set(scopes)) != len(scopes):
+        raise VaultCorrupted("grant record token scopes repeat")
+    expires_at = item["expires_at"]
+    return CachedToken(
+        resource=_opt_str(item["resource"], "token resource"),
+        scopes=frozenset(scopes),
+        value=SecretStr(_str(item["value"], "token value")),
+        token_type=_str(item["token_type"], "token type"),
+        expires_at=None if expires_at is None else _number(expires_at, "token expires_at"),
+        issued_at=_number(item["issued_at"], "token issued_at"),
+    )
