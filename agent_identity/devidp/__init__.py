@@ -297,6 +297,8 @@ class DevIdP:
     one); ``ciba_slow_down_once`` / ``device_slow_down_once`` make the token endpoint
     answer the first poll of each request with ``slow_down``. ``ping_notification_endpoint``
     is the loopback ``backchannel_client_notification_endpoint`` of ``agent-ping``.
+    ``refresh_delay`` (seconds) holds every refresh_token grant before processing it, and
+    drops it unprocessed if the client disconnected meanwhile (tests of crashed clients).
 
     Use as ``with DevIdP() as idp: ...`` or call :meth:`start` / :meth:`stop`.
     """
@@ -319,6 +321,7 @@ class DevIdP:
         device_slow_down_once: bool = False,
         ping_notification_endpoint: str | None = None,
         dpop_require_nonce: bool = False,
+        refresh_delay: float = 0.0,
         use_granted_resource: bool = True,
         jwt_client_private_jwk: Mapping[str, Any] | None = None,
         startup_timeout: float = 30.0,
@@ -363,6 +366,7 @@ class DevIdP:
             "ciba": {"interval": ciba_interval, "slow_down_once": ciba_slow_down_once},
             "device": {"interval": device_interval, "slow_down_once": device_slow_down_once},
             "dpop": {"require_nonce": dpop_require_nonce},
+            "refresh_delay_ms": int(refresh_delay * 1000),
         }
         self._process: subprocess.Popen[str] | None = None
         self._workdir: Path | None = None

@@ -91,6 +91,9 @@ const DEFAULT_CONFIG = {
   ciba: { interval: null, slow_down_once: false, binding_message_max_length: 256 },
   device: { interval: null, slow_down_once: false },
   dpop: { require_nonce: false },
+  // Hold every refresh_token grant this many milliseconds before processing it; a request
+  // whose client disconnected meanwhile is dropped unprocessed (tests of crashed clients).
+  refresh_delay_ms: 0,
 };
 
 function loadConfig(path) {
@@ -801,6 +804,23 @@ function install(provider) {
       return original(ctx);
     });
   }
+
+  if (!handlers.has('refresh_token')) {
+    throw new Error('oidc-provider internals changed: refresh_token handler');
+  }
+  const originalRefresh = handlers.get('refresh_token');
+  handlers.set('refresh_token', async (ctx) => {
+    const delay = Number(config.refresh_delay_ms || 0);
+    if (delay > 0) {
+      let gone = false;
+      ctx.res.once('close', () => { if (!ctx.res.writableFinished) gone = true; });
+      await new Promise((resolve) => { setTimeout(resolve, delay); });
+      if (gone || ctx.req.socket?.destroyed) {
+        throw new errors.InvalidRequest('client went away before the refresh was processed');
+      }
+    }
+    return originalRefresh(ctx);
+  });
 
   provider.use(async (ctx, next) => {
     if (await devRoutes(ctx, provider)) return;
