@@ -148,9 +148,13 @@ class UserIdentity:
             wanted = authz.scopes_union(held, wanted_scopes)
             if client._offline_scope_wanted():
                 wanted = authz.scopes_union(wanted, ["offline_access"])
-                # OpenID Connect Core §11: offline_access needs prompt=consent.
-                if prompt is None and "openid" in wanted:
-                    prompt = "consent"
+                # OpenID Connect Core §11: an OpenID provider honours offline_access only in
+                # an OpenID request (openid) with prompt=consent.
+                supported = client.metadata.scopes_supported or ()
+                if "openid" in supported:
+                    wanted = authz.scopes_union(["openid"], wanted)
+                    if prompt is None:
+                        prompt = "consent"
             flow = _ConsentFlow(
                 client,
                 self,

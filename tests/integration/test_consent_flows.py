@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import anyio
 import httpx2
 import pytest
+from _helpers import CALENDAR, MAIL, make_client, record_of
 from pydantic import SecretStr
 
 from agent_identity import (
@@ -41,28 +42,12 @@ from agent_identity.oauth.jwt import peek_claims
 
 pytestmark = [pytest.mark.anyio, pytest.mark.idp]
 
-CALENDAR = "https://calendar.example/api"
-MAIL = "https://mail.example/api"
-
-
-def _client(idp: DevIdP, client_id: str = "agent-confidential", **kwargs: Any) -> IdentityClient:
-    secret, method = DEV_CLIENTS[client_id]
-    if method == "private_key_jwt":
-        kwargs.setdefault("private_key", idp.jwt_client_private_jwk)
-    elif secret is not None:
-        kwargs.setdefault("client_secret", secret)
-    kwargs.setdefault("consent", LoopbackConsent(browser=DevBrowser("alice")))
-    return IdentityClient(idp.issuer, client_id=client_id, allow_insecure_loopback=True, **kwargs)
+_client = make_client
+_record = record_of
 
 
 async def _token_requests(idp: DevIdP) -> list[dict[str, Any]]:
     return [r for r in await idp.requests() if r.get("path", "").endswith("/token")]
-
-
-async def _record(identity: IdentityClient, user: str, tenant: str = "default") -> Any:
-    current = await identity.vault.load(identity.user(user, tenant=tenant).key, fresh=True)
-    assert current is not None
-    return current.record
 
 
 def _with_query(url: str, **changes: str | None) -> str:

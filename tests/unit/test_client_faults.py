@@ -282,7 +282,7 @@ async def connected(server: FakeAS | None = None, **kwargs: Any) -> AsyncIterato
 
 
 async def consented(setup: Setup) -> UserIdentity:
-    """Alice consents to read and write her calendar (no openid: no ID token)."""
+    """Alice consents to read and write her calendar (the fake AS issues no ID token)."""
     user = setup.identity.user(USER, tenant=TENANT)
     grant = await user.consent(scopes=["calendar.read", "calendar.write"], resource=CALENDAR)
     assert grant.has_refresh_token
@@ -507,7 +507,12 @@ async def test_invalid_grant_on_refresh_requires_reauthorization() -> None:
         user = await consented(setup)
         with pytest.raises(ReauthorizationRequired) as info:
             await read_token(user)
-        assert set(info.value.scopes) == {"calendar.read", "calendar.write", "offline_access"}
+        assert set(info.value.scopes) == {
+            "openid",
+            "calendar.read",
+            "calendar.write",
+            "offline_access",
+        }
         assert info.value.resource == CALENDAR
         cause = info.value.__cause__
         assert isinstance(cause, InvalidGrant)
