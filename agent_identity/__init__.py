@@ -67,7 +67,9 @@ if TYPE_CHECKING:
         ServerMetadata,
         TokenResponse,
     )
+    from agent_identity.delegation import Actor, DelegationChain
     from agent_identity.settings import IdentitySettings
+    from agent_identity.vault import KeyProvider, Keyring, TokenVault
 
 # Everything else is imported on first use (PEP 562), so that `import agent_identity`
 # stays cheap for code that only needs a part of the SDK.
@@ -88,6 +90,11 @@ _LAZY = {
     "ServerMetadata": "agent_identity.models",
     "TokenResponse": "agent_identity.models",
     "IdentitySettings": "agent_identity.settings",
+    "Actor": "agent_identity.delegation",
+    "DelegationChain": "agent_identity.delegation",
+    "KeyProvider": "agent_identity.vault",
+    "Keyring": "agent_identity.vault",
+    "TokenVault": "agent_identity.vault",
 }
 
 
@@ -109,6 +116,7 @@ _logging.getLogger("agent_identity").addHandler(_logging.NullHandler())
 __all__ = [
     "AccessDenied",
     "AccessToken",
+    "Actor",
     "AgentIdentityError",
     "AuthorizationResponseError",
     "Clock",
@@ -120,6 +128,7 @@ __all__ = [
     "ConsentRequired",
     "ConsentTimeout",
     "ConsoleConsent",
+    "DelegationChain",
     "DeviceAuthorization",
     "DeviceCodeConsent",
     "ExpiredToken",
@@ -135,6 +144,8 @@ __all__ = [
     "InvalidTarget",
     "InvalidTokenError",
     "IssuerMismatch",
+    "KeyProvider",
+    "Keyring",
     "LoopbackConsent",
     "MetadataError",
     "NotebookConsent",
@@ -149,6 +160,7 @@ __all__ = [
     "SystemClock",
     "TemporarilyUnavailable",
     "TokenResponse",
+    "TokenVault",
     "TransportError",
     "UnauthorizedClient",
     "UnsupportedGrantType",

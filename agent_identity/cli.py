@@ -5,7 +5,13 @@
     agent-identity dev-idp [--port 9000]        run the bundled DEV-ONLY authorization server
     agent-identity discover ISSUER [--allow-insecure-loopback]
                                                 fetch and validate an issuer's metadata
+    agent-identity vault generate-key           print a new random vault key (base64)
+    agent-identity vault rotate-keys [--url URL]
+                                                re-encrypt every vault row under the current key
     agent-identity version
+
+The vault commands read ``AGENT_IDENTITY_VAULT_URL`` (default: the embedded SQLite vault)
+and ``AGENT_IDENTITY_VAULT_KEYS`` (``kid:base64,...``, the first is current).
 """
 
 from __future__ import annotations
@@ -32,8 +38,28 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept an http://127.0.0.1 issuer (development only)",
     )
+    vault = sub.add_parser("vault", help="operate the token vault")
+    vault_sub = vault.add_subparsers(dest="vault_command", required=True)
+    vault_sub.add_parser("generate-key", help="print a new random 256-bit key (base64)")
+    rotate = vault_sub.add_parser(
+        "rotate-keys", help="re-encrypt every row under the current key (no downtime)"
+    )
+    rotate.add_argument("--url", help="vault URL (default: AGENT_IDENTITY_VAULT_URL or SQLite)")
     sub.add_parser("version", help="print the SDK version")
     return parser
+
+
+async def _rotate_keys(url: str | None) -> int:
+    import os
+
+    from agent_identity.vault import Keyring, TokenVault
+
+    keys = Keyring.from_env() if os.environ.get("AGENT_IDENTITY_VAULT_KEYS") else None
+    target = url or os.environ.get("AGENT_IDENTITY_VAULT_URL") or "sqlite://"
+    async with TokenVault.from_url(target, keys=keys) as vault:
+        count = await vault.rotate_keys()
+    print(f"re-encrypted {count} row(s) under the current key")
+    return 0
 
 
 async def _discover(issuer: str, allow_insecure_loopback: bool) -> int:
@@ -57,6 +83,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent_identity import devidp
 
         return devidp.main(args.args)
+    if args.command == "vault":
+        from agent_identity.errors import AgentIdentityError
+
+        if args.vault_command == "generate-key":
+            from agent_identity.vault import generate_key
+
+            print(generate_key())
+            return 0
+        try:
+            return anyio.run(_rotate_keys, args.url)
+        except AgentIdentityError as exc:
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
     if args.command == "discover":
         from agent_identity.errors import AgentIdentityError
 

@@ -10,7 +10,11 @@ What it shows, end to end, with real OAuth traffic:
 2. a calendar tool gets its own narrow token: bound to the calendar API, read-only;
 3. a second tool needs a scope alice has not granted: incremental consent for the union;
 4. bob, on a headless agent, consents with the device flow;
-5. the agent's own token (client credentials), and alice disconnects (RFC 7009).
+5. the agent's own token (client credentials), and a token exchange (RFC 8693) that
+   makes the agent the actor of alice's token: a delegation chain;
+6. a restart: a new client finds alice's grant in the encrypted SQLite vault (the
+   embedded default, in the user data directory) and needs no consent;
+7. alice disconnects (RFC 7009): revoked at the server, then removed from the vault.
 
 In a real deployment you drop the DevBrowser: LoopbackConsent() opens the user's browser.
 """
@@ -23,6 +27,8 @@ import sys
 import anyio
 
 from agent_identity import (
+    ConsentFlow,
+    DelegationChain,
     DeviceAuthorization,
     DeviceCodeConsent,
     IdentityClient,
@@ -45,6 +51,13 @@ def describe(token_value: str) -> str:
     # here only to show what the resource will see. Never use unverified claims to decide.
     claims = peek_claims(token_value)
     return f"aud={claims.get('aud')} sub={claims.get('sub')} scope={claims.get('scope')!r}"
+
+
+class NoConsentNeeded:
+    """A consent handler that proves a point: it is never called."""
+
+    async def obtain_consent(self, flow: ConsentFlow) -> None:
+        raise RuntimeError("unexpected consent: the grant should come from the vault")
 
 
 async def run(issuer: str) -> None:
@@ -104,8 +117,29 @@ async def run(issuer: str) -> None:
         own = await identity.client_credentials(scopes=["calendar.read"], resource=CALENDAR)
         show("the agent's own token (client credentials)", describe(own.value.get_secret_value()))
 
+        delegated = await alice.exchange(resource=CALENDAR, scopes=["calendar.read"])
+        chain = DelegationChain.from_token(delegated.value)
+        show(
+            "token exchange (RFC 8693): the agent acts for alice",
+            f"delegation chain: {chain.describe()}",
+        )
+
+    # A restart: a new client on the same (default, encrypted SQLite) vault.
+    async with IdentityClient(
+        issuer,
+        client_id=CLIENT_ID,
+        client_secret=secret,
+        consent=NoConsentNeeded(),
+        allow_insecure_loopback=True,
+    ) as identity:
+        alice = identity.user("alice", tenant="acme")
+        again = await alice.token(resource=CALENDAR, scopes=["calendar.read"])
+        show(
+            "after a restart, alice's grant came from the encrypted vault: no consent",
+            describe(again.value.get_secret_value()),
+        )
         await alice.disconnect()
-        show("alice disconnected: refresh token revoked at the server, grant forgotten")
+        show("alice disconnected: refresh token revoked at the server, grant removed")
     print("\nDone.")
 
 

@@ -38,14 +38,18 @@ def _embedded_defaults(data_home: Path) -> dict[str, str]:
     return env
 
 
-def test_quickstart_runs_end_to_end(dev_idp: DevIdP) -> None:
-    result = _run("examples/quickstart.py", "--issuer", dev_idp.issuer)
+def test_quickstart_runs_end_to_end(dev_idp: DevIdP, tmp_path: Path) -> None:
+    result = _run(
+        "examples/quickstart.py", "--issuer", dev_idp.issuer, env=_embedded_defaults(tmp_path)
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "alice consented" in out
     assert "aud=https://calendar.example/api sub=alice scope='calendar.read'" in out
     assert "scope='calendar.write'" in out
     assert "aud=https://mail.example/api sub=bob scope='mail.read'" in out
+    assert "delegation chain: alice via agent-confidential" in out
+    assert "after a restart, alice's grant came from the encrypted vault" in out
     assert "alice disconnected" in out
     assert out.rstrip().endswith("Done.")
 
@@ -82,3 +86,41 @@ def test_cli_version() -> None:
 
     result = _run("-m", "agent_identity.cli", "version")
     assert result.stdout.strip() == __version__
+
+
+def test_cli_vault_generate_key() -> None:
+    import base64
+
+    result = _run("-m", "agent_identity.cli", "vault", "generate-key")
+    assert result.returncode == 0
+    assert len(base64.b64decode(result.stdout.strip())) == 32
+
+
+def test_cli_vault_rotate_keys(tmp_path: Path) -> None:
+    import anyio
+
+    from agent_identity.vault import GrantKey, GrantRecord, Keyring, TokenVault, generate_key
+
+    old, new = generate_key(), generate_key()
+    path = tmp_path / "vault.sqlite3"
+    key = GrantKey("acme", "alice", "https://as.example")
+
+    async def write() -> None:
+        async with TokenVault.sqlite(path, keys=Keyring({"old": old}, "old")) as vault:
+            record = GrantRecord("https://as.example", "alice", ("a",), (), None)
+            await vault.save(key, record, expected_version=0)
+
+    async def read_with_new_key_only() -> str | None:
+        async with TokenVault.sqlite(path, keys=Keyring({"new": new}, "new")) as vault:
+            loaded = await vault.load(key)
+            return None if loaded is None else loaded.record.subject
+
+    anyio.run(write)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_IDENTITY_")}
+    env["AGENT_IDENTITY_VAULT_KEYS"] = f"new:{new},old:{old}"
+    result = _run(
+        "-m", "agent_identity.cli", "vault", "rotate-keys", "--url", f"sqlite://{path}", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert "re-encrypted 1 row" in result.stdout
+    assert anyio.run(read_with_new_key_only) == "alice"

@@ -19,6 +19,12 @@ EXPECTED = {
     "DeviceCodeConsent",
     "LoopbackConsent",
     "NotebookConsent",
+    # the vault and delegation
+    "TokenVault",
+    "Keyring",
+    "KeyProvider",
+    "DelegationChain",
+    "Actor",
     # values
     "AccessToken",
     "DeviceAuthorization",
