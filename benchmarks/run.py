@@ -15,6 +15,7 @@
    Goal: <= 120 ms.
 
 Nothing here asserts: the figures are printed for humans and CI logs.
+The token vault has its own suite: ``.venv/bin/python benchmarks/vault.py``.
 """
 
 from __future__ import annotations
