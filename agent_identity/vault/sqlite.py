@@ -162,20 +162,35 @@ class SQLiteStore:
         # Not abandonable on cancel: the statement finishes (commit or rollback) first.
         return await anyio.to_thread.run_sync(self._call, op)
 
+    async def _read(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
+        """A point read by primary key. In WAL mode readers never wait for writers and such
+        a read takes a few microseconds, less than handing it to a worker thread; so when
+        the connection is open and idle, it runs inline. Otherwise (first use, or the
+        connection busy with a write) it goes to a worker thread like everything else."""
+        conn = self._conn
+        if conn is not None and not self._closed and self._lock.acquire(blocking=False):
+            try:
+                return self._invoke(conn, op)
+            finally:
+                self._lock.release()
+        return await self._run(op)
+
     def _call(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
         with self._lock:
-            conn = self._connect()
-            try:
-                return op(conn)
-            except BaseException as exc:
-                if conn.in_transaction:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        logger.warning("vault database rollback failed", exc_info=False)
-                if isinstance(exc, sqlite3.Error):
-                    raise _map_error(exc) from exc
-                raise
+            return self._invoke(self._connect(), op)
+
+    def _invoke(self, conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], _T]) -> _T:
+        try:
+            return op(conn)
+        except BaseException as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    logger.warning("vault database rollback failed", exc_info=False)
+            if isinstance(exc, sqlite3.Error):
+                raise _map_error(exc) from exc
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         if self._closed:
@@ -290,7 +305,7 @@ class SQLiteStore:
             row = conn.execute("SELECT version, blob FROM entries WHERE key = ?", (key,)).fetchone()
             return None if row is None else StoredRow(int(row[0]), bytes(row[1]))
 
-        return await self._run(op)
+        return await self._read(op)
 
     async def version(self, key: str) -> int | None:
         check_key(key)
@@ -299,7 +314,7 @@ class SQLiteStore:
             row = conn.execute("SELECT version FROM entries WHERE key = ?", (key,)).fetchone()
             return None if row is None else int(row[0])
 
-        return await self._run(op)
+        return await self._read(op)
 
     async def put(self, key: str, blob: bytes, *, expected_version: int) -> int:
         check_key(key)
