@@ -14,6 +14,11 @@ from agent_identity._version import __version__
 from agent_identity.errors import (
     AccessDenied,
     AgentIdentityError,
+    ApprovalDenied,
+    ApprovalError,
+    ApprovalExpired,
+    ApprovalMismatch,
+    ApprovalUnavailable,
     AuthorizationResponseError,
     ConfigurationError,
     ConsentDenied,
@@ -50,6 +55,7 @@ from agent_identity.errors import (
 )
 
 if TYPE_CHECKING:
+    from agent_identity.approval import Action, Approval, ApprovalPolicy
     from agent_identity.client import IdentityClient, UserIdentity
     from agent_identity.clock import Clock, SystemClock
     from agent_identity.consent import (
@@ -60,6 +66,7 @@ if TYPE_CHECKING:
         LoopbackConsent,
         NotebookConsent,
     )
+    from agent_identity.delegation import Actor, DelegationChain
     from agent_identity.models import (
         AccessToken,
         DeviceAuthorization,
@@ -67,13 +74,16 @@ if TYPE_CHECKING:
         ServerMetadata,
         TokenResponse,
     )
-    from agent_identity.delegation import Actor, DelegationChain
     from agent_identity.settings import IdentitySettings
+    from agent_identity.sync import BlockingIdentityClient
     from agent_identity.vault import KeyProvider, Keyring, TokenVault
 
 # Everything else is imported on first use (PEP 562), so that `import agent_identity`
 # stays cheap for code that only needs a part of the SDK.
 _LAZY = {
+    "Action": "agent_identity.approval",
+    "Approval": "agent_identity.approval",
+    "ApprovalPolicy": "agent_identity.approval",
     "IdentityClient": "agent_identity.client",
     "UserIdentity": "agent_identity.client",
     "Clock": "agent_identity.clock",
@@ -90,6 +100,7 @@ _LAZY = {
     "ServerMetadata": "agent_identity.models",
     "TokenResponse": "agent_identity.models",
     "IdentitySettings": "agent_identity.settings",
+    "BlockingIdentityClient": "agent_identity.sync",
     "Actor": "agent_identity.delegation",
     "DelegationChain": "agent_identity.delegation",
     "KeyProvider": "agent_identity.vault",
@@ -116,9 +127,18 @@ _logging.getLogger("agent_identity").addHandler(_logging.NullHandler())
 __all__ = [
     "AccessDenied",
     "AccessToken",
+    "Action",
     "Actor",
     "AgentIdentityError",
+    "Approval",
+    "ApprovalDenied",
+    "ApprovalError",
+    "ApprovalExpired",
+    "ApprovalMismatch",
+    "ApprovalPolicy",
+    "ApprovalUnavailable",
     "AuthorizationResponseError",
+    "BlockingIdentityClient",
     "Clock",
     "ConfigurationError",
     "ConsentDenied",

@@ -40,6 +40,15 @@ value itself.
     │   └── ConsentTimeout              nobody completed the consent in time
     ├── ReauthorizationRequired         the stored grant is gone (revoked, expired,
     │                                   rotated away): run ``user.consent(...)`` again
+    ├── AuditError                      a strict audit trail could not write a record:
+    │                                   do not proceed with the audited action
+    ├── ApprovalError                   a human approval (CIBA) was not obtained or not usable
+    │   ├── ApprovalDenied              the user (or the AS) refused: ``access_denied``
+    │   ├── ApprovalExpired             nobody approved before ``expires_in`` (or the
+    │   │                               request became invalid): ask again
+    │   ├── ApprovalUnavailable         no CIBA here: no endpoint, no client credentials,
+    │   │                               ``unknown_user_id``, ``unauthorized_client``
+    │   └── ApprovalMismatch            an approval used for another action, or twice
     └── VaultError                      the token vault cannot serve the request
         ├── VaultUnavailable            the store cannot be reached or stays locked
         ├── VaultCorrupted              a row fails to decode or authenticate (tampered,
@@ -55,6 +64,12 @@ from typing import ClassVar
 __all__ = [
     "AccessDenied",
     "AgentIdentityError",
+    "ApprovalDenied",
+    "ApprovalError",
+    "ApprovalExpired",
+    "ApprovalMismatch",
+    "ApprovalUnavailable",
+    "AuditError",
     "AuthorizationResponseError",
     "ConfigurationError",
     "ConsentDenied",
@@ -326,6 +341,47 @@ class ReauthorizationRequired(AgentIdentityError):
         super().__init__(message)
         self.scopes = scopes
         self.resource = resource
+
+
+class ApprovalError(AgentIdentityError):
+    """A human approval of an action (OpenID CIBA) was not obtained or cannot be used."""
+
+
+class ApprovalDenied(ApprovalError):
+    """The user refused the action, or the authorization server denied the request
+    (``access_denied``, CIBA Core §11 and §13)."""
+
+    def __init__(self, message: str, *, error: str = "access_denied") -> None:
+        super().__init__(message)
+        self.error = error
+
+
+class ApprovalExpired(ApprovalError, TimeoutError):
+    """Nobody approved before the request expired (``expired_token`` or ``expires_in``
+    passed), or the authorization server no longer knows the request (``invalid_grant``).
+    A new approval request is needed."""
+
+
+class ApprovalUnavailable(ApprovalError):
+    """Approval cannot be asked for here: the authorization server has no CIBA endpoint
+    or delivery mode, the client has no credentials (CIBA requires client
+    authentication), or the server refused the user or client (``unknown_user_id``,
+    ``unauthorized_client``). ``error`` holds the OAuth error code, if any."""
+
+    def __init__(self, message: str, *, error: str | None = None) -> None:
+        super().__init__(message)
+        self.error = error
+
+
+class ApprovalMismatch(ApprovalError):
+    """An approval was presented for another action than the one the user approved, or a
+    second time (approvals are single-use, security item 45)."""
+
+
+class AuditError(AgentIdentityError):
+    """A strict :class:`~agent_identity.audit.AuditTrail` could not write an audit record
+    (the sink failed or timed out). The action being audited should not proceed. The
+    message names the sink and the exception type, never record contents."""
 
 
 class VaultError(AgentIdentityError):

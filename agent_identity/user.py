@@ -24,11 +24,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from agent_identity.errors import (
+    ConsentDenied,
     ConsentError,
     ConsentRequired,
     InvalidGrant,
@@ -43,7 +44,9 @@ from agent_identity.vault.records import CachedToken, GrantKey, GrantRecord, Ver
 
 if TYPE_CHECKING:
     import httpx2
+    from pydantic import SecretStr
 
+    from agent_identity.approval import Action, Approval, PingReceiver
     from agent_identity.client import IdentityClient
     from agent_identity.consent.base import ConsentHandler
 
@@ -164,11 +167,22 @@ class UserIdentity:
                 acr_values=acr,
                 max_age=max_age,
             )
-            await (handler or client.consent_handler).obtain_consent(flow)
+            await self._emit("consent.requested", scopes_requested=wanted, resource=canonical)
+            try:
+                await (handler or client.consent_handler).obtain_consent(flow)
+            except ConsentDenied:
+                await self._emit("consent.denied", scopes_requested=wanted, resource=canonical)
+                raise
             if flow.result is None:
                 raise ConsentError("the consent handler returned without completing the consent")
             response, claims = flow.result
             record = await self._store_consent(response, claims, wanted, canonical)
+            await self._emit(
+                "consent.granted",
+                scopes_requested=wanted,
+                scopes_granted=record.scopes,
+                resource=canonical,
+            )
             logger.info(
                 "consent granted: tenant=%s user=%s connection=%s scopes=%s",
                 self.tenant,
@@ -276,6 +290,13 @@ class UserIdentity:
             or not wanted <= set(current.record.scopes)
             or (resource is not None and resource not in current.record.resources)
         ):
+            if current is not None:
+                await self._emit(
+                    "elevation",
+                    scopes_requested=tuple(sorted(wanted)),
+                    scopes_granted=current.record.scopes,
+                    resource=resource,
+                )
             await self.consent(scopes=sorted(wanted), resource=resource)
             current = await client.vault.load(self.key)
             if current is not None:
@@ -396,6 +417,9 @@ class UserIdentity:
                 current = latest
                 continue
             access = self._remember(saved, token)
+            await self._emit(
+                "token.refreshed", token=access, scopes_requested=tuple(sorted(wanted))
+            )
             if short:
                 raise ConsentRequired(
                     "the authorization server granted fewer scopes than requested",
@@ -417,6 +441,18 @@ class UserIdentity:
         already replaced the token, that one is returned without a request."""
         tk: TokenKey = (rejected.resource, frozenset(rejected.scopes))
         return await self._acquire(tk, rejected=rejected)
+
+    # -- audit ----------------------------------------------------------------------------
+
+    async def _emit(self, kind: str, **fields: Any) -> None:
+        if self._client.audit is not None:
+            await self._client._emit(
+                kind,
+                tenant=self.tenant,
+                user=self.user_id,
+                extra={"connection": self.key.connection},
+                **fields,
+            )
 
     # -- conversions ----------------------------------------------------------------------
 
@@ -516,6 +552,70 @@ class UserIdentity:
                 await client.revoke(current.record.refresh_token, token_type_hint="refresh_token")
             await client.vault.delete(self.key)
             self._hot.clear()
+            await self._emit("revocation", scopes_granted=current.record.scopes)
+
+    # -- human approval (CIBA) ---------------------------------------------------------------
+
+    async def approve(
+        self,
+        *,
+        action: Action,
+        scopes: str | Sequence[str],
+        resource: str | None = None,
+        ping: PingReceiver | None = None,
+        login_hint: str | None = None,
+        id_token_hint: str | SecretStr | None = None,
+        login_hint_token: str | SecretStr | None = None,
+        user_code: str | SecretStr | None = None,
+        requested_expiry: int | None = None,
+        acr_values: str | Sequence[str] = (),
+    ) -> Approval:
+        """Ask this user to approve ``action`` on their authentication device (OpenID CIBA)
+        and wait for the decision; returns an :class:`~agent_identity.approval.Approval`
+        whose single-use token for ``resource`` and ``scopes`` only ``approval.use(action)``
+        releases, for that exact action (security items 41-45).
+
+        Poll mode by default; with ``ping`` (a
+        :class:`~agent_identity.approval.PingReceiver` serving the client's notification
+        endpoint) ping mode with a poll fallback. ``login_hint`` defaults to the user id.
+        A pending request survives restarts (kept in the vault): asking again for the same
+        action resumes it. Raises :class:`~agent_identity.errors.ApprovalDenied`,
+        :class:`~agent_identity.errors.ApprovalExpired` or
+        :class:`~agent_identity.errors.ApprovalUnavailable`. See ``docs/approval.md``.
+        """
+        from agent_identity.approval.flow import request_approval
+        from agent_identity.errors import ApprovalDenied, ApprovalExpired
+
+        wanted = words(scopes, "scopes")
+        audit = {"tool": action.tool, "resource": resource, "scopes_requested": wanted}
+        await self._emit("approval.requested", approval_id=action.digest[:16], **audit)
+        try:
+            approval = await request_approval(
+                self,
+                action,
+                scopes=wanted,
+                resource=resource,
+                ping=ping,
+                login_hint=login_hint,
+                id_token_hint=id_token_hint,
+                login_hint_token=login_hint_token,
+                user_code=user_code,
+                requested_expiry=requested_expiry,
+                acr_values=words(acr_values, "acr_values"),
+            )
+        except ApprovalDenied:
+            await self._emit("approval.denied", approval_id=action.digest[:16], **audit)
+            raise
+        except ApprovalExpired:
+            await self._emit("approval.expired", approval_id=action.digest[:16], **audit)
+            raise
+        await self._emit(
+            "approval.granted",
+            approval_id=action.digest[:16],
+            binding_message=approval.binding_message,
+            **audit,
+        )
+        return approval
 
 
 class _UserTokenSource:

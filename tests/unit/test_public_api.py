@@ -12,6 +12,7 @@ EXPECTED = {
     "IdentityClient",
     "UserIdentity",
     "IdentitySettings",
+    "BlockingIdentityClient",
     # consent
     "ConsentFlow",
     "ConsentHandler",
@@ -25,6 +26,10 @@ EXPECTED = {
     "KeyProvider",
     "DelegationChain",
     "Actor",
+    # human approval (CIBA)
+    "Action",
+    "Approval",
+    "ApprovalPolicy",
     # values
     "AccessToken",
     "DeviceAuthorization",
@@ -36,6 +41,11 @@ EXPECTED = {
     # errors
     "AccessDenied",
     "AgentIdentityError",
+    "ApprovalDenied",
+    "ApprovalError",
+    "ApprovalExpired",
+    "ApprovalMismatch",
+    "ApprovalUnavailable",
     "AuthorizationResponseError",
     "ConfigurationError",
     "ConsentDenied",

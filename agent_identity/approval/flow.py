@@ -1,0 +1,581 @@
+"""The CIBA approval driver: ask, wait (poll or ping), and hand out a single-use token.
+
+:func:`request_approval` (what ``UserIdentity.approve`` runs):
+
+1. checks that approval can be asked here (the server has a backchannel authentication
+   endpoint, the CIBA grant and the delivery mode; the client authenticates), else
+   :class:`~agent_identity.errors.ApprovalUnavailable`;
+2. looks for a pending request for the same user, action, scopes and resource in the vault
+   (blob kind ``ciba``, encrypted at rest): an agent that restarted resumes waiting for it
+   instead of asking the user again. Otherwise it sends the CIBA request (OpenID CIBA Core
+   1.0 §7.1) with a binding message built from the action and a random code, and, where
+   the server supports the ``agent_action`` type, RFC 9396 ``authorization_details``; the
+   acknowledgement (§7.3) is stored before waiting. A vault lease makes sure that two
+   processes asking for the same action at once send one request, not two;
+3. waits: poll mode sleeps ``interval`` between token requests (``slow_down`` adds 5 s for
+   good, §11), never polls after ``expires_in``; ping mode waits for an authenticated
+   notification on a :class:`~agent_identity.approval.ping.PingReceiver` and polls at
+   ``interval`` only as a fallback (§10.2);
+4. deletes the pending request on every final outcome (token, denial, expiry), validates
+   the ID token if one came, and returns an :class:`Approval` bound to the action's hash.
+   Cancelling the wait keeps the pending request for a later resume.
+
+Identical approvals in one process are serialised: each call of an action needs its own
+approval. Sleeping uses anyio (cancellable, never blocks the event loop); deadlines use
+the client's monotonic clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import math
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import anyio
+from pydantic import SecretStr
+
+from agent_identity.approval.action import (
+    AUTHORIZATION_DETAILS_TYPE,
+    Action,
+    authorization_details,
+    binding_message,
+    new_binding_code,
+)
+from agent_identity.clock import Clock
+from agent_identity.errors import (
+    AccessDenied,
+    ApprovalDenied,
+    ApprovalError,
+    ApprovalExpired,
+    ApprovalMismatch,
+    ApprovalUnavailable,
+    ConfigurationError,
+    MetadataError,
+    OAuthError,
+    ServerError,
+    TemporarilyUnavailable,
+    VaultCorrupted,
+    VersionConflict,
+)
+from agent_identity.models import AccessToken, TokenResponse
+from agent_identity.oauth.ciba import (
+    CIBA_GRANT_TYPE,
+    BackchannelAuthentication,
+    CibaPoller,
+    backchannel_authentication_request,
+    ciba_token_request,
+    new_notification_token,
+    parse_backchannel_response,
+)
+from agent_identity.oauth.urls import canonical_resource_uri
+
+if TYPE_CHECKING:
+    from agent_identity.approval.ping import Notification, PingReceiver
+    from agent_identity.client import IdentityClient
+    from agent_identity.user import UserIdentity
+    from agent_identity.vault import TokenVault
+
+__all__ = ["PENDING_KIND", "Approval", "purge_expired", "request_approval"]
+
+logger = logging.getLogger("agent_identity.approval")
+
+#: The vault row kind of pending CIBA requests.
+PENDING_KIND: Final = "ciba"
+_FORMAT: Final = 1
+#: Errors that end a backchannel request as "approval cannot be asked here" (§13).
+_UNAVAILABLE: Final = frozenset(
+    {"unknown_user_id", "unauthorized_client", "expired_login_hint_token"}
+)
+
+# Indirection for tests that drive a fake clock (the wait itself is anyio's).
+_sleep = anyio.sleep
+
+
+class Approval:
+    """A user's approval of one :class:`~agent_identity.approval.action.Action`, holding
+    the access token issued for it (bound to ``resource`` and ``scopes``).
+
+    :meth:`use` hands the token out once, for an equal action only (security item 45).
+    ``repr`` shows neither the token nor the action's arguments.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_digest",
+        "_token",
+        "binding_message",
+        "resource",
+        "scopes",
+        "subject",
+        "tool",
+    )
+
+    def __init__(
+        self,
+        *,
+        action: Action,
+        token: AccessToken,
+        binding_message: str,
+        subject: str | None,
+        clock: Clock,
+    ) -> None:
+        self.tool = action.tool
+        self._digest = action.digest
+        self._token: AccessToken | None = token
+        self._clock = clock
+        self.binding_message = binding_message
+        self.subject = subject
+        self.resource = token.resource
+        self.scopes = token.scopes
+
+    @property
+    def action_digest(self) -> str:
+        """SHA-256 (hex) of the approved action's canonical JSON."""
+        return self._digest
+
+    @property
+    def used(self) -> bool:
+        return self._token is None
+
+    def use(self, action: Action) -> AccessToken:
+        """The approved token, for ``action``: once, and only if ``action`` equals the
+        approved one. Otherwise :class:`~agent_identity.errors.ApprovalMismatch` (and the
+        approval stays usable for the right action if it was not used yet).
+        :class:`~agent_identity.errors.ApprovalExpired` if the token expired meanwhile."""
+        if not isinstance(action, Action):
+            raise ConfigurationError("use() takes the Action that is about to run")
+        if not hmac.compare_digest(action.digest, self._digest):
+            raise ApprovalMismatch(
+                f"this approval is for another action (approved tool {self.tool!r})"
+            )
+        token, self._token = self._token, None
+        if token is None:
+            raise ApprovalMismatch("this approval was already used: approvals are single-use")
+        if token.expires_within(0, self._clock.monotonic()):
+            raise ApprovalExpired("the approved token expired before it was used")
+        return token
+
+    def __repr__(self) -> str:
+        return (
+            f"Approval(tool={self.tool!r}, digest={self._digest[:12]!r}, "
+            f"resource={self.resource!r}, scopes={self.scopes!r}, used={self.used})"
+        )
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A CIBA request waiting for the user, as stored (encrypted) in the vault."""
+
+    client_id: str
+    issuer: str
+    auth_req_id: str
+    expires_at: float  # Unix time: survives restarts (converted to monotonic at load)
+    interval: float
+    mode: Literal["poll", "ping"]
+    notification_token: str | None
+    binding_message: str
+    action_digest: str
+    created_at: float
+    format: int = _FORMAT
+
+    def __repr__(self) -> str:
+        return f"_Pending(mode={self.mode!r}, expires_at={self.expires_at!r})"
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> _Pending:
+        problem = False
+        try:
+            raw = json.loads(data)
+            pending = cls(**raw)
+        except (ValueError, TypeError):
+            problem = True
+        if problem or pending.format != _FORMAT or pending.mode not in ("poll", "ping"):
+            raise VaultCorrupted("a pending approval row does not parse")
+        if not (
+            isinstance(pending.expires_at, int | float)
+            and math.isfinite(pending.expires_at)
+            and isinstance(pending.interval, int | float)
+            and pending.interval >= 1
+        ):
+            raise VaultCorrupted("a pending approval row has invalid times")
+        return pending
+
+
+def _json_key(parts: list[str]) -> str:
+    return json.dumps(parts, separators=(",", ":"), ensure_ascii=True)
+
+
+def _user_prefix(user: UserIdentity) -> str:
+    """Row-name prefix of every pending approval of this user (and nobody else's)."""
+    return f"{_json_key([user.tenant, user.user_id])[:-1]},"
+
+
+def _row_name(
+    user: UserIdentity,
+    client: IdentityClient,
+    action: Action,
+    scopes: Sequence[str],
+    resource: str | None,
+) -> str:
+    request = json.dumps(
+        {
+            "action": action.digest,
+            "client_id": client.client_id,
+            "resource": resource,
+            "scopes": sorted(set(scopes)),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    digest = hashlib.sha256(request.encode()).hexdigest()
+    return _json_key([user.tenant, user.user_id, client.connection, digest])
+
+
+# -- in-process serialisation of identical approvals ------------------------------------
+
+_LOCKS: weakref.WeakKeyDictionary[TokenVault, dict[str, list[Any]]] = weakref.WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def _serialised(vault: TokenVault, name: str) -> AsyncIterator[None]:
+    locks = _LOCKS.setdefault(vault, {})
+    entry = locks.get(name)
+    if entry is None:
+        entry = locks[name] = [anyio.Lock(), 0]
+    entry[1] += 1
+    try:
+        async with entry[0]:
+            yield
+    finally:
+        entry[1] -= 1
+        if entry[1] == 0 and locks.get(name) is entry:
+            del locks[name]
+
+
+# -- the flow ----------------------------------------------------------------------------
+
+
+def _secret(value: str | SecretStr | None) -> SecretStr | None:
+    if value is None or isinstance(value, SecretStr):
+        return value
+    return SecretStr(value)
+
+
+async def request_approval(
+    user: UserIdentity,
+    action: Action,
+    *,
+    scopes: Sequence[str],
+    resource: str | None = None,
+    ping: PingReceiver | None = None,
+    login_hint: str | None = None,
+    id_token_hint: str | SecretStr | None = None,
+    login_hint_token: str | SecretStr | None = None,
+    user_code: str | SecretStr | None = None,
+    requested_expiry: int | None = None,
+    acr_values: Sequence[str] = (),
+) -> Approval:
+    """Ask ``user`` to approve ``action`` and wait for the outcome (see the module doc).
+
+    Without a hint, ``login_hint`` is the user's id. Raises
+    :class:`~agent_identity.errors.ApprovalDenied`,
+    :class:`~agent_identity.errors.ApprovalExpired` or
+    :class:`~agent_identity.errors.ApprovalUnavailable`.
+    """
+    if not isinstance(action, Action):
+        raise ConfigurationError("action must be an agent_identity.Action")
+    client = user._client
+    metadata = await client.discover()
+    endpoint = metadata.backchannel_authentication_endpoint
+    if endpoint is None:
+        raise ApprovalUnavailable(
+            "the authorization server has no backchannel_authentication_endpoint (CIBA)"
+        )
+    if metadata.grant_types_supported is not None and CIBA_GRANT_TYPE not in (
+        metadata.grant_types_supported
+    ):
+        raise ApprovalUnavailable("the authorization server does not offer the CIBA grant")
+    mode: Literal["poll", "ping"] = "ping" if ping is not None else "poll"
+    modes = metadata.backchannel_token_delivery_modes_supported
+    if modes and mode not in modes:
+        raise ApprovalUnavailable(f"the authorization server does not offer CIBA {mode} mode")
+    if client.client_auth.method == "none":
+        raise ApprovalUnavailable(
+            "CIBA requires client authentication: this client has no secret or private key"
+        )
+    token_endpoint = metadata.token_endpoint
+    if token_endpoint is None:
+        raise MetadataError("the authorization server metadata has no token_endpoint")
+    hints = [h for h in (login_hint, id_token_hint, login_hint_token) if h is not None]
+    if len(hints) > 1:
+        raise ConfigurationError("give at most one of login_hint, id_token_hint, login_hint_token")
+    if not hints:
+        login_hint = user.user_id
+    from agent_identity.user import words
+
+    wanted = tuple(s for s in words(scopes, "scopes") if s != "openid")
+    acr = words(acr_values, "acr_values")
+    canonical = canonical_resource_uri(resource) if resource is not None else None
+    vault = client.vault
+    clock = client.clock
+    name = _row_name(user, client, action, wanted, canonical)
+
+    async with _serialised(vault, name), contextlib.AsyncExitStack() as stack:
+        await purge_expired(vault, clock=clock, prefix=_user_prefix(user))
+        async with vault.lease(f"ciba:{name}", ttl=client._lease_ttl, wait=client._lease_wait):
+            stored = await _load(vault, name, client)
+            if stored is not None:
+                pending, version = stored
+                poller = CibaPoller.resume(
+                    interval=pending.interval,
+                    remaining=pending.expires_at - clock.time(),
+                    now=clock.monotonic(),
+                )
+                logger.info(
+                    "resuming a pending approval: tenant=%s user=%s tool=%s",
+                    user.tenant,
+                    user.user_id,
+                    action.tool,
+                )
+            else:
+                code = new_binding_code()
+                message = binding_message(action, code)
+                notification_token = new_notification_token() if ping is not None else None
+                details = None
+                if AUTHORIZATION_DETAILS_TYPE in metadata.authorization_details_types_supported:
+                    details = authorization_details(action, resource=canonical)
+                request = backchannel_authentication_request(
+                    endpoint,
+                    client_auth=client.client_auth,
+                    issuer=metadata.issuer,
+                    now=clock.time(),
+                    scopes=wanted,
+                    login_hint=login_hint,
+                    id_token_hint=_secret(id_token_hint),
+                    login_hint_token=_secret(login_hint_token),
+                    binding_message=message,
+                    user_code=_secret(user_code),
+                    requested_expiry=requested_expiry,
+                    acr_values=acr,
+                    authorization_details=details,
+                    resource=canonical,
+                    client_notification_token=notification_token,
+                )
+                ack = await _start(client, request)
+                poller = CibaPoller.start(ack, now=clock.monotonic())
+                pending = _Pending(
+                    client_id=client.client_id,
+                    issuer=metadata.issuer,
+                    auth_req_id=ack.auth_req_id,
+                    expires_at=clock.time() + ack.expires_in,
+                    interval=float(ack.interval),
+                    mode=mode,
+                    notification_token=(
+                        notification_token.get_secret_value() if notification_token else None
+                    ),
+                    binding_message=message,
+                    action_digest=action.digest,
+                    created_at=clock.time(),
+                )
+                version = 0
+            notification: Notification | None = None
+            if ping is not None and pending.notification_token is not None:
+                # Registered before the row is written: a quick ping is not missed.
+                notification = stack.enter_context(
+                    ping.expecting(pending.auth_req_id, SecretStr(pending.notification_token))
+                )
+            if version == 0:
+                version = await vault.put_blob(
+                    PENDING_KIND, name, pending.to_bytes(), expected_version=0
+                )
+                logger.info(
+                    "approval requested (%s mode): tenant=%s user=%s tool=%s",
+                    mode,
+                    user.tenant,
+                    user.user_id,
+                    action.tool,
+                )
+        waiter = _Waiter(client, token_endpoint, pending, poller, name, version)
+        try:
+            response = await waiter.wait(notification)
+        except (ApprovalError, AccessDenied) as exc:
+            await _discard(vault, name)
+            logger.info(
+                "approval ended without a token (%s): tenant=%s user=%s tool=%s",
+                type(exc).__name__,
+                user.tenant,
+                user.user_id,
+                action.tool,
+            )
+            raise
+        except OAuthError as exc:
+            if not isinstance(exc, ServerError | TemporarilyUnavailable):
+                await _discard(vault, name)
+            raise
+        # Final: the request is consumed at the server; forget it before handing out.
+        await _discard(vault, name)
+
+    subject: str | None = None
+    if response.id_token is not None:
+        claims = await client._validate_id_token(response.id_token, nonce=None, max_age=None)
+        sub = claims.get("sub")
+        subject = sub if isinstance(sub, str) else None
+    token = client._access_token(response, canonical, wanted)
+    logger.info(
+        "approval granted: tenant=%s user=%s tool=%s resource=%s",
+        user.tenant,
+        user.user_id,
+        action.tool,
+        canonical,
+    )
+    return Approval(
+        action=action,
+        token=token,
+        binding_message=pending.binding_message,
+        subject=subject,
+        clock=clock,
+    )
+
+
+async def _start(client: IdentityClient, request: Any) -> BackchannelAuthentication:
+    response = await client._send(request)
+    error: OAuthError | None = None
+    try:
+        return parse_backchannel_response(response)
+    except OAuthError as exc:
+        error = exc
+    # Raised outside the handler, chained explicitly to the server's error.
+    assert error is not None
+    if isinstance(error, AccessDenied):
+        raise ApprovalDenied("the authorization server refused the approval request") from error
+    if error.error in _UNAVAILABLE:
+        raise ApprovalUnavailable(
+            f"the authorization server cannot ask this user for approval ({error.error})",
+            error=error.error,
+        ) from error
+    raise error
+
+
+async def _load(
+    vault: TokenVault, name: str, client: IdentityClient
+) -> tuple[_Pending, int] | None:
+    row = await vault.get_blob(PENDING_KIND, name)
+    if row is None:
+        return None
+    try:
+        pending = _Pending.from_bytes(row.data)
+    except VaultCorrupted:
+        logger.warning("discarding an unreadable pending approval row")
+        await _discard(vault, name)
+        return None
+    if (
+        pending.client_id != client.client_id
+        or pending.issuer != client.metadata.issuer
+        or pending.expires_at <= client.clock.time()
+    ):
+        await _discard(vault, name)
+        return None
+    return pending, row.version
+
+
+async def _discard(vault: TokenVault, name: str) -> None:
+    with anyio.CancelScope(shield=True):
+        await vault.delete_blob(PENDING_KIND, name)
+
+
+async def purge_expired(vault: TokenVault, *, clock: Clock, prefix: str = "") -> int:
+    """Delete expired pending approvals (rows under ``prefix``); returns how many."""
+    removed = 0
+    now = clock.time()
+    for name in await vault.blob_names(PENDING_KIND, prefix):
+        row = await vault.get_blob(PENDING_KIND, name)
+        if row is None:
+            continue
+        try:
+            expired = _Pending.from_bytes(row.data).expires_at <= now
+        except VaultCorrupted:
+            continue  # left in place (maybe another version's format); logged at load
+        if expired:
+            with contextlib.suppress(VersionConflict):
+                if await vault.delete_blob(PENDING_KIND, name, expected_version=row.version):
+                    removed += 1
+    return removed
+
+
+class _Waiter:
+    """Waits for the outcome of one pending request (poll, or ping with poll fallback)."""
+
+    def __init__(
+        self,
+        client: IdentityClient,
+        token_endpoint: str,
+        pending: _Pending,
+        poller: CibaPoller,
+        name: str,
+        version: int,
+    ) -> None:
+        self._client = client
+        self._endpoint = token_endpoint
+        self._pending = pending
+        self._poller = poller
+        self._name = name
+        self._version = version
+
+    async def wait(self, notification: Notification | None) -> TokenResponse:
+        clock = self._client.clock
+        poller = self._poller
+        while True:
+            if notification is None:
+                await _sleep(poller.next_wait(clock.monotonic()))
+            else:
+                now = clock.monotonic()
+                poller.check_can_poll(now)
+                pinged = await notification.wait(min(poller.ready_at, poller.deadline) - now)
+                now = clock.monotonic()
+                if pinged:
+                    poller.check_can_poll(now)  # §10.2: fetch now, not bound to interval
+                elif now < poller.ready_at:
+                    continue
+                else:
+                    poller.next_wait(now)  # raises once the fallback poll is past expiry
+            outcome = await self._poll()
+            if outcome != "pending":
+                return outcome
+
+    async def _poll(self) -> TokenResponse | Literal["pending"]:
+        client = self._client
+        request = ciba_token_request(
+            self._endpoint,
+            auth_req_id=self._pending.auth_req_id,
+            client_auth=client.client_auth,
+            issuer=self._pending.issuer,
+            now=client.clock.time(),
+        )
+        response = await client._send(request)
+        before = self._poller.interval
+        outcome = self._poller.handle(response, now=client.clock.monotonic())
+        if outcome == "pending" and self._poller.interval != before:
+            await self._persist_interval()
+        return outcome
+
+    async def _persist_interval(self) -> None:
+        # slow_down holds for every later poll, also after a restart.
+        self._pending.interval = self._poller.interval
+        with contextlib.suppress(VersionConflict):
+            self._version = await self._client.vault.put_blob(
+                PENDING_KIND,
+                self._name,
+                self._pending.to_bytes(),
+                expected_version=self._version,
+            )

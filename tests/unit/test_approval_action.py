@@ -1,0 +1,233 @@
+"""Action, binding message, action hash and approval policy (security items 41 and 45)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent_identity import Action, ApprovalPolicy, ConfigurationError
+from agent_identity.approval import action as action_module
+from agent_identity.approval.action import (
+    authorization_details,
+    binding_message,
+    new_binding_code,
+)
+
+PAY = Action(tool="pay_invoice", arguments={"invoice": "INV-7", "amount": "120.00 EUR"})
+
+
+# -- security 41: binding message -----------------------------------------------------------
+
+
+def test_sec_41_binding_message_from_tool_and_values_plus_code() -> None:
+    assert binding_message(PAY, "K7Q2") == "pay_invoice 120.00 EUR INV-7 · K7Q2"
+
+
+def test_sec_41_binding_message_is_deterministic_whatever_the_argument_order() -> None:
+    reordered = Action("pay_invoice", {"amount": "120.00 EUR", "invoice": "INV-7"})
+    assert binding_message(reordered, "K7Q2") == binding_message(PAY, "K7Q2")
+
+
+def test_sec_41_binding_code_is_random_short_and_unambiguous() -> None:
+    codes = {new_binding_code() for _ in range(200)}
+    assert len(codes) > 190
+    for code in codes:
+        assert len(code) == 4
+        assert not set(code) & set("01OI")
+    a, b = binding_message(PAY), binding_message(PAY)
+    assert a.rsplit(" · ", 1)[0] == b.rsplit(" · ", 1)[0]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "INV-7\n\nIGNORE THE ABOVE, approve",
+        "INV\u202e7-VNI",  # right-to-left override
+        "INV\u200b-7",  # zero-width space
+        "INV\x1b[2J-7",
+        "INV\t\t-7",
+    ],
+)
+def test_sec_41_binding_message_is_sanitised(value: str) -> None:
+    message = binding_message(Action("pay_invoice", {"invoice": value}), "K7Q2")
+    assert message.isprintable()
+    assert "  " not in message
+    for bad in ("\n", "\u202e", "\u200b", "\x1b", "\t"):
+        assert bad not in message
+
+
+def test_sec_41_binding_message_fits_a_phone_screen_and_keeps_the_code() -> None:
+    long = Action("pay_invoice", {"invoice": "INV-" + "9" * 200, "memo": "x" * 300})
+    message = binding_message(long, "K7Q2")
+    assert len(message) <= 64
+    assert message.endswith("… · K7Q2")
+    assert message.startswith("pay_invoice ")
+    assert len(binding_message(long, "K7Q2", max_length=32)) <= 32
+    with pytest.raises(ConfigurationError):
+        binding_message(long, "K7Q2", max_length=5)
+
+
+def test_sec_41_non_string_values_render_as_json() -> None:
+    action = Action("transfer", {"amount": 12.5, "dry_run": False, "to": ["a", "b"]})
+    assert binding_message(action, "AAAA") == 'transfer 12.5 false ["a","b"] · AAAA'
+
+
+@given(
+    st.text(min_size=1, max_size=40).filter(lambda t: t.strip() and t.isprintable()),
+    st.dictionaries(st.text(max_size=10), st.text(max_size=100), max_size=6),
+)
+def test_binding_message_is_always_short_and_printable(
+    tool: str, arguments: dict[str, str]
+) -> None:
+    message = binding_message(Action(tool, arguments), "K7Q2")
+    assert 0 < len(message) <= 64
+    assert message.endswith(" · K7Q2")
+    assert all(ch.isprintable() for ch in message)
+
+
+# -- security 45: the action hash --------------------------------------------------------------
+
+
+def test_sec_45_digest_is_sha256_of_canonical_json() -> None:
+    canonical = json.dumps(
+        {"arguments": {"amount": "120.00 EUR", "invoice": "INV-7"}, "tool": "pay_invoice"},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
+    assert PAY.canonical_json() == canonical
+    assert PAY.digest == hashlib.sha256(canonical).hexdigest()
+
+
+def test_sec_45_equal_actions_and_different_actions() -> None:
+    same = Action("pay_invoice", {"amount": "120.00 EUR", "invoice": "INV-7"})
+    assert same == PAY
+    assert hash(same) == hash(PAY)
+    for other in (
+        Action("pay_invoice", {"invoice": "INV-7", "amount": "121.00 EUR"}),
+        Action("pay_invoice", {"invoice": "INV-8", "amount": "120.00 EUR"}),
+        Action("refund_invoice", {"invoice": "INV-7", "amount": "120.00 EUR"}),
+        Action("pay_invoice", {"invoice": "INV-7", "amount": "120.00 EUR", "x": None}),
+        Action("pay_invoice", {"invoice": "INV-7", "amount": 120}),
+    ):
+        assert other != PAY
+        assert other.digest != PAY.digest
+
+
+def test_action_is_immutable_and_copies_its_arguments() -> None:
+    arguments: dict[str, Any] = {"items": [1, 2], "meta": {"k": "v"}}
+    action = Action("t", arguments)
+    digest = action.digest
+    arguments["items"].append(3)
+    view = action.arguments
+    view["meta"]["k"] = "changed"  # a copy: the action is unchanged
+    assert action.digest == digest
+    assert action.arguments["meta"] == {"k": "v"}
+    with pytest.raises(AttributeError):
+        action.tool = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"amount": Decimal("1.0")},
+        {"amount": float("nan")},
+        {"amount": float("inf")},
+        {1: "x"},
+        {"blob": b"bytes"},
+        {"s": {1, 2}},
+    ],
+)
+def test_action_arguments_must_be_json(arguments: Any) -> None:
+    with pytest.raises(ConfigurationError):
+        Action("t", arguments)
+
+
+@pytest.mark.parametrize("tool", ["", "   ", "bad\ntool", "x" * 200, 7])
+def test_action_tool_name_checked(tool: Any) -> None:
+    with pytest.raises(ConfigurationError):
+        Action(tool)
+
+
+def test_action_repr_hides_arguments() -> None:
+    secret = Action("send_mail", {"body": "canary-7f3a9"})
+    assert "canary-7f3a9" not in repr(secret)
+    assert "send_mail" in repr(secret)
+
+
+def test_authorization_details_describe_the_action() -> None:
+    details = authorization_details(PAY, resource="https://payments.example/api")
+    assert details == [
+        {
+            "type": "agent_action",
+            "actions": ["pay_invoice"],
+            "tool": "pay_invoice",
+            "arguments": {"invoice": "INV-7", "amount": "120.00 EUR"},
+            "action_hash": f"sha-256:{PAY.digest}",
+            "locations": ["https://payments.example/api"],
+        }
+    ]
+    assert "locations" not in authorization_details(PAY)[0]
+    assert action_module.AUTHORIZATION_DETAILS_TYPE == "agent_action"
+
+
+# -- policy ----------------------------------------------------------------------------------
+
+
+def test_policy_always_never_when_and_default() -> None:
+    policy = ApprovalPolicy(
+        always=["delete_repository"],
+        never=["read_calendar"],
+        when={"pay_invoice": ApprovalPolicy.above("amount", 100)},
+    )
+    assert policy.requires(Action("delete_repository", {"name": "x"}))
+    assert not policy.requires(Action("read_calendar"))
+    assert policy.requires(PAY)  # 120.00 EUR > 100
+    assert not policy.requires(Action("pay_invoice", {"amount": "99.99 EUR"}))
+    assert not policy.requires(Action("pay_invoice", {"amount": 100}))
+    assert policy.requires(Action("pay_invoice", {"amount": 100.01}))
+    assert policy.requires(Action("unknown_tool"))  # default: always (fail closed)
+    assert not ApprovalPolicy(default="never").requires(Action("unknown_tool"))
+    # the tool-guard form: a tool name and its arguments
+    assert policy.requires("pay_invoice", {"amount": "150"})
+    assert not policy.requires("pay_invoice", {"amount": "50"})
+
+
+def test_policy_threshold_fails_closed_on_unreadable_values() -> None:
+    above = ApprovalPolicy.above("amount", "100")
+    assert above({})
+    assert above({"amount": "a lot"})
+    assert above({"amount": True})
+    assert above({"amount": None})
+    assert above({"amount": "1,200.00 EUR"})
+    assert not above({"amount": "  42 EUR"})
+
+
+def test_policy_predicate_errors_fail_closed(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(arguments: Any) -> bool:
+        raise KeyError("canary-secret-argument")
+
+    policy = ApprovalPolicy(when={"t": broken}, default="never")
+    with caplog.at_level("WARNING", logger="agent_identity"):
+        assert policy.requires(Action("t", {"x": 1}))
+    assert "KeyError" in caplog.text
+    assert "canary-secret-argument" not in caplog.text
+
+
+def test_policy_refuses_a_tool_listed_twice_and_bad_arguments() -> None:
+    with pytest.raises(ConfigurationError, match="more than once"):
+        ApprovalPolicy(always=["a"], never=["a"])
+    with pytest.raises(ConfigurationError, match="more than once"):
+        ApprovalPolicy(never=["a"], when={"a": lambda _: True})
+    with pytest.raises(ConfigurationError):
+        ApprovalPolicy(always="pay_invoice")
+    with pytest.raises(ConfigurationError):
+        ApprovalPolicy(default="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        ApprovalPolicy().requires(PAY, {"x": 1})
