@@ -8,6 +8,8 @@
     agent-identity vault generate-key           print a new random vault key (base64)
     agent-identity vault rotate-keys [--url URL]
                                                 re-encrypt every vault row under the current key
+    agent-identity vault migrate [--url URL]    create or upgrade the vault schema
+    agent-identity audit verify FILE [FILE...]  check the hash chain of JSONL audit files
     agent-identity version
 
 The vault commands read ``AGENT_IDENTITY_VAULT_URL`` (default: the embedded SQLite vault)
@@ -45,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
         "rotate-keys", help="re-encrypt every row under the current key (no downtime)"
     )
     rotate.add_argument("--url", help="vault URL (default: AGENT_IDENTITY_VAULT_URL or SQLite)")
+    migrate = vault_sub.add_parser(
+        "migrate", help="create or upgrade the vault schema (PostgreSQL; SQLite on open)"
+    )
+    migrate.add_argument("--url", help="vault URL (default: AGENT_IDENTITY_VAULT_URL or SQLite)")
+    audit = sub.add_parser("audit", help="work with audit trails")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="verify the hash chain of JSONL audit files")
+    verify.add_argument("files", nargs="+", metavar="FILE")
     sub.add_parser("version", help="print the SDK version")
     return parser
 
@@ -59,6 +69,38 @@ async def _rotate_keys(url: str | None) -> int:
     async with TokenVault.from_url(target, keys=keys) as vault:
         count = await vault.rotate_keys()
     print(f"re-encrypted {count} row(s) under the current key")
+    return 0
+
+
+async def _migrate(url: str | None) -> int:
+    """Bring the vault schema to this version's (no keys needed: rows are not read)."""
+    import os
+
+    target = url or os.environ.get("AGENT_IDENTITY_VAULT_URL") or "sqlite://"
+    scheme = target.partition("://")[0].lower()
+    if scheme in ("postgresql", "postgres"):
+        from agent_identity.vault.postgres import PostgresStore
+
+        store = PostgresStore.from_url(target, auto_migrate=False)
+        try:
+            before, after = await store.migrate()
+        finally:
+            await store.aclose()
+        if before == after:
+            print(f"vault schema {store.schema!r} already at version {after}")
+        else:
+            print(f"vault schema {store.schema!r} migrated from version {before} to {after}")
+        return 0
+    from agent_identity.vault import Keyring, TokenVault
+    from agent_identity.vault.sqlite import SCHEMA_VERSION
+
+    # An ephemeral key: opening the store must not create a key file.
+    async with TokenVault.from_url(target, keys=Keyring.ephemeral()) as vault:
+        await vault.store.version("migrate")  # SQLite migrates when it opens the file
+    if scheme == "sqlite":
+        print(f"SQLite vault schema at version {SCHEMA_VERSION} (SQLite migrates on open)")
+    else:
+        print("nothing to migrate")
     return 0
 
 
@@ -79,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(__version__)
         return 0
+    if args.command == "audit":
+        from agent_identity.audit.chain import cli_verify
+
+        return cli_verify(args.files)
     if args.command == "dev-idp":
         from agent_identity import devidp
 
@@ -91,8 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(generate_key())
             return 0
+        command = _migrate if args.vault_command == "migrate" else _rotate_keys
         try:
-            return anyio.run(_rotate_keys, args.url)
+            return anyio.run(command, args.url)
         except AgentIdentityError as exc:
             print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1

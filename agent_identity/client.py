@@ -63,6 +63,7 @@ from agent_identity.user import UserIdentity, words
 if TYPE_CHECKING:
     import httpx2
 
+    from agent_identity.audit import AuditTrail
     from agent_identity.vault import TokenVault
 
 __all__ = ["IdentityClient", "UserIdentity"]
@@ -104,6 +105,10 @@ class IdentityClient:
         (default: the issuer). Grants are keyed by (tenant, user, connection).
     :param lease_ttl: how long one refresh may hold the cross-process refresh lease before
         others may take over (a crashed holder blocks at most this long).
+    :param audit: an :class:`~agent_identity.audit.AuditTrail` receiving one record per
+        consent, token acquisition, refresh, exchange, approval and revocation (and, through
+        :class:`~agent_identity.tools.ToolGuard`, per tool call). Never a secret: tokens
+        appear only as fingerprints.
     """
 
     def __init__(
@@ -126,6 +131,7 @@ class IdentityClient:
         vault: TokenVault | None = None,
         connection: str | None = None,
         lease_ttl: float | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         if not client_id:
             raise ConfigurationError("client_id is required")
@@ -169,6 +175,7 @@ class IdentityClient:
         # transport timeout) so that a live holder is never overtaken.
         self._lease_ttl = lease_ttl if lease_ttl is not None else 2 * timeout + 5
         self._lease_wait = self._lease_ttl + timeout
+        self.audit = audit
         self._own_tokens: dict[tuple[str | None, frozenset[str]], AccessToken] = {}
         self._own_lock = anyio.Lock(fast_acquire=True)
 
@@ -404,6 +411,12 @@ class IdentityClient:
         )
         response = parse_token_exchange_response(await self._send(request))
         token = self._access_token(response, canonical, wanted)
+        await self._emit(
+            "token.exchanged",
+            token=token,
+            scopes_requested=wanted,
+            actors=(self.client_id,) if actor else (),
+        )
         logger.info(
             "token exchanged: resource=%s scopes=%s actor=%s",
             canonical,
@@ -411,6 +424,22 @@ class IdentityClient:
             self.client_id if actor else None,
         )
         return token
+
+    async def _emit(self, kind: str, *, token: AccessToken | None = None, **fields: Any) -> None:
+        """Write one audit record (if an audit trail is configured); ``token`` appears only
+        as its fingerprint. Never raises for a failing sink unless the trail is strict
+        (then :class:`~agent_identity.errors.AuditError` propagates)."""
+        if self.audit is None:
+            return
+        from agent_identity.audit import AuditEvent, fingerprint
+
+        if token is not None:
+            fields["token_fingerprint"] = fingerprint(token.value)
+            fields.setdefault("scopes_granted", token.scopes)
+            fields.setdefault("resource", token.resource)
+        await self.audit.emit(
+            AuditEvent(kind=kind, agent=self.client_id, issuer=self.issuer, **fields)
+        )
 
     def _expiring(self, token: AccessToken) -> bool:
         if token.expires_at is None:

@@ -31,6 +31,7 @@ import pytest
 from agent_identity import IdentityClient, UserIdentity
 from agent_identity.consent import ConsentFlow
 from agent_identity.errors import (
+    ConsentRequired,
     InvalidGrant,
     InvalidResponse,
     MetadataError,
@@ -822,3 +823,34 @@ async def test_concurrent_refreshes_of_different_users_are_independent() -> None
                 tg.start_soon(call, user)
         assert sorted(server.refreshes()) == ["RT-2", "RT-4"]
         assert tokens["alice"] != tokens["bob"]
+
+
+async def test_refresh_granting_fewer_scopes_keeps_the_rotated_token_and_reports_them() -> None:
+    """A refresh answered with fewer scopes than asked: the rotated refresh token is kept
+    (nothing lost), the token is cached under the scopes it really has, and the caller gets
+    a typed ConsentRequired naming the missing scopes."""
+    server = FakeAS()
+    server.refresh_faults.append(
+        httpx2.Response(
+            200,
+            json={
+                "access_token": "AT-narrow",
+                "token_type": "Bearer",
+                "expires_in": 300,
+                "scope": "calendar.read",
+                "refresh_token": "RT-rotated",
+            },
+        )
+    )
+    async with connected(server) as setup:
+        user = await consented(setup)
+        with pytest.raises(ConsentRequired) as info:
+            await user.token(resource=CALENDAR, scopes=["calendar.write"])
+        assert info.value.scopes == ("calendar.write",)
+        assert info.value.resource == CALENDAR
+        stored = await setup.identity.vault.load(user.key, fresh=True)
+        assert stored is not None
+        assert stored.record.refresh_token is not None
+        assert stored.record.refresh_token.get_secret_value() == "RT-rotated"
+        narrow = await user.token(resource=CALENDAR, scopes=["calendar.read"])
+        assert narrow.value.get_secret_value() == "AT-narrow"

@@ -1,0 +1,256 @@
+"""JSONL sink and hash-chain verification: every kind of tampering is found at its line."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent_identity.audit import (
+    GENESIS,
+    AuditError,
+    AuditEvent,
+    AuditTrail,
+    JsonlSink,
+    chain_files,
+    verify_chain,
+)
+from agent_identity.audit.chain import make_record
+
+pytestmark = pytest.mark.anyio
+
+
+def _event(i: int) -> AuditEvent:
+    return AuditEvent.for_tool_call(
+        "tool.succeeded", tool=f"tool-{i}", arguments={"i": i}, outcome="ok", latency_ms=i
+    )
+
+
+async def _write(path: Path, count: int, *, rotate_bytes: int | None = None) -> None:
+    sink = JsonlSink(path, rotate_bytes=rotate_bytes, fsync=False)
+    for i in range(count):
+        await sink.write([_event(i)])
+    await sink.aclose()
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+async def test_chain_is_valid_and_records_link(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 5)
+    result = verify_chain([path])
+    assert result.ok
+    assert result.records == 5
+    assert result.first_broken is None
+    records = [json.loads(line) for line in _lines(path)]
+    assert records[0]["prev_hash"] == GENESIS
+    for before, after in itertools.pairwise(records):
+        assert after["prev_hash"] == before["hash"]
+    assert [r["seq"] for r in records] == list(range(5))
+    assert records[2]["event"]["tool"] == "tool-2"
+    assert (path.stat().st_mode & 0o777) == 0o600
+
+
+async def test_reopened_sink_continues_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 3)
+    await _write(path, 2)
+    assert verify_chain([path]).records == 5
+    assert verify_chain([path]).ok
+
+
+async def test_editing_one_byte_is_found_at_that_line(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 6)
+    lines = _lines(path)
+    lines[3] = lines[3].replace(b'"tool-3"', b'"tool-X"')
+    path.write_bytes(b"".join(lines))
+    result = verify_chain([path])
+    assert not result.ok
+    assert result.first_broken == (str(path), 4)
+    assert result.records == 3
+    assert result.reason is not None
+    assert "hash" in result.reason
+
+
+@pytest.mark.parametrize("offset", [0, 5, 40, 100, -60, -3])
+async def test_any_single_byte_flip_breaks_that_line(tmp_path: Path, offset: int) -> None:
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 4)
+    lines = _lines(path)
+    line = bytearray(lines[2])
+    pos = offset % (len(line) - 1)  # never the line end
+    line[pos] = line[pos] ^ 0x01
+    lines[2] = bytes(line)
+    path.write_bytes(b"".join(lines))
+    assert verify_chain([path]).first_broken == (str(path), 3)
+
+
+async def test_relinked_edit_is_found_at_the_next_record(tmp_path: Path) -> None:
+    # an editor who recomputes the edited record's own hash still breaks the next link
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 4)
+    lines = _lines(path)
+    record = json.loads(lines[1])
+    record["event"]["tool"] = "forged"
+    line, _ = make_record(record["event"], seq=record["seq"], prev_hash=record["prev_hash"])
+    lines[1] = line
+    path.write_bytes(b"".join(lines))
+    result = verify_chain([path])
+    assert result.first_broken == (str(path), 3)
+    assert result.reason is not None
+    assert "prev_hash" in result.reason
+
+
+async def test_deleted_line_is_found(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 6)
+    lines = _lines(path)
+    del lines[2]
+    path.write_bytes(b"".join(lines))
+    result = verify_chain([path])
+    assert result.first_broken == (str(path), 3)
+    assert result.reason is not None
+    assert "deleted" in result.reason
+
+
+async def test_swapped_lines_are_found_at_the_first(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 6)
+    lines = _lines(path)
+    lines[1], lines[2] = lines[2], lines[1]
+    path.write_bytes(b"".join(lines))
+    assert verify_chain([path]).first_broken == (str(path), 2)
+
+
+async def test_truncation_is_found(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 5)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 30])
+    result = verify_chain([path])
+    assert result.first_broken == (str(path), 5)
+    assert result.records == 4
+    # a line cut just before its end is still a truncated record
+    path.write_bytes(data[:-1])
+    assert verify_chain([path]).first_broken == (str(path), 5)
+
+
+async def test_sink_resumes_after_a_torn_line_and_verification_keeps_reporting_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 3)
+    data = path.read_bytes()
+    path.write_bytes(data[:-20])  # crash in the middle of the last record
+    await _write(path, 2)
+    result = verify_chain([path])
+    assert result.first_broken == (str(path), 3)
+    lines = _lines(path)
+    assert len(lines) == 5
+    assert json.loads(lines[3])["seq"] == 2
+
+
+async def test_rotation_keeps_the_chain_across_files(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 12, rotate_bytes=1200)
+    files = chain_files(path)
+    assert len(files) >= 3
+    assert files[-1] == path
+    assert files[0] == tmp_path / "audit.jsonl.1"
+    assert all(f.stat().st_size <= 1200 for f in files)
+    result = verify_chain(files)
+    assert result.ok
+    assert result.records == 12
+    first_of_second = json.loads(_lines(files[1])[0])
+    last_of_first = json.loads(_lines(files[0])[-1])
+    assert first_of_second["prev_hash"] == last_of_first["hash"]
+
+
+async def test_missing_rotation_file_is_found(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 12, rotate_bytes=1200)
+    files = chain_files(path)
+    files[1].unlink()
+    result = verify_chain(chain_files(path))
+    assert result.first_broken == (str(files[2]), 1)
+    assert result.reason is not None
+    assert "rotated file is missing" in result.reason
+    files[0].unlink()
+    result = verify_chain(chain_files(path))
+    assert result.first_broken == (str(files[2]), 1)
+    assert result.reason is not None
+    assert "earlier file is missing" in result.reason
+    assert verify_chain([tmp_path / "nope.jsonl"]).first_broken == (
+        str(tmp_path / "nope.jsonl"),
+        0,
+    )
+
+
+async def test_second_writer_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    first = JsonlSink(path, fsync=False)
+    await first.write([_event(0)])
+    second = JsonlSink(path, fsync=False)
+    with pytest.raises(AuditError):
+        await second.write([_event(1)])
+    await first.aclose()
+    await second.write([_event(1)])  # the lock is free again
+    await second.aclose()
+    assert verify_chain([path]).records == 2
+
+
+async def test_trail_with_jsonl_sink_writes_every_event(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    async with AuditTrail(JsonlSink(path)) as trail:
+        for i in range(50):
+            await trail.emit(_event(i))
+    assert trail.stats.written == 50
+    assert verify_chain([path]).records == 50
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent_identity.cli", "audit", "verify", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_cli_verify_exit_codes(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 9, rotate_bytes=1200)
+    ok = _cli(str(path))  # brings in the rotated files
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("OK")
+    assert "9 record" in ok.stdout
+    explicit = _cli(*(str(p) for p in reversed(chain_files(path))))  # any order
+    assert explicit.returncode == 0
+    assert "9 record" in explicit.stdout
+
+    lines = _lines(path)
+    lines[0] = lines[0].replace(b'"ok"', b'"no"')
+    path.write_bytes(b"".join(lines))
+    broken = _cli(str(path))
+    assert broken.returncode == 1
+    assert broken.stdout.startswith("BROKEN")
+    assert f"{path}:1:" in broken.stdout
+    assert _cli().returncode == 2  # usage error
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=400))
+def test_verify_never_raises_on_garbage(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "garbage.jsonl"
+    path.write_bytes(data)
+    result = verify_chain([path])
+    assert result.ok == (data == b"")
