@@ -19,6 +19,14 @@ Prints medians and ratios against baselines measured in the same run; nothing as
    expired token: refresh requests (expect 1 per round).
 5. ``scale``: ``vault.load(key, fresh=True)`` (a real store read + decrypt) with 100,000
    stored grants vs 100, interleaved. Goal: within 2x.
+6. ``postgres``: the PostgreSQL store over loopback (``--postgres DSN``, default the test
+   server of ``tests/_postgres.py``; a schema of its own, dropped afterwards), SQLite
+   alongside in the same run: a warm ``vault.load(key, fresh=True)`` (one store read +
+   decrypt; goal: median <= 1 ms), the warm ``user.token()`` (served from memory; goal
+   <= 20 us), and lookups per second of 8 worker processes, each with its own store
+   (connection pool), calling ``load(fresh=True)`` in a loop.
+
+``--only postgres,warm`` runs some sections only.
 
 The workers are ``tests/integration/_vault_worker.py``.
 """
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import random
 import secrets
 import shutil
@@ -395,6 +404,162 @@ async def _scale(
     )
 
 
+# --------------------------------------------------------------------------- 6. postgres
+
+
+def _lookup_loop(
+    url: str, key_b64: str, parts: tuple[str, str, str], start_at: float, seconds: float
+) -> int:
+    """One worker process of 6c: ``load(fresh=True)`` in a loop from ``start_at`` for
+    ``seconds``; returns how many lookups it made."""
+
+    async def run() -> int:
+        keys = Keyring({KEY_ID: key_b64}, KEY_ID)
+        key = GrantKey(*parts)
+        count = 0
+        async with TokenVault.from_url(url, keys=keys) as vault:
+            assert await vault.load(key, fresh=True) is not None  # opens the pool / file
+            await anyio.sleep(max(0.0, start_at - time.time()))
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                await vault.load(key, fresh=True)
+                count += 1
+        return count
+
+    return anyio.run(run)
+
+
+def _postgres_admin(dsn: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(dsn, autocommit=True, connect_timeout=3)
+
+
+async def _postgres(
+    idp: DevIdP, db: Path, keys: Keyring, key_b64: str, dsn: str, rounds: int, seconds: float
+) -> None:
+    try:
+        with _postgres_admin(dsn) as conn:
+            server = conn.execute("SHOW server_version").fetchone()[0]
+    except Exception as exc:  # a benchmark reports and goes on
+        print(f"6. postgres: skipped, no server at the DSN ({type(exc).__name__})")
+        return
+    schema = f"bench_{os.getpid()}_{secrets.token_hex(3)}"
+    sep = "&" if "?" in dsn else "?"
+    pg_url = f"{dsn}{sep}schema={schema}"
+    sqlite_url = f"sqlite:///{db}"
+    tenant = "bench-pg"
+    try:
+        await _postgres_runs(idp, keys, key_b64, pg_url, sqlite_url, tenant, rounds, seconds)
+    finally:
+        with _postgres_admin(dsn) as conn:
+            size = conn.execute(
+                f'SELECT avg(octet_length(blob))::int FROM "{schema}".entries'
+            ).fetchone()
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    print(
+        f"   (PostgreSQL {server} on loopback, psycopg pool per store; a grant row's "
+        f"encrypted blob: {size[0] if size else '?'} bytes)"
+    )
+
+
+async def _postgres_runs(
+    idp: DevIdP,
+    keys: Keyring,
+    key_b64: str,
+    pg_url: str,
+    sqlite_url: str,
+    tenant: str,
+    rounds: int,
+    seconds: float,
+) -> None:
+    import concurrent.futures
+    import multiprocessing
+
+    batch = 100
+    stores = {"postgres": pg_url, "sqlite": sqlite_url}
+    vaults = {name: TokenVault.from_url(url, keys=keys) for name, url in stores.items()}
+    load_samples: dict[str, list[float]] = {name: [] for name in stores}
+    warm_samples: dict[str, list[float]] = {name: [] for name in stores}
+    key = GrantKey(tenant, "alice", idp.issuer)
+    users: dict[str, tuple[IdentityClient, Any]] = {}
+    try:
+        for name, vault in vaults.items():
+            identity = _client(idp, vault)
+            await identity.__aenter__()
+            user = identity.user("alice", tenant=tenant)
+            await user.consent(scopes=["openid", *READ], resource=CALENDAR)
+            await user.token(resource=CALENDAR, scopes=READ)
+            users[name] = (identity, user)
+        for _ in range(50):  # warm up pools, prepared statements, caches
+            for name, vault in vaults.items():
+                await vault.load(key, fresh=True)
+                await users[name][1].token(resource=CALENDAR, scopes=READ)
+        for i in range(rounds):
+            order = list(vaults) if i % 2 else list(vaults)[::-1]
+            for name in order:
+                vault = vaults[name]
+                for _ in range(5):
+                    start = time.perf_counter()
+                    await vault.load(key, fresh=True)
+                    load_samples[name].append(time.perf_counter() - start)
+                token = users[name][1].token
+                start = time.perf_counter()
+                for _ in range(batch):
+                    await token(resource=CALENDAR, scopes=READ)
+                warm_samples[name].append((time.perf_counter() - start) / batch)
+    finally:
+        for identity, _user in users.values():
+            await identity.__aexit__(None, None, None)
+        for vault in vaults.values():
+            await vault.aclose()
+
+    def quantile(values: list[float], q: float) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    print(
+        f"6. PostgreSQL store over loopback vs SQLite, {rounds} interleaved rounds "
+        f"({rounds * 5} loads, {rounds} batches of {batch} warm tokens each):"
+    )
+    for name in stores:
+        med = statistics.median(load_samples[name])
+        _row(
+            f"vault.load(fresh=True), {name}",
+            med,
+            f"p90 {quantile(load_samples[name], 0.9) * 1e6:.0f} us"
+            + ("  (goal: median <= 1 ms)" if name == "postgres" else ""),
+        )
+    for name in stores:
+        _row(
+            f"warm user.token(), {name} vault",
+            statistics.median(warm_samples[name]),
+            "(goal <= 20 us)" if name == "postgres" else "",
+        )
+
+    parts = (key.tenant, key.user, key.connection)
+    context = multiprocessing.get_context("spawn")
+    rates: dict[str, float] = {}
+    with concurrent.futures.ProcessPoolExecutor(max_workers=8, mp_context=context) as pool:
+        for name, url in stores.items():
+            start_at = time.time() + 3.0  # all 8 processes started and warm by then
+
+            def run(url: str = url, start_at: float = start_at) -> list[int]:
+                futures = [
+                    pool.submit(_lookup_loop, url, key_b64, parts, start_at, seconds)
+                    for _ in range(8)
+                ]
+                return [f.result() for f in futures]
+
+            counts = await anyio.to_thread.run_sync(run)
+            rates[name] = sum(counts) / seconds
+    print(
+        f"   lookups/s, 8 worker processes x load(fresh=True) for {seconds:g} s "
+        f"(2 cores): postgres {rates['postgres']:,.0f}/s, sqlite {rates['sqlite']:,.0f}/s "
+        f"(ratio {rates['postgres'] / rates['sqlite']:.2f})"
+    )
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -402,11 +567,31 @@ async def _main(args: argparse.Namespace, idp: DevIdP, tmp: Path) -> None:
     key_b64 = base64.b64encode(secrets.token_bytes(32)).decode()
     keys = Keyring({KEY_ID: key_b64}, KEY_ID)
     db = tmp / "vault.sqlite3"
-    await _warm(idp, db, keys, args.rounds)
-    await _first(idp, tmp, db, keys, key_b64, args.processes)
-    await _tasks(idp, db, keys, args.concurrency_rounds)
-    await _processes(idp, tmp, db, keys, key_b64, args.concurrency_rounds)
-    await _scale(idp, tmp, db, keys, args.grants, args.lookups)
+    only = set(args.only.split(",")) if args.only else None
+
+    def wanted(name: str) -> bool:
+        return only is None or name in only
+
+    if wanted("warm") or wanted("scale"):  # scale reads the grant that warm stores
+        await _warm(idp, db, keys, args.rounds)
+    if wanted("first"):
+        await _first(idp, tmp, db, keys, key_b64, args.processes)
+    if wanted("tasks"):
+        await _tasks(idp, db, keys, args.concurrency_rounds)
+    if wanted("processes"):
+        await _processes(idp, tmp, db, keys, key_b64, args.concurrency_rounds)
+    if wanted("scale"):
+        await _scale(idp, tmp, db, keys, args.grants, args.lookups)
+    if wanted("postgres") and args.postgres != "none":
+        await _postgres(
+            idp,
+            tmp / "pg-side.sqlite3",
+            keys,
+            key_b64,
+            args.postgres,
+            args.rounds,
+            args.pg_seconds,
+        )
 
 
 def main() -> None:
@@ -416,6 +601,16 @@ def main() -> None:
     parser.add_argument("--concurrency-rounds", type=int, default=3)
     parser.add_argument("--grants", type=int, default=100_000)
     parser.add_argument("--lookups", type=int, default=3000)
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("AGENT_IDENTITY_TEST_POSTGRES_DSN")
+        or "postgresql://postgres@127.0.0.1:5432/test",
+        help="DSN of the PostgreSQL server for section 6 ('none' skips it)",
+    )
+    parser.add_argument("--pg-seconds", type=float, default=3.0, help="6: lookup loop length")
+    parser.add_argument(
+        "--only", default=None, help="comma-separated: warm,first,tasks,processes,scale,postgres"
+    )
     args = parser.parse_args()
     print("reproduce: .venv/bin/python benchmarks/vault.py " + " ".join(sys.argv[1:]))
     print(

@@ -5,7 +5,9 @@ backends come from :data:`BACKENDS`, so adding a store (PostgreSQL, ...) is one 
 a function that takes pytest's ``tmp_path`` and returns a zero-argument factory. Each call
 of the factory opens a NEW handle on the SAME storage (for SQLite a new connection to the
 same file, i.e. what another process sees); the suite closes every handle it opened. A
-backend that needs a server can ``pytest.skip`` inside its function.
+backend that needs a server can ``pytest.skip`` inside its function; if the factory has a
+``cleanup()`` method, the suite calls it after closing the handles (PostgreSQL drops the
+test's schema there).
 """
 
 from __future__ import annotations
@@ -34,9 +36,35 @@ def _sqlite(tmp_path: Path) -> StoreFactory:
     return lambda: SQLiteStore(path, busy_timeout=5.0)
 
 
+class _PostgresFactory:
+    """Handles on one fresh schema of the test server (tests/_postgres.py); each handle
+    has its own connection pool, as another process would."""
+
+    def __init__(self) -> None:
+        import _postgres
+
+        self._dsn = _postgres.postgres_dsn()  # skips (or fails when CI is set) without one
+        self._schema = _postgres.new_schema()
+
+    def __call__(self) -> VaultStore:
+        from agent_identity.vault.postgres import PostgresStore
+
+        return PostgresStore(self._dsn, schema=self._schema, max_size=4)
+
+    def cleanup(self) -> None:
+        import _postgres
+
+        _postgres.drop_schema(self._schema)
+
+
+def _postgres(tmp_path: Path) -> StoreFactory:
+    return _PostgresFactory()
+
+
 #: name -> (tmp_path -> factory of handles on one storage). Add a backend here.
 BACKENDS: dict[str, Callable[[Path], StoreFactory]] = {
     "memory": _memory,
+    "postgres": _postgres,
     "sqlite": _sqlite,
 }
 
@@ -67,9 +95,14 @@ class VaultStoreSuite:
             opened.append(handle)
             return handle
 
-        yield factory
-        for handle in {id(h): h for h in opened}.values():
-            await handle.aclose()
+        try:
+            yield factory
+        finally:
+            for handle in {id(h): h for h in opened}.values():
+                await handle.aclose()
+            cleanup = getattr(make, "cleanup", None)
+            if cleanup is not None:
+                cleanup()
 
     @pytest.fixture
     def store(self, store_factory: StoreFactory) -> VaultStore:

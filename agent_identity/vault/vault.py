@@ -164,8 +164,13 @@ class TokenVault:
         cls, url: str, *, keys: KeyProvider | None = None, cache_ttl: float = 1.0
     ) -> TokenVault:
         """A vault from a URL: ``memory://``, ``sqlite:///absolute/path`` (percent-decoded),
-        ``sqlite:///:memory:``, or ``sqlite://`` for the default path. Other schemes raise
-        :class:`~agent_identity.errors.ConfigurationError`."""
+        ``sqlite:///:memory:``, ``sqlite://`` for the default path, or
+        ``postgresql://user@host:5432/db[?schema=NAME&libpq-params]`` (also ``postgres://``;
+        needs the ``[postgres]`` extra, see :mod:`agent_identity.vault.postgres`). Other
+        schemes raise :class:`~agent_identity.errors.ConfigurationError`.
+
+        A PostgreSQL vault is shared by hosts, so its keys are never made up locally: pass
+        ``keys`` or set ``AGENT_IDENTITY_VAULT_KEYS`` (the same keys on every host)."""
         if not isinstance(url, str):
             raise ConfigurationError("vault URL must be a string")
         scheme, sep, rest = url.partition("://")
@@ -190,7 +195,32 @@ class TokenVault:
             if path == "/:memory:":
                 return cls.sqlite(":memory:", keys=keys, cache_ttl=cache_ttl)
             return cls.sqlite(path, keys=keys, cache_ttl=cache_ttl)
+        if scheme in ("postgresql", "postgres"):
+            return cls._postgres(url, keys, cache_ttl)
         raise ConfigurationError(f"unsupported vault URL scheme {scheme!r}")
+
+    @classmethod
+    def _postgres(cls, url: str, keys: KeyProvider | None, cache_ttl: float) -> TokenVault:
+        import os
+
+        from agent_identity.vault.crypto import ENV_VAR
+
+        try:  # the driver is the optional [postgres] extra: imported only here
+            from agent_identity.vault.postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigurationError(
+                "a postgresql:// vault needs the PostgreSQL driver: "
+                "pip install 'agent-identity[postgres]'"
+            ) from exc
+        store = PostgresStore.from_url(url)  # validates; connects on first use only
+        if keys is None:
+            if not os.environ.get(ENV_VAR, "").strip():
+                raise ConfigurationError(
+                    f"a PostgreSQL vault is shared by hosts: pass keys= or set {ENV_VAR} "
+                    "(the same keys on every host)"
+                )
+            keys = Keyring.from_env()
+        return cls(store, keys, cache_ttl=cache_ttl)
 
     @property
     def store(self) -> VaultStore:

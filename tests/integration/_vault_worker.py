@@ -1,7 +1,8 @@
 """A worker process for the cross-process token vault tests and benchmarks.
 
 Run as a script (``python tests/integration/_vault_worker.py --help``): it builds an
-:class:`~agent_identity.IdentityClient` on an explicit SQLite vault (never the default one),
+:class:`~agent_identity.IdentityClient` on an explicit vault (never the default one): a
+SQLite file (``--db PATH``) or any vault URL (``--url``, e.g. ``postgresql://...``),
 discovers the server, prints a ``ready`` line, waits at a start barrier, then asks for
 ``user.token(resource, scopes)`` and prints the outcome. Every output line is one JSON
 object with an ``event`` member; a token is only ever shown as a fingerprint (a SHA-256
@@ -58,7 +59,8 @@ def fingerprint(value: str) -> str:
 def worker_command(
     *,
     issuer: str,
-    db: Path | str,
+    db: Path | str | None = None,
+    url: str | None = None,
     tenant: str,
     user: str,
     resource: str,
@@ -73,14 +75,16 @@ def worker_command(
     warm_plumbing: bool = False,
     python: str | None = None,
 ) -> list[str]:
-    """The argv of a worker (the key goes in the environment, see the module docstring)."""
+    """The argv of a worker (the key goes in the environment, see the module docstring).
+    Exactly one of ``db`` (a SQLite file) and ``url`` (a vault URL) names the vault."""
+    if (db is None) == (url is None):
+        raise ValueError("pass exactly one of db= and url=")
     argv = [
         python or sys.executable,
         str(WORKER),
         "--issuer",
         issuer,
-        "--db",
-        str(db),
+        *(["--db", str(db)] if db is not None else ["--url", str(url)]),
         "--tenant",
         tenant,
         "--user",
@@ -209,7 +213,10 @@ async def _run(args: argparse.Namespace) -> int:
     from agent_identity.vault import Keyring, TokenVault
 
     keys = Keyring({"k1": args.key}, "k1") if args.key is not None else Keyring.from_env()
-    vault = TokenVault.sqlite(args.db, keys=keys, cache_ttl=args.cache_ttl)
+    if args.url is not None:
+        vault = TokenVault.from_url(args.url, keys=keys, cache_ttl=args.cache_ttl)
+    else:
+        vault = TokenVault.sqlite(args.db, keys=keys, cache_ttl=args.cache_ttl)
     secret = DEV_CLIENTS[args.client_id][0]
     scopes = args.scopes.split()
     try:
@@ -278,7 +285,9 @@ async def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="token vault worker (tests and benchmarks)")
     parser.add_argument("--issuer", required=True)
-    parser.add_argument("--db", required=True, help="the SQLite vault file")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", help="the SQLite vault file")
+    where.add_argument("--url", help="a vault URL (postgresql://..., sqlite:///...)")
     parser.add_argument("--key", default=None, help="base64 vault key (default: env)")
     parser.add_argument("--client-id", default="agent-confidential")
     parser.add_argument("--tenant", default="default")

@@ -1,0 +1,280 @@
+"""The token vault on PostgreSQL across processes, against the real local authorization server.
+
+Worker processes (``_vault_worker.py --url postgresql://...``), each with its own
+connection pool, share one PostgreSQL vault (a schema of this test's own, see
+``tests/_postgres.py``) and one grant: they refresh it once between them through the
+store's lease (security item 25), and a worker SIGKILLed while it holds the refresh lease
+blocks the others only until the lease's ttl, leaving the row intact.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import secrets
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import _postgres
+import anyio
+import pytest
+from _postgres import pg_schema
+from _vault_worker import Worker, fingerprint, worker_command, worker_env
+
+from agent_identity import ConsentRequired, IdentityClient, LoopbackConsent, VaultUnavailable
+from agent_identity.consent.base import ConsentFlow
+from agent_identity.devidp import DEV_CLIENTS, DevBrowser, DevIdP
+from agent_identity.oauth.jwt import peek_claims
+from agent_identity.vault import CachedToken, GrantKey, Keyring, TokenVault
+
+__all__ = ["pg_schema"]
+
+pytestmark = [pytest.mark.anyio, pytest.mark.idp]
+
+CALENDAR = "https://calendar.example/api"
+READ = ["calendar.read"]
+TOKEN_KEY = (CALENDAR, frozenset(READ))
+KEY_ID = "test-pg"
+
+
+@pytest.fixture
+def key_b64() -> str:
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+@pytest.fixture
+def keys(key_b64: str) -> Keyring:
+    return Keyring({KEY_ID: key_b64}, KEY_ID)
+
+
+@pytest.fixture
+def url(pg_schema: str) -> str:
+    return _postgres.url(pg_schema)
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[Worker]]:
+    """Workers started by a test; any still running at the end is killed (by its pid)."""
+    workers: list[Worker] = []
+    yield workers
+    for worker in workers:
+        if worker.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
+
+
+class FailingConsent:
+    """A consent handler that must not be called."""
+
+    async def obtain_consent(self, flow: ConsentFlow) -> None:
+        raise ConsentRequired("no consent expected here", scopes=flow.scopes)
+
+
+def _client(idp: DevIdP, vault: TokenVault, **kwargs: Any) -> IdentityClient:
+    kwargs.setdefault("consent", LoopbackConsent(browser=DevBrowser("alice")))
+    return IdentityClient(
+        idp.issuer,
+        client_id="agent-confidential",
+        client_secret=DEV_CLIENTS["agent-confidential"][0],
+        allow_insecure_loopback=True,
+        vault=vault,
+        **kwargs,
+    )
+
+
+async def _expire(vault: TokenVault, key: GrantKey) -> None:
+    """Make the stored token for TOKEN_KEY expired (as if issued 10 minutes ago)."""
+    current = await vault.load(key, fresh=True)
+    assert current is not None
+    old = current.record.tokens[TOKEN_KEY]
+    now = time.time()
+    expired = CachedToken(
+        resource=old.resource,
+        scopes=old.scopes,
+        value=old.value,
+        token_type=old.token_type,
+        expires_at=now - 300,
+        issued_at=now - 600,
+    )
+    await vault.save(key, current.record.with_token(expired), expected_version=current.version)
+
+
+def _lease_held(schema: str, name: str) -> bool:
+    """Whether someone holds the lease ``name`` (read from the table, not taken)."""
+    with _postgres.admin() as conn:
+        row = conn.execute(
+            f'SELECT 1 FROM "{schema}".leases WHERE name = %s AND expires_at > clock_timestamp()',
+            (name,),
+        ).fetchone()
+    return row is not None
+
+
+async def _start(spawned: list[Worker], tmp_path: Path, key_b64: str, **options: Any) -> Worker:
+    worker = await Worker.start(
+        worker_command(**options),
+        worker_env(KEY_ID, key_b64),
+        tmp_path / f"worker-{len(spawned)}.stderr",
+    )
+    spawned.append(worker)
+    return worker
+
+
+async def test_sec_25_eight_processes_one_refresh_on_postgres(
+    dev_idp: DevIdP,
+    tmp_path: Path,
+    url: str,
+    keys: Keyring,
+    key_b64: str,
+    spawned: list[Worker],
+) -> None:
+    """Eight processes, each with its own pool, released together on an expired token:
+    exactly one refresh request reaches the authorization server (a second would reuse a
+    rotated refresh token and make oidc-provider revoke the grant), and all eight get the
+    same valid token, the one now in the vault."""
+    tenant = "pg-sec25"
+    key = GrantKey(tenant, "alice", dev_idp.issuer)
+    async with TokenVault.from_url(url, keys=keys) as vault, _client(dev_idp, vault) as identity:
+        alice = identity.user("alice", tenant=tenant)
+        await alice.consent(scopes=["openid", *READ], resource=CALENDAR)
+        old = await alice.token(resource=CALENDAR, scopes=READ)
+        await _expire(vault, key)
+        before = await vault.load(key, fresh=True)
+        assert before is not None
+    await dev_idp.clear_requests()
+
+    start = tmp_path / "go"
+    workers = [
+        await _start(
+            spawned,
+            tmp_path,
+            key_b64,
+            issuer=dev_idp.issuer,
+            url=url,
+            tenant=tenant,
+            user="alice",
+            resource=CALENDAR,
+            scopes=READ,
+            start_file=start,
+        )
+        for _ in range(8)
+    ]
+    for worker in workers:
+        await worker.expect("ready")
+    start.touch()  # all eight are past discovery, their pools are open
+    results = [await worker.expect("result") for worker in workers]
+    codes = [await worker.wait() for worker in workers]
+
+    assert codes == [0] * 8, [w.stderr_tail() for w in workers]
+    assert all(r["ok"] for r in results), results
+    refreshes = await dev_idp.token_requests("refresh_token")
+    assert len(refreshes) == 1, refreshes
+    assert refreshes[0]["status"] == 200
+    assert len({r["fingerprint"] for r in results}) == 1
+    assert results[0]["fingerprint"] != fingerprint(old.value.get_secret_value())
+
+    async with TokenVault.from_url(url, keys=keys) as vault:
+        current = await vault.load(key, fresh=True)
+        assert current is not None
+        assert current.version > before.version
+        value = current.record.tokens[TOKEN_KEY].value.get_secret_value()
+        assert fingerprint(value) == results[0]["fingerprint"]
+        claims = peek_claims(value)
+        assert claims["aud"] == CALENDAR
+        assert claims["scope"] == "calendar.read"
+        assert claims["exp"] > time.time()
+
+
+async def test_sigkilled_lease_holder_is_taken_over_after_the_lease_ttl(
+    dev_idp_factory: Any,
+    tmp_path: Path,
+    pg_schema: str,
+    url: str,
+    keys: Keyring,
+    key_b64: str,
+    spawned: list[Worker],
+) -> None:
+    """Worker A takes the refresh lease and sends its refresh (the server holds every
+    refresh 2 s); A is SIGKILLed. Worker B, released at once, waits for A's lease to expire
+    (its ttl, 2 s), then refreshes with the stored refresh token, which A's dropped request
+    never rotated. The row was never torn: same version and refresh token until B wrote."""
+    lease_ttl = 2.0
+    tenant = "pg-sigkill"
+    idp: DevIdP = dev_idp_factory(refresh_delay=2)
+    key = GrantKey(tenant, "alice", idp.issuer)
+    async with TokenVault.from_url(url, keys=keys) as vault, _client(idp, vault) as identity:
+        alice = identity.user("alice", tenant=tenant)
+        await alice.consent(scopes=["openid", "calendar.read", "calendar.write"], resource=CALENDAR)
+    await idp.clear_requests()
+
+    options = {
+        "issuer": idp.issuer,
+        "url": url,
+        "tenant": tenant,
+        "user": "alice",
+        "resource": CALENDAR,
+        "scopes": READ,
+        "lease_ttl": lease_ttl,
+    }
+    go_a, go_b = tmp_path / "go-a", tmp_path / "go-b"
+    a = await _start(spawned, tmp_path, key_b64, start_file=go_a, **options)
+    b = await _start(spawned, tmp_path, key_b64, start_file=go_b, **options)
+    await a.expect("ready")
+    await b.expect("ready")
+
+    async with TokenVault.from_url(url, keys=keys) as vault:
+        before = await vault.load(key, fresh=True)
+        assert before is not None
+        assert before.record.refresh_token is not None
+        assert TOKEN_KEY not in before.record.tokens  # a (narrowing) refresh is needed
+
+        go_a.touch()
+        lease = f"refresh:{key.storage_key}"
+        with anyio.fail_after(10):
+            while not _lease_held(pg_schema, lease):  # noqa: ASYNC110 - another process
+                await anyio.sleep(0.01)
+        taken = time.monotonic()
+        await anyio.sleep(0.3)  # A's refresh request is in flight, held by the server
+        with pytest.raises(VaultUnavailable):
+            async with vault.lease(lease, ttl=1, wait=0):
+                pass
+        a.process.send_signal(signal.SIGKILL)
+        assert await a.wait() == -signal.SIGKILL
+
+        after = await vault.load(key, fresh=True)  # nothing written, nothing torn
+        assert after is not None
+        assert after.version == before.version
+        assert after.record.refresh_token is not None
+        assert (
+            after.record.refresh_token.get_secret_value()
+            == before.record.refresh_token.get_secret_value()
+        )
+
+        go_b.touch()
+        result = await b.expect("result", within=20)
+        assert await b.wait() == 0, b.stderr_tail()
+        assert result["ok"], result
+        waited = time.monotonic() - taken
+        assert waited >= lease_ttl - 0.5, waited  # B waited for the dead holder's lease
+
+        current = await vault.load(key, fresh=True)
+        assert current is not None
+        assert current.version > before.version
+        assert current.record.refresh_token is not None
+        assert (
+            current.record.refresh_token.get_secret_value()
+            != before.record.refresh_token.get_secret_value()
+        )
+        value = current.record.tokens[TOKEN_KEY].value.get_secret_value()
+        assert fingerprint(value) == result["fingerprint"]
+        assert peek_claims(value)["scope"] == "calendar.read"
+
+    # A's refresh was dropped unprocessed when it died (400); B's was processed (200)
+    with anyio.fail_after(10):
+        while len(refreshes := await idp.token_requests("refresh_token")) < 2:  # noqa: ASYNC110
+            await anyio.sleep(0.1)
+    statuses = [r["status"] for r in sorted(refreshes, key=lambda r: r["at"])]
+    assert statuses == [400, 200], refreshes
