@@ -1,0 +1,208 @@
+"""Tool results the model can read when the agent cannot act alone.
+
+When a consent or an approval cannot complete, the protected tool raises a
+:class:`HumanActionRequired` (a LangChain ``ToolException``); the wrapper handles it, so
+the agent receives a short message saying what the user must do instead of crashing.
+Messages name the tool, the resource and the scopes, never a secret, a user id or a
+server-supplied description.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from langchain_core.tools import ToolException
+
+from agent_identity import (
+    ApprovalDenied,
+    ApprovalExpired,
+    ApprovalUnavailable,
+    ConsentDenied,
+    ConsentError,
+    ConsentRequired,
+    ConsentTimeout,
+    ReauthorizationRequired,
+)
+from agent_identity.tools import ToolCall, ToolRequirement
+
+__all__ = [
+    "HUMAN_ERRORS",
+    "HumanActionRequired",
+    "IdentityToolError",
+    "UserUnknown",
+    "human_action_for",
+]
+
+Kind = Literal["consent", "reauthorization", "approval"]
+Reason = Literal["required", "denied", "timeout", "expired", "unavailable", "declined"]
+
+#: The SDK errors that mean "a human must act" (consent, re-consent, approval).
+HUMAN_ERRORS: tuple[type[Exception], ...] = (
+    ConsentError,
+    ReauthorizationRequired,
+    ApprovalDenied,
+    ApprovalExpired,
+    ApprovalUnavailable,
+)
+
+
+class IdentityToolError(ToolException):
+    """A protected tool could not run for an identity reason; the message is meant for
+    the model (and is returned to it as the tool's result)."""
+
+
+class UserUnknown(IdentityToolError):
+    """A protected tool was invoked without a user: neither the run's config, nor
+    :func:`~langchain_agent_identity.acting_for`, nor an enclosing protected call says
+    whom the agent acts for. No token was requested."""
+
+
+class HumanActionRequired(IdentityToolError):
+    """The user must act (consent, reconnect, approve) before the tool can run.
+
+    ``kind`` is ``"consent"``, ``"reauthorization"`` or ``"approval"``; ``reason`` is
+    ``"required"``, ``"denied"``, ``"timeout"``, ``"expired"``, ``"unavailable"`` or
+    ``"declined"`` (the human did not complete it after an interrupt).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: Kind,
+        reason: Reason,
+        tool: str,
+        user: str,
+        tenant: str,
+        resource: str | None,
+        scopes: Sequence[str],
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind: Kind = kind
+        self.reason: Reason = reason
+        self.tool = tool
+        self.user = user
+        self.tenant = tenant
+        self.resource = resource
+        self.scopes = tuple(scopes)
+
+    def __repr__(self) -> str:
+        return (
+            f"HumanActionRequired(kind={self.kind!r}, reason={self.reason!r}, "
+            f"tool={self.tool!r}, resource={self.resource!r}, scopes={self.scopes!r})"
+        )
+
+    def payload(self) -> dict[str, Any]:
+        """What an application needs to bring the human in (the value of a LangGraph
+        interrupt): no secret, only who, what and why."""
+        return {
+            "type": "agent_identity.human_action",
+            "kind": self.kind,
+            "reason": self.reason,
+            "tool": self.tool,
+            "user": self.user,
+            "tenant": self.tenant,
+            "resource": self.resource,
+            "scopes": list(self.scopes),
+            "message": self.message,
+        }
+
+    def declined(self) -> HumanActionRequired:
+        """The same situation after the human chose not to act."""
+        return HumanActionRequired(
+            f"The user did not complete the {self.kind} that '{self.tool}' needs, so the "
+            "action was not performed. Tell the user; do not retry unless they ask.",
+            kind=self.kind,
+            reason="declined",
+            tool=self.tool,
+            user=self.user,
+            tenant=self.tenant,
+            resource=self.resource,
+            scopes=self.scopes,
+        )
+
+
+def _access(resource: str | None, scopes: Sequence[str]) -> str:
+    wanted = " ".join(s for s in scopes if s not in ("openid", "offline_access"))
+    if resource and wanted:
+        return f"{resource} ({wanted})"
+    return resource or wanted or "the user's account"
+
+
+def human_action_for(
+    error: BaseException, call: ToolCall, requirement: ToolRequirement
+) -> HumanActionRequired:
+    """The model-readable result for one of :data:`HUMAN_ERRORS`."""
+    resource: str | None = requirement.resource
+    scopes: tuple[str, ...] = requirement.scopes
+    if isinstance(error, ConsentRequired | ReauthorizationRequired):
+        resource = error.resource or resource
+        scopes = error.scopes or scopes
+    tool = call.tool
+    access = _access(resource, scopes)
+    kind: Kind
+    reason: Reason
+    if isinstance(error, ConsentDenied):
+        kind, reason = "consent", "denied"
+        message = (
+            f"The user declined to authorize '{tool}' (access to {access}). The action was "
+            "not performed. Do not call this tool again unless the user asks you to."
+        )
+    elif isinstance(error, ConsentTimeout):
+        kind, reason = "consent", "timeout"
+        message = (
+            f"The authorization that '{tool}' needs (access to {access}) was not completed "
+            "in time. The action was not performed. Ask the user whether to try again."
+        )
+    elif isinstance(error, ConsentError):
+        kind, reason = "consent", "required"
+        message = (
+            f"'{tool}' needs the user's authorization (access to {access}), which has not "
+            "been granted yet. The action was not performed. Ask the user to connect their "
+            "account, then call the tool again."
+        )
+    elif isinstance(error, ReauthorizationRequired):
+        kind, reason = "reauthorization", "required"
+        message = (
+            f"The user's authorization for '{tool}' (access to {access}) is no longer valid: "
+            "it was revoked or has expired. The action was not performed. Ask the user to "
+            "reconnect their account, then call the tool again."
+        )
+    elif isinstance(error, ApprovalDenied):
+        kind, reason = "approval", "denied"
+        message = (
+            f"The user rejected this '{tool}' action. It was not performed. Do not retry it; "
+            "ask the user how to proceed."
+        )
+    elif isinstance(error, ApprovalExpired):
+        kind, reason = "approval", "expired"
+        message = (
+            f"The user did not approve this '{tool}' action in time. It was not performed. "
+            "Ask the user whether to request the approval again."
+        )
+    else:
+        kind, reason = "approval", "unavailable"
+        message = (
+            f"This '{tool}' action needs the user's approval, which cannot be requested "
+            "right now. It was not performed. Tell the user."
+        )
+    return HumanActionRequired(
+        message,
+        kind=kind,
+        reason=reason,
+        tool=tool,
+        user=call.user,
+        tenant=call.tenant,
+        resource=resource,
+        scopes=scopes,
+    )
+
+
+def user_unknown(tool: str, user_key: str) -> UserUnknown:
+    return UserUnknown(
+        f"'{tool}' cannot run: it is not known which user the agent acts for, so it was "
+        "not performed. (Developer: pass config={'configurable': {"
+        f"'{user_key}': ...}}}} or wrap the call in acting_for(...).)"
+    )
