@@ -12,6 +12,8 @@ What it shows, end to end, with real OAuth traffic:
 4. bob, on a headless agent, consents with the device flow;
 5. the agent's own token (client credentials), and a token exchange (RFC 8693) that
    makes the agent the actor of alice's token: a delegation chain;
+   then a payment tool asks alice to approve on her phone (OpenID CIBA): the approval is
+   bound to that exact payment and its token can be used once;
 6. a restart: a new client finds alice's grant in the encrypted SQLite vault (the
    embedded default, in the user data directory) and needs no consent;
 7. alice disconnects (RFC 7009): revoked at the server, then removed from the vault.
@@ -27,6 +29,7 @@ import sys
 import anyio
 
 from agent_identity import (
+    Action,
     ConsentFlow,
     DelegationChain,
     DeviceAuthorization,
@@ -39,6 +42,7 @@ from agent_identity.oauth.jwt import peek_claims
 
 CALENDAR = "https://calendar.example/api"
 MAIL = "https://mail.example/api"
+PAYMENTS = "https://payments.example/api"
 CLIENT_ID = "agent-confidential"
 
 
@@ -122,6 +126,29 @@ async def run(issuer: str) -> None:
         show(
             "token exchange (RFC 8693): the agent acts for alice",
             f"delegation chain: {chain.describe()}",
+        )
+
+        # A high-impact tool: alice must approve on her own device. The dev server's hooks
+        # play her phone here.
+        phone = DevIdP.connect(issuer)
+        payment = Action("pay_invoice", {"invoice": "INV-7", "amount": "120.00 EUR"})
+
+        async def alice_taps_approve() -> None:
+            with anyio.fail_after(30):
+                while not (pending := await phone.ciba_pending()):  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            show("alice's phone asks her", f"approve? {pending[0]['binding_message']}")
+            await phone.ciba_approve(pending[0]["auth_req_id"])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(alice_taps_approve)
+            approval = await alice.approve(
+                action=payment, scopes=["payments.write"], resource=PAYMENTS
+            )
+        pay_token = approval.use(payment)  # once, for this exact payment only
+        show(
+            "alice approved (CIBA); the payment tool got a single-use token",
+            describe(pay_token.value.get_secret_value()),
         )
 
     # A restart: a new client on the same (default, encrypted SQLite) vault.

@@ -498,6 +498,19 @@ class DevIdP:
             raise DevIdPError("the dev IdP is not running")
         return self._issuer
 
+    @classmethod
+    def connect(cls, issuer: str) -> DevIdP:
+        """A handle on a dev server that is already running (for example one started with
+        ``agent-identity dev-idp``), to use its hooks (``ciba_pending``, ``ciba_approve``,
+        ``requests``...). It does not own the process: ``stop()`` does nothing."""
+        parts = urlsplit(issuer)
+        if parts.scheme != "http" or parts.hostname not in _LOOPBACK_HOSTS or not parts.port:
+            raise DevIdPError("the dev IdP runs on http://127.0.0.1:PORT")
+        handle = cls()
+        handle._issuer = issuer.rstrip("/")
+        handle._port = parts.port
+        return handle
+
     @property
     def port(self) -> int:
         if self._port is None:

@@ -49,6 +49,8 @@ def test_quickstart_runs_end_to_end(dev_idp: DevIdP, tmp_path: Path) -> None:
     assert "scope='calendar.write'" in out
     assert "aud=https://mail.example/api sub=bob scope='mail.read'" in out
     assert "delegation chain: alice via agent-confidential" in out
+    assert "approve? pay_invoice 120.00 EUR INV-7" in out
+    assert "aud=https://payments.example/api sub=alice scope='payments.write'" in out
     assert "after a restart, alice's grant came from the encrypted vault" in out
     assert "alice disconnected" in out
     assert out.rstrip().endswith("Done.")
