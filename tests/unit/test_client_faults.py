@@ -854,3 +854,25 @@ async def test_refresh_granting_fewer_scopes_keeps_the_rotated_token_and_reports
         assert stored.record.refresh_token.get_secret_value() == "RT-rotated"
         narrow = await user.token(resource=CALENDAR, scopes=["calendar.read"])
         assert narrow.value.get_secret_value() == "AT-narrow"
+
+
+@pytest.mark.parametrize(
+    ("supported", "expected"),
+    [
+        (["openid", "offline_access", "calendar.read"], {"openid", "offline_access"}),
+        (["calendar.read"], set()),  # no offline_access listed: never asked
+        (None, set()),  # no scopes_supported at all: never assumed
+    ],
+)
+async def test_sec_20_offline_access_only_when_listed(
+    supported: list[str] | None, expected: set[str]
+) -> None:
+    server = FakeAS(document=metadata(scopes_supported=supported))
+    async with connected(server) as setup:
+        user = setup.identity.user(USER, tenant=TENANT)
+        await user.consent(scopes=["calendar.read"], resource=CALENDAR)
+        query = dict(parse_qsl(urlsplit(setup.consent.opened[-1]).query))
+        asked = set(query["scope"].split())
+        assert asked - {"calendar.read"} == expected
+        # prompt=consent accompanies offline_access at an OpenID provider, and only then
+        assert ("prompt" in query) == ("offline_access" in asked)
