@@ -16,6 +16,7 @@
 
 Nothing here asserts: the figures are printed for humans and CI logs.
 The token vault has its own suite: ``.venv/bin/python benchmarks/vault.py``.
+The LangChain wrapper and the audit JSONL sink: ``.venv/bin/python benchmarks/langchain.py``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,211 @@
+"""LangChain integration benchmarks: medians and ratios against baselines measured in the
+same run; no timing is asserted (only that the tools ran and the chains verify).
+
+    .venv/bin/python benchmarks/langchain.py [--calls 10000] [--records 50000]
+
+(needs ``pip install -e integrations/langchain``; starts the bundled local authorization
+server for the one consent that warms the vault.)
+
+1. ``overhead``: ``await tool.ainvoke(args, config)`` of a LangChain ``@tool``, bare (the
+   baseline) and wrapped by ``protect()`` with a warm vault (the token is already cached
+   in a memory vault: no network) and an ``AuditTrail(JsonlSink(...))`` (fsync on, the
+   default; and fsync off). Median per call over ``--calls`` calls each, interleaved call
+   by call (the order rotates) so that machine drift hits all variants alike. Goal:
+   <= 100 us added per call.
+2. ``audit``: records per second written by ``AuditTrail(JsonlSink(path))`` for
+   ``--records`` records (tool-call records built beforehand; timed from the first
+   ``emit`` until the trail is closed, i.e. every record is on disk), with fsync on and
+   off, next to a baseline of plain ``json.dumps`` lines written to a file (no chain, no
+   trail). Goal: >= 20,000 records/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+from langchain_agent_identity import protect
+from langchain_core.tools import tool
+
+from agent_identity import IdentityClient, LoopbackConsent
+from agent_identity.audit import AuditEvent, AuditTrail, JsonlSink, verify_chain
+from agent_identity.devidp import DEV_CLIENTS, DevBrowser, DevIdP
+from agent_identity.vault import TokenVault
+
+CLIENT_ID = "agent-confidential"
+CALENDAR = "https://calendar.example/api"
+CONFIG: Any = {"configurable": {"user_id": "alice", "tenant_id": "bench"}}
+ARGS = {"day": "monday"}
+COMMAND = ".venv/bin/python benchmarks/langchain.py"
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:9.2f} us"
+
+
+@tool
+async def list_events(day: str) -> str:
+    """List the user's calendar events on a day."""
+    return f"events of {day}"
+
+
+async def _overhead(issuer: str, calls: int, tmp: Path) -> None:
+    async with (
+        TokenVault.memory() as vault,
+        AuditTrail(JsonlSink(tmp / "overhead-fsync.jsonl")) as synced,
+        AuditTrail(JsonlSink(tmp / "overhead-nofsync.jsonl", fsync=False)) as unsynced,
+        IdentityClient(
+            issuer,
+            client_id=CLIENT_ID,
+            client_secret=DEV_CLIENTS[CLIENT_ID][0],
+            allow_insecure_loopback=True,
+            consent=LoopbackConsent(browser=DevBrowser("alice")),
+            vault=vault,
+        ) as identity,
+    ):
+        user = identity.user("alice", tenant="bench")
+        await user.consent(scopes=["openid", "calendar.read"], resource=CALENDAR)
+        await user.token(resource=CALENDAR, scopes=["calendar.read"])  # warm: cached now
+
+        def protected(audit: AuditTrail) -> Any:
+            return protect(
+                list_events,
+                identity=identity,
+                resource=CALENDAR,
+                scopes="calendar.read",
+                audit=audit,
+            )
+
+        tools: dict[str, Any] = {
+            "bare": list_events,
+            "protected, JSONL fsync on": protected(synced),
+            "protected, JSONL fsync off": protected(unsynced),
+        }
+
+        def runner(tool_: Any) -> Callable[[], Awaitable[float]]:
+            ainvoke = tool_.ainvoke
+
+            async def run() -> float:
+                start = time.perf_counter()
+                await ainvoke(ARGS, CONFIG)
+                return time.perf_counter() - start
+
+            return run
+
+        runners = {name: runner(t) for name, t in tools.items()}
+        for run in runners.values():  # warm up caches (and check the tools work)
+            for _ in range(200):
+                await run()
+        assert await tools["protected, JSONL fsync on"].ainvoke(ARGS, CONFIG) == "events of monday"
+        samples: dict[str, list[float]] = {name: [] for name in runners}
+        names = list(runners)
+        for i in range(calls):
+            k = i % len(names)
+            for name in names[k:] + names[:k]:
+                samples[name].append(await runners[name]())
+        await synced.flush()
+        await unsynced.flush()
+        stats = synced.stats, unsynced.stats
+    base = statistics.median(samples["bare"])
+    print(
+        f"1. ainvoke of a LangChain tool, {calls:,} calls each, interleaved "
+        "(median per call; warm memory vault, AuditTrail(JsonlSink)):"
+    )
+    print(f"   {'bare @tool (baseline)':<34} {_us(base)}   ratio 1.00")
+    for name in names[1:]:
+        med = statistics.median(samples[name])
+        print(
+            f"   {name:<34} {_us(med)}   ratio {med / base:5.2f}   "
+            f"added {_us(med - base).strip()} (goal: <= 100 us)"
+        )
+    for label, s in zip(("fsync on", "fsync off"), stats, strict=True):
+        print(
+            f"   audit {label}: emitted {s.emitted:,}, written {s.written:,}, dropped {s.dropped:,}"
+        )
+
+
+def _records(count: int) -> list[AuditEvent]:
+    return [
+        AuditEvent.for_tool_call(
+            "tool.succeeded",
+            tool="list_events",
+            arguments={"day": f"day-{i}"},
+            tenant="bench",
+            user="alice",
+            agent=CLIENT_ID,
+            issuer="https://issuer.example",
+            resource=CALENDAR,
+            scopes_requested=("calendar.read",),
+            scopes_granted=("calendar.read",),
+            outcome="ok",
+            latency_ms=0.1,
+            token_fingerprint="0123456789abcdef",
+        )
+        for i in range(count)
+    ]
+
+
+async def _trail_rate(events: list[AuditEvent], path: Path, *, fsync: bool) -> tuple[float, int]:
+    start = time.perf_counter()
+    async with AuditTrail(JsonlSink(path, fsync=fsync), buffer_size=len(events)) as trail:
+        for event in events:
+            await trail.emit(event)
+    elapsed = time.perf_counter() - start
+    written = trail.stats.written
+    verdict = verify_chain([path])
+    assert verdict.ok, verdict
+    assert verdict.records == written == len(events), (verdict, trail.stats)
+    return written / elapsed, written
+
+
+def _plain_rate(events: list[AuditEvent], path: Path) -> float:
+    start = time.perf_counter()
+    with path.open("w", encoding="utf-8") as fh:
+        for event in events:
+            fh.write(json.dumps(event.to_json_dict(), separators=(",", ":")) + "\n")
+    return len(events) / (time.perf_counter() - start)
+
+
+async def _audit(count: int, tmp: Path) -> None:
+    events = _records(count)
+    plain = _plain_rate(events, tmp / "plain.jsonl")
+    on, written_on = await _trail_rate(events, tmp / "audit-fsync.jsonl", fsync=True)
+    off, written_off = await _trail_rate(events, tmp / "audit-nofsync.jsonl", fsync=False)
+    print(f"2. audit JSONL throughput, {count:,} records (goal: >= 20,000 records/s):")
+    print(f"   {'plain json.dumps lines (baseline)':<46} {plain:12,.0f} records/s   ratio 1.00")
+    for label, rate, written in (
+        ("AuditTrail(JsonlSink), fsync on (default)", on, written_on),
+        ("AuditTrail(JsonlSink), fsync off", off, written_off),
+    ):
+        print(
+            f"   {label:<46} {rate:12,.0f} records/s   ratio {rate / plain:4.2f}   "
+            f"({written:,} written, chain verified)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=10_000)
+    parser.add_argument("--records", type=int, default=50_000)
+    parser.add_argument("--only", choices=["overhead", "audit"])
+    args = parser.parse_args()
+    print(f"reproduce: {COMMAND} --calls {args.calls} --records {args.records}")
+    print(f"python {sys.version.split()[0]} on {sys.platform}\n")
+    with tempfile.TemporaryDirectory(prefix="agent-identity-bench-") as tmp:
+        if args.only in (None, "overhead"):
+            with DevIdP() as idp:
+                anyio.run(_overhead, idp.issuer, args.calls, Path(tmp))
+        if args.only in (None, "audit"):
+            anyio.run(_audit, args.records, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
