@@ -10,6 +10,7 @@ is built.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -73,16 +74,20 @@ _Text = Annotated[str, StringConstraints(max_length=1024)]
 _Url = Annotated[str, StringConstraints(max_length=4096)]
 _Scope = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 _EXTRA_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-_TEXT_FIELDS = (
-    "tenant",
-    "user",
-    "agent",
-    "issuer",
-    "resource",
-    "tool",
-    "approval_id",
-    "binding_message",
-)
+#: Identifiers set by the SDK and its caller (who, which tool, which server): few distinct
+#: values, so their redaction is memoised.
+_IDENTIFIER_FIELDS = ("tenant", "user", "agent", "issuer", "resource", "tool")
+#: Text built from call data: redacted afresh every time, never kept in a cache.
+_FREE_TEXT_FIELDS = ("approval_id", "binding_message")
+
+
+@functools.lru_cache(maxsize=1024)
+def _redact_identifier_cached(value: str) -> str:
+    return redact_text(value)
+
+
+def _redact_identifier(value: str) -> str:
+    return _redact_identifier_cached(value) if len(value) <= 256 else redact_text(value)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -218,7 +223,13 @@ class AuditEvent(BaseModel):
         # RFC 6749 §3.3: a scope string is a space-delimited list
         return value.split() if isinstance(value, str) else value
 
-    @field_validator(*_TEXT_FIELDS)
+    @field_validator(*_IDENTIFIER_FIELDS)
+    @classmethod
+    def _scrub_identifier(cls, value: str | None) -> str | None:
+        # identifiers repeat on every record: their (pure) redaction is memoised
+        return None if value is None else _redact_identifier(value)
+
+    @field_validator(*_FREE_TEXT_FIELDS)
     @classmethod
     def _scrub_text(cls, value: str | None) -> str | None:
         return None if value is None else redact_text(value)
