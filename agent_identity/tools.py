@@ -218,8 +218,22 @@ class ToolGuard:
             error_type=type(error).__name__ if error is not None else None,
             latency_ms=(time.perf_counter() - started) * 1000,
             token_fingerprint=fingerprint(token.value) if token is not None else None,
+            actors=_actors(token) if requirement.delegate and token is not None else (),
         )
         await self.audit.emit(event)
+
+
+def _actors(token: AccessToken) -> tuple[str, ...]:
+    """The delegation chain of an exchanged token, current actor first (for the record;
+    never for a decision). An opaque token has no readable chain."""
+    from agent_identity.delegation import DelegationChain
+    from agent_identity.errors import InvalidTokenError
+
+    try:
+        chain = DelegationChain.from_token(token.value)
+    except InvalidTokenError:
+        return ()
+    return tuple(actor.subject for actor in chain.actors)
 
 
 def _outcome_of(exc: BaseException) -> str:
