@@ -27,6 +27,7 @@ exchange (RFC 8693) with ``act`` claims.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import hashlib
 import html.parser
@@ -392,7 +393,9 @@ class DevIdP:
         config_path.chmod(0o600)
         log_path = self._workdir / "server.log"
         self._log = log_path.open("w+", encoding="utf-8")
-        env = {**os.environ, "NODE_NO_WARNINGS": "1"}
+        # The server exits when its stdin closes: a parent that dies without calling stop()
+        # (even SIGKILL) never leaves it behind.
+        env = {**os.environ, "NODE_NO_WARNINGS": "1", "DEVIDP_EXIT_WITH_PARENT": "1"}
         env.pop("DEBUG", None)
         self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             [
@@ -404,12 +407,13 @@ class DevIdP:
                 str(self._port_requested),
             ],
             cwd=install_dir,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
             env=env,
         )
+        atexit.register(self.stop)
         lines: queue.Queue[str | None] = queue.Queue()
         stdout = self._process.stdout
         assert stdout is not None
@@ -445,6 +449,7 @@ class DevIdP:
 
     def stop(self) -> None:
         """Terminate the server (then kill it if it does not exit) and clean up."""
+        atexit.unregister(self.stop)
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.terminate()
@@ -455,6 +460,8 @@ class DevIdP:
                 process.wait(timeout=5)
         if process is not None and process.stdout is not None:
             process.stdout.close()
+        if process is not None and process.stdin is not None:
+            process.stdin.close()
         if self._log is not None:
             self._log.close()
             self._log = None

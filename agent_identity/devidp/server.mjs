@@ -96,6 +96,14 @@ const DEFAULT_CONFIG = {
   refresh_delay_ms: 0,
 };
 
+// Started by the Python launcher: exit when the launcher goes away (its end of our stdin
+// closes), even if it was killed without a chance to stop us.
+if (process.env.DEVIDP_EXIT_WITH_PARENT === '1') {
+  process.stdin.on('end', () => process.exit(0));
+  process.stdin.on('error', () => process.exit(0));
+  process.stdin.resume();
+}
+
 function loadConfig(path) {
   let fromFile = {};
   if (path) {
