@@ -10,6 +10,7 @@ kernel must run on the machine whose browser opens the link. For remote kernels,
 from __future__ import annotations
 
 from html import escape
+from typing import Any
 
 from agent_identity.consent.base import ConsentFlow
 from agent_identity.consent.loopback import LoopbackConsent
@@ -19,12 +20,13 @@ __all__ = ["NotebookConsent"]
 
 def _show_link(url: str) -> None:
     try:
-        from IPython.display import HTML, display
+        from IPython import display as ipython_display
     except ImportError:
         print(f"Open this link to approve access: {url}", flush=True)
         return
-    display(
-        HTML(
+    shown: Any = ipython_display  # IPython ships without complete type hints
+    shown.display(
+        shown.HTML(
             f'<p>The agent needs your approval. <a href="{escape(url, quote=True)}" '
             'target="_blank" rel="noopener noreferrer">Open the consent page</a>.</p>'
         )
