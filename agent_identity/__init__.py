@@ -67,6 +67,7 @@ if TYPE_CHECKING:
         NotebookConsent,
     )
     from agent_identity.delegation import Actor, DelegationChain
+    from agent_identity.mcp import McpAuth
     from agent_identity.models import (
         AccessToken,
         DeviceAuthorization,
@@ -103,6 +104,7 @@ _LAZY = {
     "BlockingIdentityClient": "agent_identity.sync",
     "Actor": "agent_identity.delegation",
     "DelegationChain": "agent_identity.delegation",
+    "McpAuth": "agent_identity.mcp",
     "KeyProvider": "agent_identity.vault",
     "Keyring": "agent_identity.vault",
     "TokenVault": "agent_identity.vault",
@@ -167,6 +169,7 @@ __all__ = [
     "KeyProvider",
     "Keyring",
     "LoopbackConsent",
+    "McpAuth",
     "MetadataError",
     "NotebookConsent",
     "OAuthError",

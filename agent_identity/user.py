@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from agent_identity.approval import Action, Approval, PingReceiver
     from agent_identity.client import IdentityClient
     from agent_identity.consent.base import ConsentHandler
+    from agent_identity.mcp import McpAuth
 
 __all__ = ["UserIdentity"]
 
@@ -616,6 +617,17 @@ class UserIdentity:
             **audit,
         )
         return approval
+
+    # -- MCP servers ------------------------------------------------------------------------
+
+    def mcp_auth(self, server_url: str, **options: Any) -> McpAuth:
+        """An ``httpx2.Auth`` for the MCP server at ``server_url`` as this user: discovery
+        (RFC 9728, RFC 8414), registration (pre-registered, client id metadata document or
+        RFC 7591), consent, tokens in the vault, refresh and step-up. ``options`` are those
+        of :class:`~agent_identity.mcp.McpAuth`. See ``docs/mcp.md``."""
+        from agent_identity.mcp import McpAuth
+
+        return McpAuth(self, server_url, **options)
 
 
 class _UserTokenSource:

@@ -1,0 +1,151 @@
+"""RFC 7591 dynamic registration and Client ID Metadata Documents (security items 12-14)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent_identity.errors import (
+    AgentIdentityError,
+    ConfigurationError,
+    InvalidRequest,
+    InvalidResponse,
+    VaultCorrupted,
+)
+from agent_identity.oauth._message import HttpResponse
+from agent_identity.oauth.registration import (
+    ClientRegistration,
+    application_type_for,
+    check_client_id_url,
+    client_metadata_document,
+    parse_registration,
+    registration_request,
+    validate_client_metadata_document,
+)
+
+AS = "https://as.example.com"
+CIMD = "https://agent.example.com/oauth/client.json"
+CANARY = "canary-client-secret-0123456789"
+
+
+def _response(status: int = 201, **body: Any) -> HttpResponse:
+    return HttpResponse(status, {}, json.dumps(body).encode())
+
+
+def test_sec_14_application_type_native_for_loopback_else_web() -> None:
+    assert application_type_for(["http://127.0.0.1/callback"]) == "native"
+    assert application_type_for(["http://[::1]:8000/cb", "com.example.app:/cb"]) == "native"
+    assert application_type_for(["https://agent.example.com/cb"]) == "web"
+    assert application_type_for(["http://agent.example.com/cb"]) == "web"
+    request = registration_request(
+        f"{AS}/reg", redirect_uris=["http://127.0.0.1/callback"], client_name="agent"
+    )
+    body = json.loads(request.json_body)
+    assert body["application_type"] == "native"
+    assert body["redirect_uris"] == ["http://127.0.0.1/callback"]
+    assert body["grant_types"] == ["authorization_code", "refresh_token"]
+    assert request.server_supplied
+    assert not request.idempotent
+    assert request.headers["content-type"] == "application/json"
+    web = registration_request(
+        f"{AS}/reg", redirect_uris=["https://agent.example.com/cb"], client_name="agent"
+    )
+    assert json.loads(web.json_body)["application_type"] == "web"
+
+
+def test_sec_1_registration_endpoint_must_be_https() -> None:
+    with pytest.raises(AgentIdentityError):
+        registration_request("http://as.example.com/reg", redirect_uris=["x"], client_name="a")
+
+
+def test_sec_14_client_secret_expires_at_is_honoured() -> None:
+    forever = parse_registration(
+        _response(client_id="c1", client_secret=CANARY, client_secret_expires_at=0), issuer=AS
+    )
+    assert not forever.expired(now=4e9)
+    soon = parse_registration(
+        _response(client_id="c1", client_secret=CANARY, client_secret_expires_at=1000), issuer=AS
+    )
+    assert soon.expired(now=990)
+    assert not soon.expired(now=100)
+    public = parse_registration(_response(client_id="c2"), issuer=AS)
+    assert public.client_secret is None
+    assert not public.expired(now=4e9)
+    # a secret without its expiry is malformed (RFC 7591 §3.2.1)
+    with pytest.raises(InvalidResponse):
+        parse_registration(_response(client_id="c1", client_secret=CANARY), issuer=AS)
+    with pytest.raises(InvalidResponse):
+        parse_registration(
+            _response(client_id="c1", client_secret=CANARY, client_secret_expires_at=-1),
+            issuer=AS,
+        )
+
+
+def test_registration_errors_are_typed() -> None:
+    with pytest.raises(InvalidRequest):
+        parse_registration(_response(400, error="invalid_request"), issuer=AS)
+    with pytest.raises(InvalidResponse):
+        parse_registration(_response(201), issuer=AS)
+
+
+def test_sec_12_registration_is_bound_to_its_issuer_and_hides_its_secret() -> None:
+    registration = parse_registration(
+        _response(client_id="c1", client_secret=CANARY, client_secret_expires_at=0), issuer=AS
+    )
+    assert registration.issuer == AS
+    assert CANARY not in repr(registration)
+    again = ClientRegistration.from_bytes(registration.to_bytes())
+    assert again == registration
+    with pytest.raises(VaultCorrupted):
+        ClientRegistration.from_bytes(b"{}")
+
+
+def test_sec_13_client_id_url_rules() -> None:
+    assert check_client_id_url(CIMD) == CIMD
+    for bad in (
+        "http://agent.example.com/client.json",
+        "https://agent.example.com",
+        "https://agent.example.com/",
+        "https://agent.example.com/a/../client.json",
+        "https://agent.example.com/./client.json",
+        "https://agent.example.com/client.json#frag",
+        "https://user:pw@agent.example.com/client.json",
+    ):
+        with pytest.raises(AgentIdentityError):
+            check_client_id_url(bad)
+
+
+def test_sec_13_document_builder_and_validator() -> None:
+    document = client_metadata_document(
+        CIMD, client_name="Agent", redirect_uris=["http://127.0.0.1/callback"]
+    )
+    assert document["client_id"] == CIMD
+    assert document["token_endpoint_auth_method"] == "none"
+    assert document["application_type"] == "native"
+    assert validate_client_metadata_document(document, client_id=CIMD) == document
+    with pytest.raises(ConfigurationError):
+        validate_client_metadata_document(
+            {**document, "client_id": "https://other.example.com/c.json"}, client_id=CIMD
+        )
+    with pytest.raises(ConfigurationError):
+        validate_client_metadata_document({**document, "client_name": ""}, client_id=CIMD)
+    with pytest.raises(ConfigurationError):
+        validate_client_metadata_document({**document, "redirect_uris": []}, client_id=CIMD)
+    with pytest.raises(ConfigurationError):
+        validate_client_metadata_document({**document, "client_secret": "x"}, client_id=CIMD)
+    for method in ("client_secret_basic", "client_secret_post", "client_secret_jwt"):
+        with pytest.raises(ConfigurationError):
+            validate_client_metadata_document(
+                {**document, "token_endpoint_auth_method": method}, client_id=CIMD
+            )
+
+
+@given(st.binary(max_size=300), st.sampled_from([200, 201, 400, 500]))
+def test_garbage_registration_responses_give_typed_errors(content: bytes, status: int) -> None:
+    with contextlib.suppress(AgentIdentityError):
+        parse_registration(HttpResponse(status, {}, content), issuer=AS)

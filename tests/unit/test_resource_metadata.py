@@ -1,0 +1,105 @@
+"""RFC 9728 protected resource metadata: URL building and document validation
+(security items 5 and 6)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent_identity.errors import AgentIdentityError, InvalidResponse, MetadataError
+from agent_identity.oauth._message import HttpResponse
+from agent_identity.oauth.resource_metadata import (
+    parse_resource_metadata,
+    resource_metadata_request,
+    resource_metadata_urls,
+)
+
+MCP = "https://tools.example.com/mcp"
+
+
+def _doc(**overrides: Any) -> HttpResponse:
+    body: dict[str, Any] = {
+        "resource": MCP,
+        "authorization_servers": ["https://as.example.com"],
+        "scopes_supported": ["tools.read"],
+    }
+    body.update(overrides)
+    return HttpResponse(200, {}, json.dumps(body).encode())
+
+
+def test_sec_5_path_inserted_then_root_well_known() -> None:
+    assert resource_metadata_urls(MCP) == [
+        "https://tools.example.com/.well-known/oauth-protected-resource/mcp",
+        "https://tools.example.com/.well-known/oauth-protected-resource",
+    ]
+    assert resource_metadata_urls("https://tools.example.com") == [
+        "https://tools.example.com/.well-known/oauth-protected-resource"
+    ]
+    assert resource_metadata_urls("https://Tools.Example.com:443/a/b/") == [
+        "https://tools.example.com/.well-known/oauth-protected-resource/a/b",
+        "https://tools.example.com/.well-known/oauth-protected-resource",
+    ]
+
+
+def test_sec_2_metadata_requests_are_server_supplied() -> None:
+    request = resource_metadata_request(resource_metadata_urls(MCP)[0])
+    assert request.server_supplied
+    assert request.idempotent
+    assert request.method == "GET"
+
+
+def test_sec_6_resource_must_equal_the_server_url() -> None:
+    parsed = parse_resource_metadata(_doc(), resource=MCP)
+    assert parsed is not None
+    assert parsed.authorization_servers == ("https://as.example.com",)
+    assert parsed.scopes_supported == ("tools.read",)
+    # case of scheme/host and a default port make no difference
+    assert parse_resource_metadata(_doc(resource="HTTPS://TOOLS.example.com:443/mcp"), resource=MCP)
+    for other in (
+        "https://tools.example.com/mcp/",
+        "https://tools.example.com/other",
+        "https://evil.example.com/mcp",
+        "https://tools.example.com:8443/mcp",
+        "not a url",
+    ):
+        with pytest.raises(MetadataError):
+            parse_resource_metadata(_doc(resource=other), resource=MCP)
+
+
+def test_sec_5_missing_document_means_try_the_next_url() -> None:
+    for status in (404, 400, 405, 410):
+        assert parse_resource_metadata(HttpResponse(status), resource=MCP) is None
+    with pytest.raises(InvalidResponse):
+        parse_resource_metadata(HttpResponse(500), resource=MCP)
+
+
+def test_malformed_documents_are_refused() -> None:
+    with pytest.raises(MetadataError):
+        parse_resource_metadata(_doc(authorization_servers=[]), resource=MCP)
+    with pytest.raises(InvalidResponse):
+        parse_resource_metadata(_doc(authorization_servers="https://as"), resource=MCP)
+    with pytest.raises(InvalidResponse):
+        parse_resource_metadata(_doc(scopes_supported=[1]), resource=MCP)
+    with pytest.raises(InvalidResponse):
+        parse_resource_metadata(_doc(resource=None), resource=MCP)
+    with pytest.raises(InvalidResponse):
+        parse_resource_metadata(
+            HttpResponse(200, {}, b'{"resource": "a", "resource": "b"}'), resource=MCP
+        )
+
+
+@given(st.binary(max_size=300))
+def test_garbage_gives_a_typed_error_or_nothing(content: bytes) -> None:
+    with contextlib.suppress(AgentIdentityError):
+        parse_resource_metadata(HttpResponse(200, {}, content), resource=MCP)
+
+
+@given(st.dictionaries(st.text(max_size=20), st.text(max_size=40), max_size=6))
+def test_arbitrary_members_give_a_typed_error_or_a_document(body: dict[str, str]) -> None:
+    with contextlib.suppress(AgentIdentityError):
+        parse_resource_metadata(HttpResponse(200, {}, json.dumps(body).encode()), resource=MCP)
