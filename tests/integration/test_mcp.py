@@ -292,7 +292,7 @@ def _text(result: Any) -> str:
 # -- discovery, registration, consent, tool call ------------------------------------------
 
 
-async def test_sec_5_6_11_14_19_20_dynamic_registration_consent_and_tool_call(
+async def test_sec_05_6_11_14_19_20_dynamic_registration_consent_and_tool_call(
     dev_idp_factory: Callable[..., DevIdP], tools: ToolServer
 ) -> None:
     idp = _idp_for(dev_idp_factory, tools)
@@ -438,7 +438,7 @@ async def test_sec_29_step_up_is_bounded(
 # -- refusals --------------------------------------------------------------------------------
 
 
-async def test_sec_6_resource_metadata_mismatch_is_refused(
+async def test_sec_06_resource_metadata_mismatch_is_refused(
     dev_idp_factory: Callable[..., DevIdP], tools: ToolServer
 ) -> None:
     idp = _idp_for(dev_idp_factory, tools)
@@ -457,7 +457,7 @@ async def test_sec_6_resource_metadata_mismatch_is_refused(
 # -- the server moves to another authorization server ----------------------------------------
 
 
-async def test_sec_7_12_23_server_moved_to_another_authorization_server(
+async def test_sec_07_12_23_server_moved_to_another_authorization_server(
     dev_idp_factory: Callable[..., DevIdP], tools: ToolServer
 ) -> None:
     first = _idp_for(dev_idp_factory, tools)

@@ -87,7 +87,7 @@ def _auth(net: FakeNet, **options: Any) -> tuple[McpAuth, httpx2.AsyncClient]:
         ("https://internal.example.com", SSRFBlockedError),
     ],
 )
-async def test_sec_2_authorization_server_at_a_private_address_is_refused(
+async def test_sec_02_authorization_server_at_a_private_address_is_refused(
     server: str, error: type[Exception]
 ) -> None:
     net = FakeNet(servers=[server])
@@ -98,7 +98,7 @@ async def test_sec_2_authorization_server_at_a_private_address_is_refused(
     assert net.hosts() == {"tools.example.com"}  # no connection anywhere else
 
 
-async def test_sec_2_resource_metadata_url_at_a_private_address_is_refused() -> None:
+async def test_sec_02_resource_metadata_url_at_a_private_address_is_refused() -> None:
     net = FakeNet(challenge='Bearer resource_metadata="https://10.0.0.1/.well-known/x"')
     _auth_obj, http = _auth(net)
     async with http:

@@ -58,7 +58,7 @@ def test_sec_14_application_type_native_for_loopback_else_web() -> None:
     assert json.loads(web.json_body)["application_type"] == "web"
 
 
-def test_sec_1_registration_endpoint_must_be_https() -> None:
+def test_sec_01_registration_endpoint_must_be_https() -> None:
     with pytest.raises(AgentIdentityError):
         registration_request("http://as.example.com/reg", redirect_uris=["x"], client_name="a")
 

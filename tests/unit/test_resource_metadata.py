@@ -32,7 +32,7 @@ def _doc(**overrides: Any) -> HttpResponse:
     return HttpResponse(200, {}, json.dumps(body).encode())
 
 
-def test_sec_5_path_inserted_then_root_well_known() -> None:
+def test_sec_05_path_inserted_then_root_well_known() -> None:
     assert resource_metadata_urls(MCP) == [
         "https://tools.example.com/.well-known/oauth-protected-resource/mcp",
         "https://tools.example.com/.well-known/oauth-protected-resource",
@@ -46,14 +46,14 @@ def test_sec_5_path_inserted_then_root_well_known() -> None:
     ]
 
 
-def test_sec_2_metadata_requests_are_server_supplied() -> None:
+def test_sec_02_metadata_requests_are_server_supplied() -> None:
     request = resource_metadata_request(resource_metadata_urls(MCP)[0])
     assert request.server_supplied
     assert request.idempotent
     assert request.method == "GET"
 
 
-def test_sec_6_resource_must_equal_the_server_url() -> None:
+def test_sec_06_resource_must_equal_the_server_url() -> None:
     parsed = parse_resource_metadata(_doc(), resource=MCP)
     assert parsed is not None
     assert parsed.authorization_servers == ("https://as.example.com",)
@@ -71,7 +71,7 @@ def test_sec_6_resource_must_equal_the_server_url() -> None:
             parse_resource_metadata(_doc(resource=other), resource=MCP)
 
 
-def test_sec_5_missing_document_means_try_the_next_url() -> None:
+def test_sec_05_missing_document_means_try_the_next_url() -> None:
     for status in (404, 400, 405, 410):
         assert parse_resource_metadata(HttpResponse(status), resource=MCP) is None
     with pytest.raises(InvalidResponse):
