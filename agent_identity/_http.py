@@ -474,6 +474,8 @@ class HttpDriver:
         if request.form is not None:
             headers["content-type"] = "application/x-www-form-urlencoded"
             content = urlencode(list(request.form.items())).encode("ascii")
+        elif request.body is not None:
+            content = request.body
         try:
             return self._client.build_request(
                 request.method,

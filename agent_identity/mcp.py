@@ -67,7 +67,6 @@ from agent_identity.oauth import discovery
 from agent_identity.oauth._message import HttpRequest
 from agent_identity.oauth.registration import (
     ClientRegistration,
-    JsonHttpRequest,
     check_client_id_url,
     parse_registration,
     registration_request,
@@ -95,29 +94,6 @@ logger = logging.getLogger("agent_identity")
 REGISTRATION_KIND = "mcp-registration"
 
 _DEFAULT_REDIRECT_URIS = ("http://127.0.0.1/callback",)
-
-
-class _Driver(HttpDriver):
-    """The SDK's HTTP driver, plus JSON request bodies (RFC 7591 registration)."""
-
-    def _build(self, request: HttpRequest) -> httpx2.Request | None:
-        if not isinstance(request, JsonHttpRequest):
-            return super()._build(request)
-        headers = {
-            "accept": "application/json",
-            "accept-encoding": "identity",
-            "content-type": "application/json",
-        }
-        try:
-            return self._client.build_request(
-                request.method,
-                request.url,
-                headers=headers,
-                content=request.json_body,
-                timeout=self.policy.timeout,
-            )
-        except (httpx2.InvalidURL, httpx2.HTTPError, ValueError, TypeError):
-            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +187,7 @@ class McpAuth(httpx2.Auth):
         self._client_name = client_name
         self._redirect_uris = tuple(redirect_uris)
         self._max_step_ups = max_step_ups
-        self._driver = _Driver(self._parent._policy)
+        self._driver = HttpDriver(self._parent._policy)
         self._session: _Session | None = None
         self._clients_by_issuer: dict[str, IdentityClient] = {}
         self._source_by_issuer: dict[str, str] = {}

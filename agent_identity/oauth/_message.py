@@ -26,9 +26,16 @@ class HttpRequest:
     url: str
     headers: Mapping[str, str] = field(default_factory=dict)
     form: Mapping[str, str] | None = None
+    #: A body other than a form (e.g. JSON for RFC 7591 registration); its media type goes
+    #: in ``headers["content-type"]``. Mutually exclusive with ``form``.
+    body: bytes | None = None
     server_supplied: bool = False
     #: Safe to send again after a transport failure or a 5xx/429 (GET, revocation, ...).
     idempotent: bool = False
+
+    def __post_init__(self) -> None:
+        if self.form is not None and self.body is not None:
+            raise ValueError("an HttpRequest has a form or a body, not both")
 
     def __repr__(self) -> str:
         names = sorted(self.form) if self.form else []

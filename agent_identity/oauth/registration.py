@@ -39,7 +39,6 @@ from agent_identity.oauth.urls import check_endpoint_url, is_loopback_host
 __all__ = [
     "SHARED_SECRET_METHODS",
     "ClientRegistration",
-    "JsonHttpRequest",
     "application_type_for",
     "check_client_id_url",
     "client_metadata_document",
@@ -54,13 +53,6 @@ ApplicationType = Literal["native", "web"]
 SHARED_SECRET_METHODS = frozenset(
     {"client_secret_basic", "client_secret_post", "client_secret_jwt"}
 )
-
-
-@dataclass(frozen=True, slots=True)
-class JsonHttpRequest(HttpRequest):
-    """An :class:`HttpRequest` whose body is a JSON document (``application/json``)."""
-
-    json_body: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +142,7 @@ def registration_request(
     software_id: str | None = None,
     software_version: str | None = None,
     allow_insecure_loopback: bool = False,
-) -> JsonHttpRequest:
+) -> HttpRequest:
     """The RFC 7591 §3.1 registration request (server-supplied endpoint, not retried:
     a repeated registration would create a second client)."""
     check_endpoint_url(
@@ -172,12 +164,12 @@ def registration_request(
         body["software_id"] = software_id
     if software_version is not None:
         body["software_version"] = software_version
-    return JsonHttpRequest(
+    return HttpRequest(
         "POST",
         endpoint,
         headers={"content-type": "application/json"},
         server_supplied=True,
-        json_body=json.dumps(body, separators=(",", ":")).encode(),
+        body=json.dumps(body, separators=(",", ":")).encode(),
     )
 
 

@@ -11,8 +11,9 @@ import httpx2
 import pytest
 
 from agent_identity import IdentityClient, TokenVault
+from agent_identity._http import HttpDriver
 from agent_identity.errors import ConfigurationError, InsecureURLError, SSRFBlockedError
-from agent_identity.mcp import REGISTRATION_KIND, McpAuth, _Driver
+from agent_identity.mcp import REGISTRATION_KIND, McpAuth
 from agent_identity.models import ServerMetadata
 from agent_identity.oauth.registration import ClientRegistration
 
@@ -72,7 +73,7 @@ def _auth(net: FakeNet, **options: Any) -> tuple[McpAuth, httpx2.AsyncClient]:
     )
     auth = parent.user("alice").mcp_auth(MCP, **options)
     mock = httpx2.AsyncClient(transport=httpx2.MockTransport(net))
-    auth._driver = _Driver(parent._policy, client=mock, resolve=_resolve)
+    auth._driver = HttpDriver(parent._policy, client=mock, resolve=_resolve)
     return auth, httpx2.AsyncClient(transport=httpx2.MockTransport(net), auth=auth)
 
 

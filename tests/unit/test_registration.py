@@ -45,7 +45,7 @@ def test_sec_14_application_type_native_for_loopback_else_web() -> None:
     request = registration_request(
         f"{AS}/reg", redirect_uris=["http://127.0.0.1/callback"], client_name="agent"
     )
-    body = json.loads(request.json_body)
+    body = json.loads(request.body or b"")
     assert body["application_type"] == "native"
     assert body["redirect_uris"] == ["http://127.0.0.1/callback"]
     assert body["grant_types"] == ["authorization_code", "refresh_token"]
@@ -55,7 +55,7 @@ def test_sec_14_application_type_native_for_loopback_else_web() -> None:
     web = registration_request(
         f"{AS}/reg", redirect_uris=["https://agent.example.com/cb"], client_name="agent"
     )
-    assert json.loads(web.json_body)["application_type"] == "web"
+    assert json.loads(web.body or b"")["application_type"] == "web"
 
 
 def test_sec_01_registration_endpoint_must_be_https() -> None:
