@@ -34,20 +34,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType, TracebackType
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 from urllib.parse import urlencode, urlsplit
 
 import anyio
 import httpcore2
 import httpx2
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    retry_if_result,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from agent_identity._version import __version__
 from agent_identity.errors import (
@@ -63,6 +55,9 @@ from agent_identity.models import AccessToken
 from agent_identity.oauth._message import HttpRequest, HttpResponse
 from agent_identity.oauth.urls import check_endpoint_url, check_ssrf_literal, is_public_ip
 from agent_identity.oauth.www_authenticate import Challenge, parse_www_authenticate
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 __all__ = [
     "HttpDriver",
@@ -416,6 +411,14 @@ class HttpDriver:
                 await self._precheck(target, request.url)
         if not request.idempotent or policy.max_retries == 0:
             return await self._attempt(request, vet)
+        # tenacity is imported on the first retryable request (it is not small).
+        from tenacity import (
+            AsyncRetrying,
+            retry_if_exception,
+            retry_if_result,
+            stop_after_attempt,
+        )
+
         retrying = AsyncRetrying(
             sleep=self._sleep_between,
             stop=stop_after_attempt(policy.max_retries + 1),
@@ -453,6 +456,8 @@ class HttpDriver:
                 delay = parse_retry_after(response.header("retry-after"))
                 if delay is not None:
                     return min(delay, self._policy.max_retry_wait)
+        from tenacity import wait_random_exponential
+
         backoff = wait_random_exponential(multiplier=0.5, max=self._policy.max_retry_wait)
         return float(backoff(state))
 
