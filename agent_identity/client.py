@@ -39,8 +39,7 @@ from agent_identity.errors import (
     InvalidResponse,
     MetadataError,
 )
-from agent_identity.models import AccessToken, DeviceAuthorization, ServerMetadata
-from agent_identity.models import TokenResponse as TokenResponse
+from agent_identity.models import AccessToken, DeviceAuthorization, ServerMetadata, TokenResponse
 from agent_identity.oauth import authorize as authz
 from agent_identity.oauth import discovery
 from agent_identity.oauth._message import HttpRequest, HttpResponse
