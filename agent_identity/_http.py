@@ -614,7 +614,17 @@ def _is_under(url: httpx2.URL, resource: str) -> bool:
     return not prefix or url.path == prefix or url.path.startswith(prefix + "/")
 
 
-def _challenge(response: httpx2.Response) -> Challenge | None:
+def require_token_target(url: httpx2.URL, resource: str) -> None:
+    """Security item 23: a token for ``resource`` goes only to URLs under it."""
+    if not _is_under(url, resource):
+        raise InsecureURLError(
+            f"a token for {resource} is never sent to "
+            f"{url.scheme}://{url.host}{url.path} (no token passthrough)"
+        )
+
+
+def bearer_challenge(response: httpx2.Response) -> Challenge | None:
+    """The ``Bearer`` (or ``DPoP``) challenge of a response, if any."""
     values = response.headers.get_list("www-authenticate")
     for challenge in parse_www_authenticate(", ".join(values)):
         if challenge.scheme in ("bearer", "dpop"):
@@ -657,19 +667,14 @@ class ResourceAuth(httpx2.Auth):
     async def async_auth_flow(
         self, request: httpx2.Request
     ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
-        if not _is_under(request.url, self._resource):
-            raise InsecureURLError(
-                f"a token for {self._resource} is never sent to "
-                f"{request.url.scheme}://{request.url.host}{request.url.path} "
-                "(no token passthrough)"
-            )
+        require_token_target(request.url, self._resource)
         token = await self._source.token()
         request.headers["Authorization"] = token.authorization_header()
         response = yield request
         refreshed = False
         step_ups = 0
         while True:
-            challenge = _challenge(response)
+            challenge = bearer_challenge(response)
             error = challenge.error if challenge is not None else None
             if (
                 response.status_code == 401

@@ -52,11 +52,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from agent_identity._http import HttpDriver
+from agent_identity._http import HttpDriver, bearer_challenge, require_token_target
 from agent_identity.errors import (
     ConfigurationError,
     ConsentRequired,
-    InsecureURLError,
     MetadataError,
     ReauthorizationRequired,
     VersionConflict,
@@ -79,7 +78,7 @@ from agent_identity.oauth.resource_metadata import (
     resource_metadata_urls,
 )
 from agent_identity.oauth.urls import check_endpoint_url
-from agent_identity.oauth.www_authenticate import Challenge, parse_www_authenticate
+from agent_identity.oauth.www_authenticate import Challenge
 from agent_identity.vault.records import GrantKey
 
 if TYPE_CHECKING:
@@ -226,12 +225,7 @@ class McpAuth(httpx2.Auth):
     async def async_auth_flow(
         self, request: httpx2.Request
     ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
-        if not _is_under(request.url, self.server_url):
-            raise InsecureURLError(
-                f"a token for {self.server_url} is never sent to "
-                f"{request.url.scheme}://{request.url.host}{request.url.path} "
-                "(no token passthrough)"
-            )
+        require_token_target(request.url, self.server_url)
         session = self._session
         token: AccessToken | None = None
         if session is not None:
@@ -242,7 +236,7 @@ class McpAuth(httpx2.Auth):
         discovered = False
         step_ups = 0
         while True:
-            challenge = _challenge(response)
+            challenge = bearer_challenge(response)
             error = challenge.error if challenge is not None else None
             status = response.status_code
             if (
@@ -513,20 +507,3 @@ class McpAuth(httpx2.Auth):
             )
             with contextlib.suppress(VersionConflict):
                 await vault.delete(key, expected_version=current.version)
-
-
-def _is_under(url: httpx2.URL, resource: str) -> bool:
-    """``url`` is ``resource`` or below it (same origin, path at a segment boundary)."""
-    base = httpx2.URL(resource)
-    if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
-        return False
-    prefix = base.path.rstrip("/")
-    return not prefix or url.path == prefix or url.path.startswith(prefix + "/")
-
-
-def _challenge(response: httpx2.Response) -> Challenge | None:
-    values = response.headers.get_list("www-authenticate")
-    for challenge in parse_www_authenticate(", ".join(values)):
-        if challenge.scheme in ("bearer", "dpop"):
-            return challenge
-    return None
