@@ -478,7 +478,7 @@ class HttpDriver:
         content: bytes | None = None
         if request.form is not None:
             headers["content-type"] = "application/x-www-form-urlencoded"
-            content = urlencode(list(request.form.items())).encode("ascii")
+            content = urlencode(request.form_pairs()).encode("ascii")
         elif request.body is not None:
             content = request.body
         try:

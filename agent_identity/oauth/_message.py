@@ -7,7 +7,7 @@ values; they never perform I/O. ``repr`` of a request hides form values and cred
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["HttpRequest", "HttpResponse"]
@@ -17,7 +17,8 @@ __all__ = ["HttpRequest", "HttpResponse"]
 class HttpRequest:
     """An HTTP request to send.
 
-    ``form`` is sent as ``application/x-www-form-urlencoded``; ``headers`` never carry an
+    ``form`` is sent as ``application/x-www-form-urlencoded`` (a sequence value repeats the
+    parameter, as RFC 8707 ``resource`` may); ``headers`` never carry an
     ``Authorization`` value in ``repr``. ``server_supplied`` marks URLs learned from a server
     (metadata, challenges), which the I/O layer checks against the SSRF policy.
     """
@@ -25,7 +26,7 @@ class HttpRequest:
     method: str
     url: str
     headers: Mapping[str, str] = field(default_factory=dict)
-    form: Mapping[str, str] | None = None
+    form: Mapping[str, str | Sequence[str]] | None = None
     #: A body other than a form (e.g. JSON for RFC 7591 registration); its media type goes
     #: in ``headers["content-type"]``. Mutually exclusive with ``form``.
     body: bytes | None = None
@@ -40,6 +41,16 @@ class HttpRequest:
     def __repr__(self) -> str:
         names = sorted(self.form) if self.form else []
         return f"HttpRequest(method={self.method!r}, url={self.url!r}, form_fields={names!r})"
+
+    def form_pairs(self) -> list[tuple[str, str]]:
+        """The form as ``(name, value)`` pairs, sequence values expanded in order."""
+        pairs: list[tuple[str, str]] = []
+        for name, value in (self.form or {}).items():
+            if isinstance(value, str):
+                pairs.append((name, value))
+            else:
+                pairs.extend((name, item) for item in value)
+        return pairs
 
 
 @dataclass(frozen=True, slots=True)

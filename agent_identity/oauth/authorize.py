@@ -48,10 +48,12 @@ from agent_identity.oauth.client_auth import ClientAuthentication
 from agent_identity.oauth.pkce import generate_pkce
 
 __all__ = [
+    "RESERVED_PARAMETERS",
     "AuthorizationCallback",
     "PendingAuthorization",
     "PendingAuthorizations",
     "authorization_url",
+    "check_extra_parameter",
     "par_request",
     "parse_callback",
     "parse_par_response",
@@ -106,11 +108,16 @@ def start_authorization(
     acr_values: Sequence[str] = (),
     max_age: int | None = None,
     extra: Mapping[str, str] | None = None,
+    scope_separator: str = " ",
 ) -> tuple[PendingAuthorization, dict[str, Any]]:
     """Create the flow record and the authorization request parameters.
 
     Returns ``(pending, params)``; ``params`` is a list-valued mapping because
     ``resource`` may repeat (RFC 8707 §2). A ``nonce`` is added when ``openid`` is asked.
+    ``extra`` parameters (``login_hint``-like provider parameters, ``ui_locales``, ...)
+    are validated: they can never set or override a parameter the SDK controls
+    (:data:`RESERVED_PARAMETERS`: ``state``, PKCE, ``redirect_uri``, ``client_id``, ...),
+    and names and values must be printable text.
     """
     if metadata.authorization_endpoint is None or metadata.token_endpoint is None:
         raise ConfigurationError(
@@ -133,7 +140,7 @@ def start_authorization(
         "code_challenge_method": "S256",
     }
     if scopes:
-        params["scope"] = " ".join(scopes)
+        params["scope"] = scope_separator.join(scopes)
     if nonce is not None:
         params["nonce"] = nonce
     if resources:
@@ -147,6 +154,7 @@ def start_authorization(
     if max_age is not None:
         params["max_age"] = str(max_age)
     for key, value in (extra or {}).items():
+        check_extra_parameter(key, value)
         if key in params:
             raise ConfigurationError(f"extra authorization parameter {key!r} is set by the SDK")
         params[key] = value
@@ -166,6 +174,46 @@ def start_authorization(
         max_age=max_age,
     )
     return pending, params
+
+
+#: Authorization request parameters only the SDK sets (security items 15-17, 19, 21):
+#: ``extra`` parameters can never carry them.
+RESERVED_PARAMETERS = frozenset(
+    {
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "state",
+        "code_challenge",
+        "code_challenge_method",
+        "nonce",
+        "scope",
+        "resource",
+        "request_uri",
+        "request",
+        "response_mode",
+        "code_verifier",
+        "client_secret",
+        "client_assertion",
+        "client_assertion_type",
+    }
+)
+_PARAMETER_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def check_extra_parameter(name: object, value: object) -> None:
+    """Refuse an extra authorization parameter that would override what the SDK controls
+    or that is not printable text (raises :class:`ConfigurationError`)."""
+    if not isinstance(name, str) or not _PARAMETER_NAME.fullmatch(name):
+        raise ConfigurationError("extra authorization parameter names must be short tokens")
+    if name in RESERVED_PARAMETERS:
+        raise ConfigurationError(
+            f"authorization parameter {name!r} is set by the SDK and cannot be overridden"
+        )
+    if not isinstance(value, str) or len(value) > 2048 or not value.isprintable():
+        raise ConfigurationError(
+            f"extra authorization parameter {name!r} must be printable text (2048 chars max)"
+        )
 
 
 def _encode(params: Mapping[str, Any]) -> str:
@@ -205,23 +253,21 @@ def par_request(
     endpoint = metadata.pushed_authorization_request_endpoint
     if endpoint is None:
         raise ConfigurationError("the authorization server has no PAR endpoint")
-    form: dict[str, str] = {}
+    form: dict[str, str | list[str]] = {}
     headers: dict[str, str] = {}
     client_auth.apply(form, headers, issuer=metadata.issuer, endpoint=endpoint, now=now)
-    # ``resource`` may repeat; HttpRequest.form is single-valued, so join on the wire by
-    # sending the first and refusing several (oidc-provider and most servers accept one).
+    # ``resource`` may repeat (RFC 8707 §2): a sequence value repeats the parameter.
     for key, value in params.items():
-        if isinstance(value, list | tuple):
-            if len(value) != 1:
-                raise ConfigurationError(f"PAR supports a single {key!r} value here")
-            value = value[0]
         if key == "client_id" and key in form:
             if form[key] != str(value):
                 raise ConfigurationError("client_id differs from the client authentication")
             continue
         if key in form:
             raise ConfigurationError(f"PAR parameter {key!r} is set by the client authentication")
-        form[key] = str(value)
+        if isinstance(value, list | tuple):
+            form[key] = [str(v) for v in value]
+        else:
+            form[key] = str(value)
     return HttpRequest("POST", endpoint, headers=headers, form=form)
 
 

@@ -53,17 +53,20 @@ def device_authorization_request(
     now: float,
     scopes: Sequence[str] = (),
     resource: str | None = None,
+    resources: Sequence[str] = (),
 ) -> HttpRequest:
-    """RFC 8628 §3.1 device authorization request."""
+    """RFC 8628 §3.1 device authorization request (``resource`` repeats for several
+    resources, RFC 8707 §2)."""
     if endpoint is None:
         raise ConfigurationError(
             f"authorization server {issuer!r} has no device_authorization_endpoint"
         )
-    form: dict[str, str] = {}
+    form: dict[str, str | list[str]] = {}
     if scopes:
         form["scope"] = " ".join(scopes)
-    if resource is not None:
-        form["resource"] = resource
+    wanted = [*([resource] if resource is not None else []), *resources]
+    if wanted:
+        form["resource"] = wanted[0] if len(wanted) == 1 else wanted
     return token_request(endpoint, form, client_auth, issuer=issuer, now=now)
 
 

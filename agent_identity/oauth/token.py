@@ -43,7 +43,7 @@ DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
 def token_request(
     endpoint: str,
-    form: Mapping[str, str],
+    form: Mapping[str, str | Sequence[str]],
     client_auth: ClientAuthentication,
     *,
     issuer: str,
@@ -51,7 +51,7 @@ def token_request(
     headers: Mapping[str, str] | None = None,
 ) -> HttpRequest:
     """A POST to ``endpoint`` with ``form`` and the client's authentication applied."""
-    body = dict(form)
+    body: dict[str, Any] = dict(form)
     hdrs = dict(headers or {})
     client_auth.apply(body, hdrs, issuer=issuer, endpoint=endpoint, now=now)
     return HttpRequest("POST", endpoint, headers=hdrs, form=body, idempotent=False)

@@ -271,11 +271,12 @@ def test_par_request_public_client_carries_all_params_once() -> None:
     assert request.form is not None
     form = dict(request.form)
     assert form["client_id"] == "agent"
-    assert form["resource"] == "https://api.example/"
+    assert form["resource"] == ["https://api.example/"]
     for key, value in params.items():
-        expected = value[0] if isinstance(value, list) else value
-        assert form[key] == expected, key
+        assert form[key] == value, key
     assert set(form) == set(params)
+    pairs = request.form_pairs()
+    assert [name for name, _ in pairs].count("client_id") == 1
 
 
 def test_par_request_applies_client_secret_basic() -> None:
@@ -317,10 +318,13 @@ def test_par_request_without_endpoint_refused() -> None:
         par_request(metadata, params, NoClientAuth("agent"), now=0.0)
 
 
-def test_par_request_several_resources_refused() -> None:
+def test_sec_19_par_request_repeats_resource_for_several_resources() -> None:
+    """RFC 8707 §2: several resources are several ``resource`` parameters, also when the
+    request is pushed (RFC 9126 §2.1 sends the authorization request's parameters)."""
     _, params = _start(resources=("https://a/", "https://b/"))
-    with pytest.raises(ConfigurationError, match="resource"):
-        par_request(_metadata(), params, NoClientAuth("agent"), now=0.0)
+    request = par_request(_metadata(), params, NoClientAuth("agent"), now=0.0)
+    pairs = request.form_pairs()
+    assert [value for name, value in pairs if name == "resource"] == ["https://a/", "https://b/"]
 
 
 @pytest.mark.parametrize("status", [200, 201])
