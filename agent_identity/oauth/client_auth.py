@@ -9,9 +9,11 @@ Core §9:
   ``:``, ``%``, ``+``, spaces or non-ASCII characters.
 - ``client_secret_post``: RFC 6749 §2.3.1, credentials in the form body.
 - ``private_key_jwt``: RFC 7523 §2.2 and §3 with OpenID Connect Core §9. The assertion's
-  ``aud`` is the authorization server's ISSUER identifier as a single string, never the
-  token endpoint and never an array (security item 27; OpenID Connect Core errata 2025
-  and the RFC 7523 update that closed the audience-injection attack).
+  ``aud`` is by default the authorization server's ISSUER identifier as a single string,
+  never an array (security item 27; OpenID Connect Core errata 2025 and the RFC 7523
+  update that closed the audience-injection attack). Many deployed servers accept only
+  their token endpoint URL (RFC 7523 §3, OpenID Connect Core §9):
+  ``assertion_audience="token_endpoint"`` sends that URL instead, still one string.
 - ``none``: a public client identifies itself with ``client_id`` only (RFC 6749 §2.1).
 
 Security item 27 prefers ``private_key_jwt`` whenever a key is configured; see
@@ -23,7 +25,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, Protocol, runtime_checkable
 from urllib.parse import quote_plus
 
 from pydantic import SecretStr
@@ -69,7 +71,7 @@ class ClientAuthentication(Protocol):
 
     def apply(
         self,
-        form: dict[str, str],
+        form: dict[str, Any],
         headers: dict[str, str],
         *,
         issuer: str,
@@ -107,7 +109,7 @@ class NoClientAuth:
 
     def apply(
         self,
-        form: dict[str, str],
+        form: dict[str, Any],
         headers: dict[str, str],
         *,
         issuer: str,
@@ -140,7 +142,7 @@ class ClientSecretBasic:
 
     def apply(
         self,
-        form: dict[str, str],
+        form: dict[str, Any],
         headers: dict[str, str],
         *,
         issuer: str,
@@ -173,7 +175,7 @@ class ClientSecretPost:
 
     def apply(
         self,
-        form: dict[str, str],
+        form: dict[str, Any],
         headers: dict[str, str],
         *,
         issuer: str,
@@ -194,6 +196,8 @@ def choose_client_auth(
     private_key: PrivateKeyInput | None = None,
     supported_methods: Sequence[str] | None,
     signing_algorithms: Sequence[str] | None = None,
+    assertion_audience: Literal["issuer", "token_endpoint"] = "issuer",
+    token_endpoint: str | None = None,
 ) -> ClientAuthentication:
     """Pick the client authentication for the configured credential.
 
@@ -201,7 +205,9 @@ def choose_client_auth(
     (``None`` when absent; RFC 8414 §2 then implies ``client_secret_basic``).
 
     - a private key: ``private_key_jwt`` (security item 27), unless the AS lists methods
-      without it. ``signing_algorithms`` (``token_endpoint_auth_signing_alg_values_supported``)
+      without it; ``assertion_audience`` picks the assertion's ``aud`` (the issuer, or
+      ``token_endpoint`` for servers that accept only their token endpoint URL).
+      ``signing_algorithms`` (``token_endpoint_auth_signing_alg_values_supported``)
       picks ``PS256`` over ``RS256`` for an RSA key when only the former is listed.
     - a secret: ``client_secret_basic`` if listed or the list is absent, else
       ``client_secret_post`` if listed.
@@ -229,7 +235,16 @@ def choose_client_auth(
         algorithm: str | None = None
         if signing_algorithms is not None:
             algorithm = _pick_algorithm(_load_private_key(private_key), signing_algorithms)
-        return PrivateKeyJWT(client_id, private_key, algorithm=algorithm)
+        audience: str | None = None
+        if assertion_audience == "token_endpoint":
+            if not token_endpoint:
+                raise ConfigurationError(
+                    "assertion_audience='token_endpoint' needs a token endpoint in the metadata"
+                )
+            audience = token_endpoint
+        elif assertion_audience != "issuer":
+            raise ConfigurationError("assertion_audience must be 'issuer' or 'token_endpoint'")
+        return PrivateKeyJWT(client_id, private_key, algorithm=algorithm, audience=audience)
 
     if client_secret is not None:
         secret = client_secret if isinstance(client_secret, SecretStr) else SecretStr(client_secret)

@@ -109,14 +109,16 @@ class PrivateKeyJWT:
     """``private_key_jwt`` (RFC 7523 §2.2, §3; OpenID Connect Core §9).
 
     Each :meth:`apply` signs a fresh assertion with ``iss`` = ``sub`` = ``client_id``,
-    ``aud`` = the issuer (one string), a 256-bit random ``jti``, ``iat`` = ``now`` and
-    ``exp`` = ``iat + lifetime``. The header carries ``kid`` when one is known (the
-    ``kid`` argument, else the key's own) and ``typ: JWT``, or
+    ``aud`` = the issuer (one string; or ``audience``), a 256-bit random ``jti``,
+    ``iat`` = ``now`` and ``exp`` = ``iat + lifetime``. The header carries ``kid`` when
+    one is known (the ``kid`` argument, else the key's own) and ``typ: JWT``, or
     ``typ: client-authentication+jwt`` with ``explicit_typ=True``.
 
     :param key: a private RSA (>= 2048 bits), EC (P-256/384/521) or OKP (Ed25519/Ed448)
         key: a joserfc key, a private JWK dict or an unencrypted PEM. Symmetric keys are
         refused.
+    :param audience: the assertion's ``aud`` when it must not be the issuer (the token
+        endpoint URL, RFC 7523 §3); default: the issuer passed to :meth:`apply`.
     :param algorithm: defaults to the key's ``alg`` member, else from the key type:
         RSA ``RS256`` (``PS256``... on request), P-256 ``ES256``, P-384 ``ES384``,
         P-521 ``ES512``, Ed25519/Ed448 ``EdDSA``.
@@ -128,6 +130,7 @@ class PrivateKeyJWT:
     kid: str | None
     lifetime: int
     explicit_typ: bool
+    audience: str | None
     method: ClassVar[str] = "private_key_jwt"
 
     def __init__(
@@ -139,8 +142,11 @@ class PrivateKeyJWT:
         kid: str | None = None,
         lifetime: int = 60,
         explicit_typ: bool = False,
+        audience: str | None = None,
     ) -> None:
         _require_client_id(client_id)
+        if audience is not None and (not isinstance(audience, str) or not audience):
+            raise ConfigurationError("audience must be a non-empty string")
         if isinstance(lifetime, bool) or not isinstance(lifetime, int) or lifetime <= 0:
             raise ConfigurationError("lifetime must be a positive number of seconds")
         loaded = _load_private_key(key)
@@ -153,6 +159,7 @@ class PrivateKeyJWT:
         object.__setattr__(self, "kid", kid if kid is not None else loaded.kid)
         object.__setattr__(self, "lifetime", lifetime)
         object.__setattr__(self, "explicit_typ", explicit_typ)
+        object.__setattr__(self, "audience", audience)
 
     def __repr__(self) -> str:
         return (
@@ -185,17 +192,18 @@ class PrivateKeyJWT:
 
     def apply(
         self,
-        form: dict[str, str],
+        form: dict[str, Any],
         headers: dict[str, str],
         *,
         issuer: str,
         endpoint: str,
         now: float,
     ) -> None:
-        # ``endpoint`` is deliberately unused: the audience is the issuer (security 27).
+        # ``endpoint`` is deliberately unused: the audience is the issuer (security 27),
+        # or the configured token endpoint URL, whatever endpoint the request goes to.
         form["client_id"] = self.client_id
         form["client_assertion_type"] = CLIENT_ASSERTION_TYPE
-        form["client_assertion"] = self.assertion(issuer=issuer, now=now)
+        form["client_assertion"] = self.assertion(issuer=self.audience or issuer, now=now)
 
     def public_jwks(self) -> dict[str, list[dict[str, Any]]]:
         """The public JWK Set to register with the AS (``jwks`` in RFC 7591 §2)."""
