@@ -6,16 +6,20 @@ the access tokens cached from it (§1.4, one per resource and scope set) and the
 the last ID token (OpenID Connect Core §2).
 
 Partitioning (security item 26): every record lives under a :class:`GrantKey` (tenant, user,
-connection). Its :attr:`GrantKey.storage_key` is a JSON array, so no tenant, user or
-connection name, whatever characters it holds, can produce another key's text or fall
-under another user's listing prefix (:func:`grant_prefix`). The storage key is also the
-AES-GCM associated data of the row (see :mod:`agent_identity.vault.crypto`), so a row copied
-under another key does not decrypt.
+connection, client id). Its :attr:`GrantKey.storage_key` is a JSON array, so no tenant,
+user, connection or client name, whatever characters it holds, can produce another key's
+text or fall under another user's listing prefix (:func:`grant_prefix`). The storage key is
+also the AES-GCM associated data of the row (see :mod:`agent_identity.vault.crypto`), so a
+row copied under another key does not decrypt. The client id is part of a grant's identity:
+two agents (client ids) sharing one vault never see each other's grants. Keys without a
+client id (three members) are those written before it was; the identity layer moves such a
+row under its full key on first use.
 
 Serialisation (:meth:`GrantRecord.to_bytes` / :meth:`GrantRecord.from_bytes`) is a
-versioned JSON object (``{"v": 1, ...}``) that round-trips exactly. Any content that is not
+versioned JSON object (``{"v": 2, ...}``) that round-trips exactly. Any content that is not
 exactly that format raises :class:`~agent_identity.errors.VaultCorrupted`: nothing is
-guessed. A change of format bumps ``v``; readers keep reading older versions.
+guessed. A change of format bumps ``v``; readers keep reading older versions (``v`` 1 rows
+have no ``client_id`` and no reported token scopes).
 
 Nothing here puts a token in a ``repr``: tokens are :class:`pydantic.SecretStr` and the
 records' ``repr`` names only non-secret fields.
@@ -45,7 +49,7 @@ __all__ = [
 ]
 
 GRANT_KIND: Final = "grant"
-_FORMAT_VERSION: Final = 1
+_FORMAT_VERSION: Final = 2
 
 #: How a cached access token is found in a :class:`GrantRecord`: (resource, scopes).
 TokenKey = tuple[str | None, frozenset[str]]
@@ -57,27 +61,41 @@ def _json_key(parts: list[str]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class GrantKey:
-    """Where a grant lives: ``tenant``, ``user`` and ``connection``.
+    """Where a grant lives: ``tenant``, ``user``, ``connection`` and ``client_id``.
 
     ``connection`` names the authorization server account the grant was obtained from (by
-    default the issuer URL; for MCP servers the server URL). All three are opaque,
-    non-empty strings compared exactly.
+    default the issuer URL; for MCP servers the server URL); ``client_id`` is the client
+    (agent) the grant was issued to. All are opaque, non-empty strings compared exactly.
+    ``client_id=None`` names a row written before client ids were part of the key.
     """
 
     tenant: str
     user: str
     connection: str
+    client_id: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("tenant", "user", "connection"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ConfigurationError(f"GrantKey.{name} must be a non-empty string")
+        if self.client_id is not None and (
+            not isinstance(self.client_id, str) or not self.client_id
+        ):
+            raise ConfigurationError("GrantKey.client_id must be a non-empty string or None")
 
     @property
     def storage_key(self) -> str:
-        """``grant:["tenant","user","connection"]``: deterministic, unambiguous, ASCII."""
-        return f"{GRANT_KIND}:{_json_key([self.tenant, self.user, self.connection])}"
+        """``grant:["tenant","user","connection","client_id"]`` (three members for a
+        legacy key): deterministic, unambiguous, ASCII."""
+        parts = [self.tenant, self.user, self.connection]
+        if self.client_id is not None:
+            parts.append(self.client_id)
+        return f"{GRANT_KIND}:{_json_key(parts)}"
+
+    def legacy(self) -> GrantKey:
+        """The same key without the client id (rows written before it was part of it)."""
+        return GrantKey(self.tenant, self.user, self.connection)
 
     @classmethod
     def from_storage_key(cls, storage_key: str) -> GrantKey:
@@ -91,11 +109,11 @@ class GrantKey:
             raise VaultCorrupted("grant storage key is not valid JSON") from None
         if (
             not isinstance(parts, list)
-            or len(parts) != 3
+            or len(parts) not in (3, 4)
             or not all(isinstance(p, str) and p for p in parts)
         ):
-            raise VaultCorrupted("grant storage key is not three non-empty strings")
-        key = cls(parts[0], parts[1], parts[2])
+            raise VaultCorrupted("grant storage key is not three or four non-empty strings")
+        key = cls(*parts)
         if key.storage_key != storage_key:  # not in canonical form: not written by us
             raise VaultCorrupted("grant storage key is not canonical")
         return key
@@ -137,6 +155,10 @@ class CachedToken:
     ``expires_at`` and ``issued_at`` are Unix epoch seconds so that a persisted expiry
     survives a restart; the client converts them to its monotonic clock when it loads them.
     ``expires_at`` is ``None`` when the server sent no ``expires_in`` (RFC 6749 §5.1).
+
+    ``scopes`` is what the token was asked for (its cache key); ``granted`` the scopes the
+    server reported it carries when they differ (``None``: the same), ``verified`` whether
+    the server reported them at all, and ``audience`` the ``aud`` of a readable JWT.
     """
 
     resource: str | None
@@ -145,6 +167,9 @@ class CachedToken:
     token_type: str
     expires_at: float | None
     issued_at: float
+    granted: tuple[str, ...] | None = None
+    verified: bool = True
+    audience: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.resource is not None and not isinstance(self.resource, str):
@@ -162,6 +187,19 @@ class CachedToken:
                 self, "expires_at", _finite(self.expires_at, "CachedToken.expires_at")
             )
         object.__setattr__(self, "issued_at", _finite(self.issued_at, "CachedToken.issued_at"))
+        if self.granted is not None:
+            object.__setattr__(self, "granted", _str_tuple(self.granted, "CachedToken.granted"))
+        if self.audience is not None:
+            object.__setattr__(
+                self, "audience", _str_tuple(self.audience, "CachedToken.audience")
+            )
+        if not isinstance(self.verified, bool):
+            raise ConfigurationError("CachedToken.verified must be a bool")
+
+    @property
+    def carried_scopes(self) -> tuple[str, ...]:
+        """The scopes the token carries (as reported), else those it was asked for."""
+        return self.granted if self.granted is not None else tuple(sorted(self.scopes))
 
     @property
     def key(self) -> TokenKey:
@@ -197,12 +235,18 @@ class GrantRecord:
     id_token_claims: Mapping[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     updated_at: float = 0.0
+    #: The client the grant was issued to (``None`` in rows of format 1).
+    client_id: str | None = None
 
     __hash__ = None  # type: ignore[assignment]  # holds mappings
 
     def __post_init__(self) -> None:
         if not isinstance(self.issuer, str) or not self.issuer:
             raise ConfigurationError("GrantRecord.issuer must be a non-empty string")
+        if self.client_id is not None and (
+            not isinstance(self.client_id, str) or not self.client_id
+        ):
+            raise ConfigurationError("GrantRecord.client_id must be a non-empty string or None")
         if self.subject is not None and not isinstance(self.subject, str):
             raise ConfigurationError("GrantRecord.subject must be a string or None")
         object.__setattr__(self, "scopes", _str_tuple(self.scopes, "GrantRecord.scopes"))
@@ -232,7 +276,8 @@ class GrantRecord:
 
     def __repr__(self) -> str:
         return (
-            f"GrantRecord(issuer={self.issuer!r}, subject={self.subject!r}, "
+            f"GrantRecord(issuer={self.issuer!r}, client_id={self.client_id!r}, "
+            f"subject={self.subject!r}, "
             f"scopes={list(self.scopes)!r}, resources={list(self.resources)!r}, "
             f"refresh_token={'present' if self.refresh_token is not None else None}, "
             f"tokens={len(self.tokens)}, id_token_claims={sorted(self.id_token_claims)!r}, "
@@ -242,10 +287,11 @@ class GrantRecord:
     # -- serialisation ---------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """The record as UTF-8 JSON, format ``v`` 1 (see :meth:`from_bytes`)."""
+        """The record as UTF-8 JSON, format ``v`` 2 (see :meth:`from_bytes`)."""
         document = {
             "v": _FORMAT_VERSION,
             "issuer": self.issuer,
+            "client_id": self.client_id,
             "subject": self.subject,
             "scopes": list(self.scopes),
             "resources": list(self.resources),
@@ -260,6 +306,9 @@ class GrantRecord:
                     "token_type": t.token_type,
                     "expires_at": t.expires_at,
                     "issued_at": t.issued_at,
+                    "granted": None if t.granted is None else list(t.granted),
+                    "verified": t.verified,
+                    "audience": None if t.audience is None else list(t.audience),
                 }
                 for t in sorted(
                     self.tokens.values(), key=lambda t: (t.resource or "", sorted(t.scopes))
@@ -284,14 +333,15 @@ class GrantRecord:
     def from_bytes(cls, data: bytes) -> GrantRecord:
         """Parse :meth:`to_bytes` output. Anything else raises :class:`VaultCorrupted`."""
         doc = _strict_json_object(data)
-        if doc.get("v") != _FORMAT_VERSION or type(doc.get("v")) is not int:
+        version = doc.get("v")
+        if type(version) is not int or version not in _MEMBERS_BY_VERSION:
             raise VaultCorrupted("grant record has an unknown format version")
-        if set(doc) != _RECORD_MEMBERS:
-            raise VaultCorrupted("grant record members are not those of format v1")
+        if set(doc) != _MEMBERS_BY_VERSION[version]:
+            raise VaultCorrupted(f"grant record members are not those of format v{version}")
         try:
             tokens: dict[TokenKey, CachedToken] = {}
             for item in _list(doc["tokens"], "tokens"):
-                token = _token_from_json(item)
+                token = _token_from_json(item, version)
                 if token.key in tokens:
                     raise VaultCorrupted("grant record holds a token twice")
                 tokens[token.key] = token
@@ -309,6 +359,7 @@ class GrantRecord:
                 id_token_claims=claims,
                 created_at=_number(doc["created_at"], "created_at"),
                 updated_at=_number(doc["updated_at"], "updated_at"),
+                client_id=_opt_str(doc.get("client_id"), "client_id"),
             )
         except ConfigurationError:
             raise VaultCorrupted("grant record content is invalid") from None
@@ -342,6 +393,9 @@ _RECORD_MEMBERS: Final = frozenset(
 _TOKEN_MEMBERS: Final = frozenset(
     {"resource", "scopes", "value", "token_type", "expires_at", "issued_at"}
 )
+_TOKEN_MEMBERS_V2: Final = _TOKEN_MEMBERS | {"granted", "verified", "audience"}
+_MEMBERS_BY_VERSION: Final = {1: _RECORD_MEMBERS, 2: _RECORD_MEMBERS | {"client_id"}}
+_TOKEN_MEMBERS_BY_VERSION: Final = {1: _TOKEN_MEMBERS, 2: _TOKEN_MEMBERS_V2}
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -410,13 +464,18 @@ def _number(value: Any, what: str) -> float:
     return float(value)
 
 
-def _token_from_json(item: Any) -> CachedToken:
-    if not isinstance(item, dict) or set(item) != _TOKEN_MEMBERS:
-        raise VaultCorrupted("grant record token members are not those of format v1")
+def _token_from_json(item: Any, version: int) -> CachedToken:
+    if not isinstance(item, dict) or set(item) != _TOKEN_MEMBERS_BY_VERSION[version]:
+        raise VaultCorrupted(f"grant record token members are not those of format v{version}")
     scopes = _str_list(item["scopes"], "token scopes")
     if len(set(scopes)) != len(scopes):
         raise VaultCorrupted("grant record token scopes repeat")
     expires_at = item["expires_at"]
+    granted = item.get("granted")
+    audience = item.get("audience")
+    verified = item.get("verified", True)
+    if not isinstance(verified, bool):
+        raise VaultCorrupted("grant record token verified is not a boolean")
     return CachedToken(
         resource=_opt_str(item["resource"], "token resource"),
         scopes=frozenset(scopes),
@@ -424,4 +483,7 @@ def _token_from_json(item: Any) -> CachedToken:
         token_type=_str(item["token_type"], "token type"),
         expires_at=None if expires_at is None else _number(expires_at, "token expires_at"),
         issued_at=_number(item["issued_at"], "token issued_at"),
+        granted=None if granted is None else tuple(_str_list(granted, "token granted")),
+        verified=verified,
+        audience=None if audience is None else tuple(_str_list(audience, "token audience")),
     )

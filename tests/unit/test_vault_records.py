@@ -72,7 +72,7 @@ def test_grant_key_rejects_empty_or_non_string(field: str, bad: object) -> None:
         "grant:",
         "grant:[]",
         'grant:["a","b"]',
-        'grant:["a","b","c","d"]',
+        'grant:["a","b","c","d","e"]',
         'grant:["a","","c"]',
         'grant:["a","b",3]',
         'grant:[ "a","b","c"]',  # not canonical
@@ -128,8 +128,34 @@ def test_sec_26_user_prefix_of_another_user_not_listed() -> None:
 def test_record_round_trip_exact() -> None:
     record = make_record()
     data = record.to_bytes()
-    assert json.loads(data)["v"] == 1
+    assert json.loads(data)["v"] == 2
     assert GrantRecord.from_bytes(data) == record
+
+
+def test_format_1_records_are_still_read() -> None:
+    """Rows written before format 2 (no client id, no reported token scopes) stay
+    readable; they are rewritten in format 2 at the next write."""
+    record = make_record()
+    doc = json.loads(record.to_bytes())
+    doc["v"] = 1
+    del doc["client_id"]
+    for token in doc["tokens"]:
+        for name in ("granted", "verified", "audience"):
+            del token[name]
+    old = GrantRecord.from_bytes(json.dumps(doc).encode())
+    assert old.client_id is None
+    assert old.tokens.keys() == record.tokens.keys()
+    assert json.loads(old.to_bytes())["v"] == 2
+
+
+def test_grant_keys_hold_the_client_id() -> None:
+    """Issue 12, finding 2: the client id is part of a grant's identity."""
+    a = GrantKey("t", "alice", "https://as.example", "agent-a")
+    b = GrantKey("t", "alice", "https://as.example", "agent-b")
+    assert a.storage_key != b.storage_key
+    assert GrantKey.from_storage_key(a.storage_key) == a
+    assert a.legacy() == GrantKey("t", "alice", "https://as.example")
+    assert a.storage_key.startswith(grant_prefix("t", "alice"))
 
 
 def test_record_without_optional_parts_round_trips() -> None:
@@ -203,7 +229,7 @@ def _doc() -> dict[str, Any]:
 def _mutations() -> list[dict[str, Any]]:
     out = []
     changes: list[dict[str, Any]] = [
-        {"v": 2},
+        {"v": 3},
         {"v": "1"},
         {"v": True},
         {"issuer": 1},
