@@ -44,6 +44,7 @@ from agent_identity.errors import (
     SSRFBlockedError,
     StateMismatch,
     TemporarilyUnavailable,
+    TokenPolicyError,
     TransportError,
     UnauthorizedClient,
     UnsupportedGrantType,
@@ -75,6 +76,8 @@ if TYPE_CHECKING:
         ServerMetadata,
         TokenResponse,
     )
+    from agent_identity.providers import ProviderProfile
+    from agent_identity.server import AuthorizationServer
     from agent_identity.settings import IdentitySettings
     from agent_identity.sync import BlockingIdentityClient
     from agent_identity.vault import KeyProvider, Keyring, TokenVault
@@ -105,6 +108,8 @@ _LAZY = {
     "Actor": "agent_identity.delegation",
     "DelegationChain": "agent_identity.delegation",
     "McpAuth": "agent_identity.mcp",
+    "ProviderProfile": "agent_identity.providers",
+    "AuthorizationServer": "agent_identity.server",
     "KeyProvider": "agent_identity.vault",
     "Keyring": "agent_identity.vault",
     "TokenVault": "agent_identity.vault",
@@ -140,6 +145,7 @@ __all__ = [
     "ApprovalPolicy",
     "ApprovalUnavailable",
     "AuthorizationResponseError",
+    "AuthorizationServer",
     "BlockingIdentityClient",
     "Clock",
     "ConfigurationError",
@@ -174,6 +180,7 @@ __all__ = [
     "NotebookConsent",
     "OAuthError",
     "ProtocolViolation",
+    "ProviderProfile",
     "ReauthorizationRequired",
     "RequestTimeout",
     "SSRFBlockedError",
@@ -182,6 +189,7 @@ __all__ = [
     "StateMismatch",
     "SystemClock",
     "TemporarilyUnavailable",
+    "TokenPolicyError",
     "TokenResponse",
     "TokenVault",
     "TransportError",

@@ -1,4 +1,4 @@
-"""The identity client: the facade that wires discovery, consent, tokens and transport.
+"""The identity client: the facade that wires a server, a vault, consent and users.
 
 ::
 
@@ -14,8 +14,12 @@
         token = await alice.token(resource="https://calendar.example/api",
                                   scopes=["calendar.read"])
 
-The protocol rules live in :mod:`agent_identity.oauth` (pure); this module only sequences
-them and performs the requests through :mod:`agent_identity._http`.
+It owns nothing but the wiring: the authorization server
+(:class:`~agent_identity.server.AuthorizationServer`: metadata, client authentication,
+endpoint calls), the vault, the consent handler, the audit trail and the users
+(:class:`~agent_identity.user.UserIdentity`). The protocol rules live in
+:mod:`agent_identity.oauth` (pure) and every request goes through
+:mod:`agent_identity._http`.
 """
 
 from __future__ import annotations
@@ -26,43 +30,32 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio
 from pydantic import SecretStr, ValidationError
 
 from agent_identity._http import HttpDriver, TransportPolicy
 from agent_identity.clock import Clock, SystemClock
 from agent_identity.consent.base import ConsentHandler
-from agent_identity.errors import (
-    AgentIdentityError,
-    ConfigurationError,
-    ConsentError,
-    InvalidResponse,
-    MetadataError,
+from agent_identity.errors import ConfigurationError
+from agent_identity.grant import (
+    AgentContext,
+    AgentTokens,
+    LoginHint,
+    TokenPolicy,
+    UserGrant,
+    policy_problem,
+    words,
 )
-from agent_identity.models import AccessToken, DeviceAuthorization, ServerMetadata, TokenResponse
-from agent_identity.oauth import authorize as authz
-from agent_identity.oauth import discovery
-from agent_identity.oauth._message import HttpRequest, HttpResponse
-from agent_identity.oauth.client_auth import ClientAuthentication, choose_client_auth
-from agent_identity.oauth.device import (
-    DevicePoller,
-    device_authorization_request,
-    parse_device_authorization,
-)
-from agent_identity.oauth.revocation import parse_revocation_response, revocation_request
-from agent_identity.oauth.token import (
-    authorization_code_request,
-    client_credentials_request,
-    device_code_request,
-    parse_token_response,
-)
-from agent_identity.oauth.urls import canonical_resource_uri, check_endpoint_url
-from agent_identity.user import UserIdentity, words
+from agent_identity.models import AccessToken, ServerMetadata
+from agent_identity.oauth.urls import canonical_resource_uri
+from agent_identity.providers._profile import ProviderProfile
+from agent_identity.server import AssertionAudience, AuthorizationServer, token_facts
+from agent_identity.user import UserIdentity
 
 if TYPE_CHECKING:
     import httpx2
 
     from agent_identity.audit import AuditTrail
+    from agent_identity.oauth.client_auth import ClientAuthentication
     from agent_identity.vault import TokenVault
 
 __all__ = ["IdentityClient", "UserIdentity"]
@@ -71,14 +64,23 @@ logger = logging.getLogger("agent_identity")
 
 
 class IdentityClient:
-    """An agent's identity at one authorization server.
+    """An agent's identity: at one authorization server, and at the MCP servers it meets.
 
-    :param issuer: the authorization server's issuer identifier; its metadata is discovered
-        (RFC 8414, then OpenID Discovery) and must name exactly this issuer.
-    :param client_id: the agent's client id.
+    :param issuer: the authorization server's issuer identifier (its metadata is
+        discovered: RFC 8414, then OpenID Discovery, and must name exactly this issuer), or
+        a :class:`~agent_identity.providers.ProviderProfile` (GitHub, Google, Microsoft
+        Entra, Slack, Atlassian, Notion, ...), or ``None`` with ``metadata``, or ``None``
+        alone for an agent that only talks to MCP servers (each names its own server).
+    :param client_id: the agent's client id (required with a server).
     :param client_secret: for confidential clients using ``client_secret_basic``/``_post``.
     :param private_key: a private JWK (dict or JSON), PEM, or joserfc key, for
         ``private_key_jwt`` (preferred over a secret, security item 27).
+    :param metadata: static authorization server metadata (a
+        :class:`~agent_identity.models.ServerMetadata` or a mapping) for a server without
+        discovery; no discovery request is made.
+    :param assertion_audience: the ``aud`` of ``private_key_jwt`` assertions: ``"issuer"``
+        (default) or ``"token_endpoint"`` for servers that accept only their token endpoint
+        URL (RFC 7523 §3).
     :param consent: how users are asked for consent (:class:`~agent_identity.LoopbackConsent`
         by default).
     :param http_client: an ``httpx2.AsyncClient`` to use (the SDK makes its own otherwise).
@@ -101,22 +103,36 @@ class IdentityClient:
         ``AGENT_IDENTITY_VAULT_KEYS`` holds its keys). A vault passed in is not closed by
         the client.
     :param connection: the name of this authorization server account in the vault
-        (default: the issuer). Grants are keyed by (tenant, user, connection).
+        (default: the issuer). Grants are keyed by (tenant, user, connection, client id).
     :param lease_ttl: how long one refresh may hold the cross-process refresh lease before
         others may take over (a crashed holder blocks at most this long).
     :param audit: an :class:`~agent_identity.audit.AuditTrail` receiving one record per
         consent, token acquisition, refresh, exchange, approval and revocation (and, through
         :class:`~agent_identity.tools.ToolGuard`, per tool call). Never a secret: tokens
         appear only as fingerprints.
+    :param on_broader_token: what to do with a token that carries more scopes than asked
+        for (servers may ignore ``scope`` on refresh, RFC 6749 §3.3): ``"use"`` it, labelled
+        with its real scopes and with an audit record (default), or ``"refuse"`` it
+        (:class:`~agent_identity.errors.TokenPolicyError`).
+    :param on_audience_mismatch: the same for a readable JWT access token whose ``aud``
+        does not name the requested resource (default ``"refuse"``).
+    :param login_hint: ``(user_id, tenant) -> str | None``: the ``login_hint`` of consent
+        requests (default: none).
+    :param ciba_login_hint: ``(user_id, tenant) -> str``: the CIBA ``login_hint`` (default:
+        the user id; some servers want JSON such as ``{"username": "alice"}``).
+    :param mcp: default options of every :meth:`UserIdentity.mcp_auth
+        <agent_identity.UserIdentity.mcp_auth>` (e.g. ``clients=...``).
     """
 
     def __init__(
         self,
-        issuer: str,
+        issuer: str | ProviderProfile | None = None,
         *,
-        client_id: str,
+        client_id: str | None = None,
         client_secret: str | SecretStr | None = None,
         private_key: Any = None,
+        metadata: ServerMetadata | Mapping[str, Any] | None = None,
+        assertion_audience: AssertionAudience = "issuer",
         consent: ConsentHandler | None = None,
         http_client: httpx2.AsyncClient | None = None,
         allow_insecure_loopback: bool = False,
@@ -131,18 +147,26 @@ class IdentityClient:
         connection: str | None = None,
         lease_ttl: float | None = None,
         audit: AuditTrail | None = None,
+        on_broader_token: TokenPolicy = "use",
+        on_audience_mismatch: TokenPolicy = "refuse",
+        login_hint: LoginHint | None = None,
+        ciba_login_hint: LoginHint | None = None,
+        mcp: Mapping[str, Any] | None = None,
     ) -> None:
-        if not client_id:
+        profile: ProviderProfile | None = None
+        if isinstance(issuer, ProviderProfile):
+            profile, issuer = issuer, None
+        has_server = issuer is not None or metadata is not None or profile is not None
+        if has_server and not client_id:
             raise ConfigurationError("client_id is required")
-        check_endpoint_url(issuer, allow_insecure_loopback=allow_insecure_loopback, what="issuer")
+        if not has_server and (client_id or client_secret is not None or private_key is not None):
+            raise ConfigurationError(
+                "a client_id or credentials without an issuer: pass the issuer (or "
+                "metadata=..., or a provider profile); an MCP-only agent takes its "
+                "credentials per server in mcp={'clients': ...}"
+            )
         if client_secret is not None and private_key is not None:
             raise ConfigurationError("give either client_secret or private_key, not both")
-        self.issuer = issuer
-        self.client_id = client_id
-        self._client_secret = (
-            SecretStr(client_secret) if isinstance(client_secret, str) else client_secret
-        )
-        self._private_key = private_key
         if consent is None:
             from agent_identity.consent.loopback import LoopbackConsent
 
@@ -154,29 +178,50 @@ class IdentityClient:
             timeout=timeout,
         )
         self._driver = HttpDriver(self._policy, client=http_client)
-        self._driver.trust_origin(issuer)
-        self._timeout = timeout
-        self._refresh_buffer = refresh_buffer
-        self._leeway = leeway
-        self._request_offline_access = request_offline_access
-        self._use_par = use_par
         self.clock: Clock = clock or SystemClock()
-        self._metadata: ServerMetadata | None = None
-        self._client_auth: ClientAuthentication | None = None
-        self._jwks: Any = None
-        self._discover_lock = anyio.Lock(fast_acquire=True)
-        self._pending = authz.PendingAuthorizations()
-        self._users: dict[tuple[str, str], UserIdentity] = {}
-        self.connection = connection or issuer
         self._owns_vault = vault is None
         self.vault: TokenVault = vault if vault is not None else _default_vault(self.clock)
-        # A refresh lease must outlive the slowest refresh (one request, bounded by the
-        # transport timeout) so that a live holder is never overtaken.
-        self._lease_ttl = lease_ttl if lease_ttl is not None else 2 * timeout + 5
-        self._lease_wait = self._lease_ttl + timeout
         self.audit = audit
-        self._own_tokens: dict[tuple[str | None, frozenset[str]], AccessToken] = {}
-        self._own_lock = anyio.Lock(fast_acquire=True)
+        self.server: AuthorizationServer | None = None
+        if has_server:
+            assert client_id is not None
+            self.server = AuthorizationServer(
+                issuer if isinstance(issuer, str) else None,
+                client_id=client_id,
+                client_secret=client_secret,
+                private_key=private_key,
+                metadata=metadata,
+                profile=profile,
+                assertion_audience=assertion_audience,
+                http=self._driver,
+                clock=self.clock,
+                leeway=leeway,
+                use_par=use_par,
+                lease_ttl=lease_ttl,
+            )
+        self.client_id: str = client_id or ""
+        self.issuer: str = self.server.issuer if self.server is not None else ""
+        self.connection = connection or self.issuer
+        self.context = AgentContext(
+            vault=self.vault,
+            consent=consent,
+            clock=self.clock,
+            audit=audit,
+            agent=self.client_id,
+            refresh_buffer=refresh_buffer,
+            request_offline_access=request_offline_access,
+            on_broader_token=on_broader_token,
+            on_audience_mismatch=on_audience_mismatch,
+            login_hint=login_hint,
+            ciba_login_hint=ciba_login_hint,
+            policy=self._policy,
+            server_options={"leeway": leeway, "use_par": use_par, "lease_ttl": lease_ttl},
+        )
+        self._mcp_defaults = dict(mcp or {})
+        self._agent_tokens = (
+            AgentTokens(self.context, self.server) if self.server is not None else None
+        )
+        self._users: dict[tuple[str, str], UserIdentity] = {}
 
     # -- construction -----------------------------------------------------------------
 
@@ -219,7 +264,8 @@ class IdentityClient:
 
     async def __aenter__(self) -> IdentityClient:
         try:
-            await self.discover()
+            if self.server is not None:
+                await self.server.discover()
         except BaseException:
             await self.aclose()
             raise
@@ -229,61 +275,45 @@ class IdentityClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP client and the vault if the SDK created them."""
+        """Wait for running refreshes (bounded), then close the HTTP client and the vault
+        if the SDK created them."""
         try:
-            await self._driver.aclose()
+            # A refresh whose caller left is still storing its outcome: let it finish.
+            await self.context.detached.drain(self._policy.timeout * 3)
         finally:
-            if self._owns_vault:
-                await self.vault.aclose()
+            try:
+                await self._driver.aclose()
+            finally:
+                if self._owns_vault:
+                    await self.vault.aclose()
 
     def __repr__(self) -> str:
+        if self.server is None:
+            return "IdentityClient(mcp_only=True)"
         return f"IdentityClient(issuer={self.issuer!r}, client_id={self.client_id!r})"
 
-    # -- discovery ----------------------------------------------------------------------
+    # -- the authorization server ---------------------------------------------------------
+
+    def _server(self) -> AuthorizationServer:
+        if self.server is None:
+            raise ConfigurationError(
+                "this IdentityClient has no authorization server of its own (MCP only): "
+                "pass an issuer, metadata=... or a provider profile"
+            )
+        return self.server
 
     @property
     def metadata(self) -> ServerMetadata:
-        """The discovered server metadata (``await client.discover()`` first)."""
-        if self._metadata is None:
-            raise ConfigurationError("metadata not discovered yet: use 'async with' or discover()")
-        return self._metadata
+        """The server metadata (``await client.discover()`` first)."""
+        return self._server().metadata
 
     async def discover(self) -> ServerMetadata:
         """Fetch and validate the authorization server metadata (once)."""
-        if self._metadata is not None:
-            return self._metadata
-        async with self._discover_lock:
-            if self._metadata is not None:
-                return self._metadata
-            with anyio.fail_after(self._timeout * 3):
-                for url in discovery.metadata_urls(self.issuer):
-                    response = await self._driver.send(discovery.metadata_request(url))
-                    metadata = discovery.parse_metadata(
-                        response,
-                        issuer=self.issuer,
-                        allow_insecure_loopback=self._policy.allow_insecure_loopback,
-                    )
-                    if metadata is not None:
-                        break
-                else:
-                    raise MetadataError(
-                        f"no authorization server metadata found for issuer {self.issuer!r}"
-                    )
-            self._client_auth = choose_client_auth(
-                client_id=self.client_id,
-                client_secret=self._client_secret,
-                private_key=self._private_key,
-                supported_methods=metadata.token_endpoint_auth_methods_supported,
-            )
-            self._metadata = metadata
-            logger.debug("discovered metadata for %s", self.issuer)
-            return metadata
+        return await self._server().discover()
 
     @property
     def client_auth(self) -> ClientAuthentication:
-        if self._client_auth is None:
-            raise ConfigurationError("metadata not discovered yet: use 'async with' or discover()")
-        return self._client_auth
+        return self._server().client_auth
 
     # -- users --------------------------------------------------------------------------
 
@@ -294,7 +324,23 @@ class IdentityClient:
         key = (tenant, user_id)
         user = self._users.get(key)
         if user is None:
-            user = self._users[key] = UserIdentity(self, tenant=tenant, user_id=user_id)
+            grant = None
+            if self.server is not None:
+                grant = UserGrant(
+                    self.context,
+                    self.server,
+                    tenant=tenant,
+                    user_id=user_id,
+                    connection=self.connection,
+                    agent_tokens=self._agent_tokens,
+                )
+            user = self._users[key] = UserIdentity(
+                self.context,
+                tenant=tenant,
+                user_id=user_id,
+                grant=grant,
+                mcp_defaults=self._mcp_defaults,
+            )
         return user
 
     # -- the agent's own tokens ----------------------------------------------------------
@@ -310,26 +356,9 @@ class IdentityClient:
 
         ``refresh=True`` skips the cache and requests a new token (for example after the
         resource rejected the cached one)."""
-        scopes = words(scopes, "scopes")
-        metadata = await self.discover()
-        canonical = canonical_resource_uri(resource) if resource is not None else None
-        key = (canonical, frozenset(scopes))
-        async with self._own_lock:
-            cached = None if refresh else self._own_tokens.get(key)
-            if cached is not None and not self._expiring(cached):
-                return cached
-            request = client_credentials_request(
-                _require(metadata.token_endpoint, "token_endpoint"),
-                client_auth=self.client_auth,
-                issuer=metadata.issuer,
-                now=self.clock.time(),
-                scopes=list(scopes),
-                resource=canonical,
-            )
-            response = await self._token_call(request)
-            token = self._access_token(response, canonical, tuple(scopes))
-            self._own_tokens[key] = token
-            return token
+        self._server()
+        assert self._agent_tokens is not None
+        return await self._agent_tokens.token(scopes=scopes, resource=resource, refresh=refresh)
 
     async def revoke(
         self,
@@ -341,30 +370,10 @@ class IdentityClient:
         server confirmed; on HTTP 503 (after the transport's retries honouring
         ``Retry-After``) :class:`~agent_identity.errors.TemporarilyUnavailable` is raised
         and the caller should keep the token (security item 28)."""
-        metadata = await self.discover()
+        server = self._server()
+        await server.discover()
         secret = SecretStr(token) if isinstance(token, str) else token
-        hint: Any = token_type_hint
-        request = revocation_request(
-            metadata.revocation_endpoint,
-            token=secret,
-            client_auth=self.client_auth,
-            issuer=metadata.issuer,
-            now=self.clock.time(),
-            token_type_hint=hint,
-        )
-        with anyio.fail_after(self._timeout * 4):
-            response = await self._driver.send(request)
-        parse_revocation_response(response)
-
-    # -- internals shared with UserIdentity and the consent flow ------------------------
-
-    async def _send(self, request: HttpRequest) -> HttpResponse:
-        # The driver bounds every attempt with the policy timeout (and the number of
-        # attempts), so each request is bounded without another cancel scope here.
-        return await self._driver.send(request)
-
-    async def _token_call(self, request: HttpRequest) -> TokenResponse:
-        return parse_token_response(await self._send(request))
+        await server.revoke(secret, token_type_hint=token_type_hint)
 
     async def exchange(
         self,
@@ -382,21 +391,19 @@ class IdentityClient:
         With ``actor=True`` the agent's own client-credentials token is the actor token,
         so the result's ``act`` claim names this agent; exchanging an exchanged token again
         nests the previous ``act`` (a delegation chain; see
-        :class:`~agent_identity.delegation.DelegationChain`).
+        :class:`~agent_identity.delegation.DelegationChain`). Refused with
+        :class:`~agent_identity.errors.UnsupportedGrantType` before any request when the
+        server lists grant types without token exchange.
         """
-        from agent_identity.oauth.exchange import (
-            ACCESS_TOKEN_TYPE,
-            parse_token_exchange_response,
-            token_exchange_request,
-        )
+        from agent_identity.oauth.exchange import ACCESS_TOKEN_TYPE
 
-        metadata = await self.discover()
+        server = self._server()
+        await server.discover()
         wanted = words(scopes, "scopes")
         canonical = canonical_resource_uri(resource) if resource is not None else None
         subject = subject_token.value if isinstance(subject_token, AccessToken) else subject_token
         actor_token = await self.client_credentials() if actor else None
-        request = token_exchange_request(
-            _require(metadata.token_endpoint, "token_endpoint"),
+        response = await server.token_exchange(
             subject_token=subject,
             subject_token_type=subject_token_type or ACCESS_TOKEN_TYPE,
             actor_token=actor_token.value if actor_token is not None else None,
@@ -404,260 +411,27 @@ class IdentityClient:
             resource=canonical,
             audience=audience,
             scopes=wanted,
-            client_auth=self.client_auth,
-            issuer=metadata.issuer,
-            now=self.clock.time(),
         )
-        response = parse_token_exchange_response(await self._send(request))
-        token = self._access_token(response, canonical, wanted)
-        await self._emit(
+        problem = policy_problem(
+            self.context, *token_facts(response, wanted), resource=canonical, requested=wanted
+        )
+        if problem is not None:
+            raise problem
+        token = server.describe(response, resource=canonical, requested=wanted)
+        await self.context.emit(
             "token.exchanged",
+            issuer=server.issuer,
             token=token,
             scopes_requested=wanted,
-            actors=(self.client_id,) if actor else (),
+            actors=(server.client_id,) if actor else (),
         )
         logger.info(
             "token exchanged: resource=%s scopes=%s actor=%s",
             canonical,
             " ".join(token.scopes),
-            self.client_id if actor else None,
+            server.client_id if actor else None,
         )
         return token
-
-    async def _emit(self, kind: str, *, token: AccessToken | None = None, **fields: Any) -> None:
-        """Write one audit record (if an audit trail is configured); ``token`` appears only
-        as its fingerprint. Never raises for a failing sink unless the trail is strict
-        (then :class:`~agent_identity.errors.AuditError` propagates)."""
-        if self.audit is None:
-            return
-        from agent_identity.audit import AuditEvent, fingerprint
-
-        if token is not None:
-            fields["token_fingerprint"] = fingerprint(token.value)
-            fields.setdefault("scopes_granted", token.scopes)
-            fields.setdefault("resource", token.resource)
-        await self.audit.emit(
-            AuditEvent(kind=kind, agent=self.client_id, issuer=self.issuer, **fields)
-        )
-
-    def _expiring(self, token: AccessToken) -> bool:
-        if token.expires_at is None:
-            return False
-        lifetime = token.expires_at - token.received_at
-        buffer = min(self._refresh_buffer, lifetime / 2)
-        return token.expires_within(buffer, self.clock.monotonic())
-
-    def _access_token(
-        self, response: TokenResponse, resource: str | None, requested: tuple[str, ...]
-    ) -> AccessToken:
-        received = self.clock.monotonic()
-        granted = response.scopes if response.scopes is not None else requested
-        return AccessToken(
-            value=response.access_token,
-            token_type=response.token_type,
-            issuer=self.issuer,
-            resource=resource,
-            scopes=tuple(granted),
-            expires_at=None if response.expires_in is None else received + response.expires_in,
-            received_at=received,
-        )
-
-    async def _validate_id_token(
-        self, id_token: SecretStr, *, nonce: str | None, max_age: int | None
-    ) -> dict[str, object]:
-        from agent_identity.oauth import jwt  # joserfc is loaded on the first ID token
-
-        metadata = self.metadata
-        if self._jwks is None:
-            jwks_uri = _require(metadata.jwks_uri, "jwks_uri")
-            response = await self._send(
-                HttpRequest("GET", jwks_uri, server_supplied=True, idempotent=True)
-            )
-            if response.status_code != 200:
-                raise InvalidResponse(f"jwks_uri answered HTTP {response.status_code}")
-            self._jwks = jwt.parse_jwks(response.content)
-        claims = jwt.validate_id_token(
-            id_token.get_secret_value(),
-            jwks=self._jwks,
-            issuer=metadata.issuer,
-            client_id=self.client_id,
-            nonce=nonce,
-            now=self.clock.time(),
-            leeway=self._leeway,
-            max_age=max_age,
-        )
-        return dict(claims.raw)
-
-    def _offline_scope_wanted(self) -> bool:
-        supported = self.metadata.scopes_supported
-        return (
-            self._request_offline_access
-            and supported is not None
-            and ("offline_access" in supported)
-        )
-
-    def _par_wanted(self) -> bool:
-        metadata = self.metadata
-        if metadata.pushed_authorization_request_endpoint is None:
-            if metadata.require_pushed_authorization_requests or self._use_par:
-                raise MetadataError("PAR is required but the server has no PAR endpoint")
-            return False
-        if metadata.require_pushed_authorization_requests:
-            return True
-        return self._use_par is not False
-
-
-class _ConsentFlow:
-    """The :class:`~agent_identity.consent.ConsentFlow` the client hands to a handler."""
-
-    def __init__(
-        self,
-        client: IdentityClient,
-        user: UserIdentity,
-        *,
-        scopes: tuple[str, ...],
-        resource: str | None,
-        prompt: str | None,
-        acr_values: tuple[str, ...],
-        max_age: int | None,
-    ) -> None:
-        self._client = client
-        self._user = user
-        self._scopes = scopes
-        self._resource = resource
-        self._prompt = prompt
-        self._acr_values = acr_values
-        self._max_age = max_age
-        self._pending: authz.PendingAuthorization | None = None
-        self.result: tuple[TokenResponse, dict[str, object]] | None = None
-
-    @property
-    def tenant(self) -> str:
-        return self._user.tenant
-
-    @property
-    def user(self) -> str:
-        return self._user.user_id
-
-    @property
-    def issuer(self) -> str:
-        return self._client.issuer
-
-    @property
-    def scopes(self) -> tuple[str, ...]:
-        return self._scopes
-
-    @property
-    def resource(self) -> str | None:
-        return self._resource
-
-    @property
-    def allow_insecure_loopback(self) -> bool:
-        return self._client._policy.allow_insecure_loopback
-
-    async def authorization_url(self, redirect_uri: str) -> str:
-        client = self._client
-        metadata = client.metadata
-        clock = client.clock
-        if self._pending is not None:
-            client._pending.discard(self._pending.state)
-        pending, params = authz.start_authorization(
-            metadata,
-            client_id=client.client_id,
-            redirect_uri=redirect_uri,
-            scopes=self._scopes,
-            resources=(self._resource,) if self._resource else (),
-            now=clock.monotonic(),
-            prompt=self._prompt,
-            acr_values=self._acr_values,
-            max_age=self._max_age,
-        )
-        client._pending.add(pending, now=clock.monotonic())
-        self._pending = pending
-        endpoint = _require(metadata.authorization_endpoint, "authorization_endpoint")
-        if client._par_wanted():
-            request = authz.par_request(metadata, params, client.client_auth, now=clock.time())
-            request_uri, _ = authz.parse_par_response(await client._send(request))
-            return authz.authorization_url(
-                endpoint, {"client_id": client.client_id, "request_uri": request_uri}
-            )
-        return authz.authorization_url(endpoint, params)
-
-    async def complete(self, callback_url: str) -> None:
-        client = self._client
-        if self._pending is None:
-            raise ConsentError("complete() called before authorization_url()")
-        expected = self._pending
-        try:
-            pending, code = authz.validate_callback(
-                authz.parse_callback(callback_url),
-                client._pending,
-                now=client.clock.monotonic(),
-                expected=expected,
-            )
-        except AgentIdentityError:
-            client._pending.discard(expected.state)
-            raise
-        request = authorization_code_request(
-            pending.token_endpoint,
-            code=code,
-            redirect_uri=pending.redirect_uri,
-            code_verifier=pending.code_verifier,
-            client_auth=client.client_auth,
-            issuer=pending.issuer,
-            now=client.clock.time(),
-            resource=self._resource,
-        )
-        response = await client._token_call(request)
-        claims: dict[str, object] = {}
-        if response.id_token is not None:
-            claims = await client._validate_id_token(
-                response.id_token, nonce=pending.nonce, max_age=pending.max_age
-            )
-        self.result = (response, claims)
-
-    async def start_device_authorization(self) -> DeviceAuthorization:
-        client = self._client
-        metadata = client.metadata
-        request = device_authorization_request(
-            metadata.device_authorization_endpoint,
-            client_auth=client.client_auth,
-            issuer=metadata.issuer,
-            now=client.clock.time(),
-            scopes=self._scopes,
-            resource=self._resource,
-        )
-        return parse_device_authorization(await client._send(request))
-
-    async def wait_for_device_approval(self, authorization: DeviceAuthorization) -> None:
-        client = self._client
-        metadata = client.metadata
-        token_endpoint = _require(metadata.token_endpoint, "token_endpoint")
-        poller = DevicePoller.start(authorization, now=client.clock.monotonic())
-        while True:
-            await anyio.sleep(poller.next_wait(client.clock.monotonic()))
-            request = device_code_request(
-                token_endpoint,
-                device_code=authorization.device_code,
-                client_auth=client.client_auth,
-                issuer=metadata.issuer,
-                now=client.clock.time(),
-            )
-            outcome = poller.handle(await client._send(request))
-            if outcome != "pending":
-                claims: dict[str, object] = {}
-                if outcome.id_token is not None:
-                    claims = await client._validate_id_token(
-                        outcome.id_token, nonce=None, max_age=self._max_age
-                    )
-                self.result = (outcome, claims)
-                return
-
-
-def _require(value: str | None, name: str) -> str:
-    if value is None:
-        raise MetadataError(f"the authorization server metadata has no {name}")
-    return value
 
 
 def _default_vault(clock: Clock) -> TokenVault:

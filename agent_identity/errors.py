@@ -40,6 +40,8 @@ value itself.
     │   └── ConsentTimeout              nobody completed the consent in time
     ├── ReauthorizationRequired         the stored grant is gone (revoked, expired,
     │                                   rotated away): run ``user.consent(...)`` again
+    ├── TokenPolicyError                an issued token is broader than asked for or names
+    │                                   another audience, and the policy says ``refuse``
     ├── AuditError                      a strict audit trail could not write a record:
     │                                   do not proceed with the audited action
     ├── ApprovalError                   a human approval (CIBA) was not obtained or not usable
@@ -95,6 +97,7 @@ __all__ = [
     "ServerError",
     "StateMismatch",
     "TemporarilyUnavailable",
+    "TokenPolicyError",
     "TransportError",
     "UnauthorizedClient",
     "UnsupportedGrantType",
@@ -340,6 +343,29 @@ class ReauthorizationRequired(AgentIdentityError):
     ) -> None:
         super().__init__(message)
         self.scopes = scopes
+        self.resource = resource
+
+
+class TokenPolicyError(AgentIdentityError):
+    """The authorization server issued a token that breaks the client's token policy:
+    scopes beyond those requested (``reason="scope"``, policy ``on_broader_token``) or,
+    for a readable JWT, an audience that does not name the requested resource
+    (``reason="audience"``, policy ``on_audience_mismatch``). The token was not cached or
+    returned; a rotated refresh token that came with it was stored."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        requested: tuple[str, ...] = (),
+        granted: tuple[str, ...] = (),
+        resource: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.requested = requested
+        self.granted = granted
         self.resource = resource
 
 

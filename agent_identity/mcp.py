@@ -25,10 +25,12 @@ On the first ``401`` from the MCP server:
    (RFC 7591, items 12 and 14) kept encrypted in the vault under kind
    ``mcp-registration`` and the issuer, never used with another server, else
    :class:`~agent_identity.errors.ConfigurationError`;
-4. an internal :class:`~agent_identity.IdentityClient` for that issuer, with the
-   registered credentials and the parent's vault, consent handler, clock, audit trail and
-   transport policy, and ``connection=<server URL>``, so the grant is keyed by (tenant,
-   user, MCP server); tokens come from its ``UserIdentity.token(resource=<server URL>,
+4. an :class:`~agent_identity.server.AuthorizationServer` for that issuer with the
+   registered credentials, built from the metadata just discovered and marked as learned
+   (every request to it is vetted as server-supplied, item 2), and a
+   :class:`~agent_identity.grant.UserGrant` there with the agent's vault, consent handler,
+   clock and audit trail and ``connection=<server URL>``, so the grant is keyed by (tenant,
+   user, MCP server, client id); tokens come from its ``token(resource=<server URL>,
    scopes=...)`` with ``resource`` in the authorization, token and refresh requests
    (item 19). Scope: the challenge's ``scope``, else ``scopes_supported``, else none;
    ``offline_access`` only when the authorization server lists it (item 20).
@@ -48,11 +50,11 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx2
 
-from agent_identity._http import HttpDriver, bearer_challenge, require_token_target
+from agent_identity._http import HttpDriver, TransportPolicy, bearer_challenge, require_token_target
 from agent_identity.errors import (
     ConfigurationError,
     ConsentRequired,
@@ -60,6 +62,7 @@ from agent_identity.errors import (
     ReauthorizationRequired,
     VersionConflict,
 )
+from agent_identity.grant import UserGrant
 from agent_identity.models import AccessToken, ServerMetadata
 from agent_identity.oauth import authorize as authz
 from agent_identity.oauth import discovery
@@ -79,11 +82,23 @@ from agent_identity.oauth.resource_metadata import (
 )
 from agent_identity.oauth.urls import check_endpoint_url
 from agent_identity.oauth.www_authenticate import Challenge
-from agent_identity.vault.records import GrantKey
+from agent_identity.server import AuthorizationServer
 
 if TYPE_CHECKING:
-    from agent_identity.client import IdentityClient
-    from agent_identity.user import UserIdentity
+    from agent_identity.grant import AgentContext
+
+
+class McpUser(Protocol):
+    """Who the MCP requests are for: a :class:`~agent_identity.UserIdentity` (or a grant)."""
+
+    @property
+    def tenant(self) -> str: ...
+
+    @property
+    def user_id(self) -> str: ...
+
+    @property
+    def context(self) -> AgentContext: ...
 
 __all__ = ["REGISTRATION_KIND", "McpAuth"]
 
@@ -112,8 +127,8 @@ class _Session:
         metadata_url: str | None,
         resource_metadata: ProtectedResourceMetadata,
         server: ServerMetadata,
-        client: IdentityClient,
-        user: UserIdentity,
+        client: AuthorizationServer,
+        user: UserGrant,
         scopes: tuple[str, ...],
         source: str,
     ) -> None:
@@ -151,7 +166,7 @@ class McpAuth(httpx2.Auth):
 
     def __init__(
         self,
-        user: UserIdentity,
+        user: McpUser,
         server_url: str,
         *,
         clients: Mapping[str, Mapping[str, Any]] | None = None,
@@ -164,11 +179,12 @@ class McpAuth(httpx2.Auth):
         if max_step_ups < 0:
             raise ConfigurationError("max_step_ups must be >= 0")
         self._user = user
-        self._parent: IdentityClient = user._client
+        self._context = user.context
+        policy = self._context.policy or TransportPolicy()
         self.server_url = check_resource_url(server_url)
         check_endpoint_url(
             self.server_url,
-            allow_insecure_loopback=self._parent._policy.allow_insecure_loopback,
+            allow_insecure_loopback=policy.allow_insecure_loopback,
             what="MCP server",
         )
         self._clients: dict[str, _Credentials] = {}
@@ -186,9 +202,9 @@ class McpAuth(httpx2.Auth):
         self._client_name = client_name
         self._redirect_uris = tuple(redirect_uris)
         self._max_step_ups = max_step_ups
-        self._driver = HttpDriver(self._parent._policy)
+        self._driver = HttpDriver(policy)
         self._session: _Session | None = None
-        self._clients_by_issuer: dict[str, IdentityClient] = {}
+        self._clients_by_issuer: dict[str, AuthorizationServer] = {}
         self._source_by_issuer: dict[str, str] = {}
 
     def __repr__(self) -> str:
@@ -200,13 +216,9 @@ class McpAuth(httpx2.Auth):
         return None if self._session is None else self._session.issuer
 
     async def aclose(self) -> None:
-        """Close the HTTP connections of this object and of its internal clients."""
-        clients, self._clients_by_issuer = list(self._clients_by_issuer.values()), {}
-        try:
-            for client in clients:
-                await client.aclose()
-        finally:
-            await self._driver.aclose()
+        """Close the HTTP connections of this object."""
+        self._clients_by_issuer = {}
+        await self._driver.aclose()
 
     async def __aenter__(self) -> McpAuth:
         return self
@@ -342,7 +354,13 @@ class McpAuth(httpx2.Auth):
             resource_metadata=prm,
             server=server,
             client=client,
-            user=client.user(self._user.user_id, tenant=self._user.tenant),
+            user=UserGrant(
+                self._context,
+                client,
+                tenant=self._user.tenant,
+                user_id=self._user.user_id,
+                connection=self.server_url,
+            ),
             scopes=tuple(scopes),
             source=self._source_by_issuer.get(issuer, "?"),
         )
@@ -390,44 +408,28 @@ class McpAuth(httpx2.Auth):
 
     # -- registration -------------------------------------------------------------------
 
-    async def _client_for(self, server: ServerMetadata) -> IdentityClient:
+    async def _client_for(self, server: ServerMetadata) -> AuthorizationServer:
         issuer = server.issuer
         existing = self._clients_by_issuer.get(issuer)
         if existing is not None:
             return existing
         credentials = await self._credentials(server)
-        from agent_identity.client import IdentityClient
-
-        parent = self._parent
-        policy = parent._policy
-        client = IdentityClient(
+        options = self._context.server_options
+        client = AuthorizationServer(
             issuer,
             client_id=credentials.client_id,
             client_secret=credentials.client_secret,
             private_key=credentials.private_key,
-            consent=parent.consent_handler,
-            allow_insecure_loopback=policy.allow_insecure_loopback,
-            allow_private_addresses=policy.allow_private_addresses,
-            timeout=policy.timeout,
-            refresh_buffer=parent._refresh_buffer,
-            leeway=parent._leeway,
-            request_offline_access=parent._request_offline_access,
-            use_par=parent._use_par,
-            clock=parent.clock,
-            vault=parent.vault,
-            connection=self.server_url,
-            audit=parent.audit,
+            metadata=server,  # just discovered and validated: not fetched again
+            learned=True,  # named by the MCP server: every request is vetted (item 2)
+            http=self._driver,
+            clock=self._context.clock,
+            leeway=options.get("leeway", 60.0),
+            use_par=options.get("use_par"),
+            lease_ttl=options.get("lease_ttl"),
         )
         self._source_by_issuer[issuer] = credentials.source
-        try:
-            await client.discover()
-        except BaseException:
-            await client.aclose()
-            raise
-        raced = self._clients_by_issuer.setdefault(issuer, client)
-        if raced is not client:
-            await client.aclose()
-        return raced
+        return self._clients_by_issuer.setdefault(issuer, client)
 
     async def _credentials(self, server: ServerMetadata) -> _Credentials:
         """Security item 11: pre-registered, then CIMD, then RFC 7591, then an error."""
@@ -450,9 +452,9 @@ class McpAuth(httpx2.Auth):
 
     async def _registration(self, server: ServerMetadata) -> ClientRegistration:
         """The stored RFC 7591 registration for this issuer, or a new one (items 12, 14)."""
-        vault = self._parent.vault
+        vault = self._context.vault
         issuer = server.issuer
-        now = self._parent.clock.time()
+        now = self._context.clock.time()
         for _ in range(3):
             stored = await vault.get_blob(REGISTRATION_KIND, issuer)
             if stored is not None:
@@ -495,15 +497,17 @@ class McpAuth(httpx2.Auth):
     async def _drop_foreign_grant(self, issuer: str) -> None:
         """A grant stored for this MCP server by another authorization server is useless
         here and its refresh token must never reach this one (item 12, 23): remove it."""
-        vault = self._parent.vault
-        key = GrantKey(self._user.tenant, self._user.user_id, self.server_url)
-        current = await vault.load(key, fresh=True)
-        if current is not None and current.record.issuer != issuer:
-            logger.info(
-                "MCP server %s moved from %s to %s: dropping the old grant",
-                self.server_url,
-                current.record.issuer,
-                issuer,
-            )
-            with contextlib.suppress(VersionConflict):
-                await vault.delete(key, expected_version=current.version)
+        vault = self._context.vault
+        for key in await vault.grants(self._user.tenant, self._user.user_id):
+            if key.connection != self.server_url:
+                continue
+            current = await vault.load(key, fresh=True)
+            if current is not None and current.record.issuer != issuer:
+                logger.info(
+                    "MCP server %s moved from %s to %s: dropping the old grant",
+                    self.server_url,
+                    current.record.issuer,
+                    issuer,
+                )
+                with contextlib.suppress(VersionConflict):
+                    await vault.delete(key, expected_version=current.version)

@@ -112,6 +112,12 @@ class AccessToken:
     The client treats the token as opaque (security item 24): expiry comes from
     ``expires_in`` at receipt, measured on a monotonic clock (``expires_at`` is in that
     clock's seconds; ``None`` means the server did not say).
+
+    ``scopes`` are the scopes the token carries as the server reported them (the token
+    response's ``scope``, else the ``scope``/``scp`` claim when the token is a readable
+    JWT); when the server said nothing they are the requested ones and
+    ``scopes_verified`` is ``False``. ``audience`` is the ``aud`` of a readable JWT access
+    token, else ``None`` (unknown).
     """
 
     value: SecretStr
@@ -121,6 +127,8 @@ class AccessToken:
     scopes: tuple[str, ...]
     expires_at: float | None
     received_at: float
+    scopes_verified: bool = True
+    audience: tuple[str, ...] | None = None
 
     def authorization_header(self) -> str:
         """The ``Authorization`` header value (security item 22: never in a URL)."""
@@ -133,7 +141,8 @@ class AccessToken:
     def __repr__(self) -> str:
         return (
             f"AccessToken(issuer={self.issuer!r}, resource={self.resource!r}, "
-            f"scopes={self.scopes!r}, token_type={self.token_type!r}, value=**********)"
+            f"scopes={self.scopes!r}, scopes_verified={self.scopes_verified!r}, "
+            f"token_type={self.token_type!r}, value=**********)"
         )
 
 

@@ -58,6 +58,7 @@ class BlockingIdentityClient:
         self._portal_cm: contextlib.AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
         self._client: IdentityClient | None = None
+        self._client_cm: contextlib.AbstractContextManager[IdentityClient] | None = None
         self._description = repr(args[0]) if args else "?"
 
     @classmethod
@@ -69,6 +70,7 @@ class BlockingIdentityClient:
         self._portal_cm = None
         self._portal = None
         self._client = None
+        self._client_cm = None
         self._description = "from_env"
         return self
 
@@ -86,26 +88,31 @@ class BlockingIdentityClient:
         portal_cm = start_blocking_portal()
         portal = portal_cm.__enter__()
         try:
-            client = portal.call(self._enter)
+            client = portal.call(self._construct)
+            # Entered and exited in one task of the portal (the client's task group must
+            # be), whichever threads call open() and close().
+            client_cm = portal.wrap_async_context_manager(client)
+            client_cm.__enter__()
         except BaseException as exc:
             portal_cm.__exit__(type(exc), exc, exc.__traceback__)
             raise
         self._portal_cm, self._portal, self._client = portal_cm, portal, client
+        self._client_cm = client_cm
         return self
 
-    async def _enter(self) -> IdentityClient:
-        client = self._factory()
-        return await client.__aenter__()
+    async def _construct(self) -> IdentityClient:
+        return self._factory()
 
     def close(self) -> None:
         """Close the async client (on its loop), then stop the portal. Idempotent."""
-        portal_cm, portal, client = self._portal_cm, self._portal, self._client
+        portal_cm, portal = self._portal_cm, self._portal
+        client_cm, self._client_cm = self._client_cm, None
         self._portal_cm = self._portal = self._client = None
         if portal_cm is None or portal is None:
             return
         try:
-            if client is not None:
-                portal.call(client.aclose)
+            if client_cm is not None:
+                client_cm.__exit__(None, None, None)
         finally:
             portal_cm.__exit__(None, None, None)
 

@@ -70,17 +70,14 @@ from agent_identity.oauth.ciba import (
     CIBA_GRANT_TYPE,
     BackchannelAuthentication,
     CibaPoller,
-    backchannel_authentication_request,
-    ciba_token_request,
     new_notification_token,
-    parse_backchannel_response,
 )
 from agent_identity.oauth.urls import canonical_resource_uri
 
 if TYPE_CHECKING:
     from agent_identity.approval.ping import Notification, PingReceiver
-    from agent_identity.client import IdentityClient
-    from agent_identity.user import UserIdentity
+    from agent_identity.grant import UserGrant
+    from agent_identity.server import AuthorizationServer
     from agent_identity.vault import TokenVault
 
 __all__ = ["PENDING_KIND", "Approval", "purge_expired", "request_approval"]
@@ -216,14 +213,13 @@ def _json_key(parts: list[str]) -> str:
     return json.dumps(parts, separators=(",", ":"), ensure_ascii=True)
 
 
-def _user_prefix(user: UserIdentity) -> str:
+def _user_prefix(user: UserGrant) -> str:
     """Row-name prefix of every pending approval of this user (and nobody else's)."""
     return f"{_json_key([user.tenant, user.user_id])[:-1]},"
 
 
 def _row_name(
-    user: UserIdentity,
-    client: IdentityClient,
+    user: UserGrant,
     action: Action,
     scopes: Sequence[str],
     resource: str | None,
@@ -231,7 +227,7 @@ def _row_name(
     request = json.dumps(
         {
             "action": action.digest,
-            "client_id": client.client_id,
+            "client_id": user.server.client_id,
             "resource": resource,
             "scopes": sorted(set(scopes)),
         },
@@ -239,7 +235,7 @@ def _row_name(
         separators=(",", ":"),
     )
     digest = hashlib.sha256(request.encode()).hexdigest()
-    return _json_key([user.tenant, user.user_id, client.connection, digest])
+    return _json_key([user.tenant, user.user_id, user.key.connection, digest])
 
 
 # -- in-process serialisation of identical approvals ------------------------------------
@@ -273,7 +269,7 @@ def _secret(value: str | SecretStr | None) -> SecretStr | None:
 
 
 async def request_approval(
-    user: UserIdentity,
+    user: UserGrant,
     action: Action,
     *,
     scopes: Sequence[str],
@@ -288,15 +284,18 @@ async def request_approval(
 ) -> Approval:
     """Ask ``user`` to approve ``action`` and wait for the outcome (see the module doc).
 
-    Without a hint, ``login_hint`` is the user's id. Raises
+    Without a hint, ``login_hint`` is what the client's ``ciba_login_hint`` hook derives
+    from the user (some servers want JSON such as ``{"username": "alice"}``), else the
+    user's id. Raises
     :class:`~agent_identity.errors.ApprovalDenied`,
     :class:`~agent_identity.errors.ApprovalExpired` or
     :class:`~agent_identity.errors.ApprovalUnavailable`.
     """
     if not isinstance(action, Action):
         raise ConfigurationError("action must be an agent_identity.Action")
-    client = user._client
-    metadata = await client.discover()
+    server = user.server
+    context = user.context
+    metadata = await server.discover()
     endpoint = metadata.backchannel_authentication_endpoint
     if endpoint is None:
         raise ApprovalUnavailable(
@@ -310,7 +309,7 @@ async def request_approval(
     modes = metadata.backchannel_token_delivery_modes_supported
     if modes and mode not in modes:
         raise ApprovalUnavailable(f"the authorization server does not offer CIBA {mode} mode")
-    if client.client_auth.method == "none":
+    if server.client_auth.method == "none":
         raise ApprovalUnavailable(
             "CIBA requires client authentication: this client has no secret or private key"
         )
@@ -321,20 +320,23 @@ async def request_approval(
     if len(hints) > 1:
         raise ConfigurationError("give at most one of login_hint, id_token_hint, login_hint_token")
     if not hints:
-        login_hint = user.user_id
-    from agent_identity.user import words
+        hook = context.ciba_login_hint
+        login_hint = hook(user.user_id, user.tenant) if hook is not None else user.user_id
+        if not isinstance(login_hint, str) or not login_hint:
+            raise ConfigurationError("ciba_login_hint must return a non-empty string")
+    from agent_identity.grant import words
 
     wanted = tuple(s for s in words(scopes, "scopes") if s != "openid")
     acr = words(acr_values, "acr_values")
     canonical = canonical_resource_uri(resource) if resource is not None else None
-    vault = client.vault
-    clock = client.clock
-    name = _row_name(user, client, action, wanted, canonical)
+    vault = context.vault
+    clock = context.clock
+    name = _row_name(user, action, wanted, canonical)
 
     async with _serialised(vault, name), contextlib.AsyncExitStack() as stack:
         await purge_expired(vault, clock=clock, prefix=_user_prefix(user))
-        async with vault.lease(f"ciba:{name}", ttl=client._lease_ttl, wait=client._lease_wait):
-            stored = await _load(vault, name, client)
+        async with vault.lease(f"ciba:{name}", ttl=server.lease_ttl, wait=server.lease_wait):
+            stored = await _load(vault, name, server, clock)
             if stored is not None:
                 pending, version = stored
                 poller = CibaPoller.resume(
@@ -355,11 +357,8 @@ async def request_approval(
                 details = None
                 if AUTHORIZATION_DETAILS_TYPE in metadata.authorization_details_types_supported:
                     details = authorization_details(action, resource=canonical)
-                request = backchannel_authentication_request(
-                    endpoint,
-                    client_auth=client.client_auth,
-                    issuer=metadata.issuer,
-                    now=clock.time(),
+                ack = await _start(
+                    server,
                     scopes=wanted,
                     login_hint=login_hint,
                     id_token_hint=_secret(id_token_hint),
@@ -369,13 +368,12 @@ async def request_approval(
                     requested_expiry=requested_expiry,
                     acr_values=acr,
                     authorization_details=details,
-                    resource=canonical,
+                    resource=server.resource_param(canonical),
                     client_notification_token=notification_token,
                 )
-                ack = await _start(client, request)
                 poller = CibaPoller.start(ack, now=clock.monotonic())
                 pending = _Pending(
-                    client_id=client.client_id,
+                    client_id=server.client_id,
                     issuer=metadata.issuer,
                     auth_req_id=ack.auth_req_id,
                     expires_at=clock.time() + ack.expires_in,
@@ -406,7 +404,7 @@ async def request_approval(
                     user.user_id,
                     action.tool,
                 )
-        waiter = _Waiter(client, token_endpoint, pending, poller, name, version)
+        waiter = _Waiter(server, vault, clock, pending, poller, name, version)
         try:
             response = await waiter.wait(notification)
         except (ApprovalError, AccessDenied) as exc:
@@ -428,10 +426,10 @@ async def request_approval(
 
     subject: str | None = None
     if response.id_token is not None:
-        claims = await client._validate_id_token(response.id_token, nonce=None, max_age=None)
+        claims = await server.validate_id_token(response.id_token, nonce=None, max_age=None)
         sub = claims.get("sub")
         subject = sub if isinstance(sub, str) else None
-    token = client._access_token(response, canonical, wanted)
+    token = server.describe(response, resource=canonical, requested=wanted)
     logger.info(
         "approval granted: tenant=%s user=%s tool=%s resource=%s",
         user.tenant,
@@ -448,11 +446,10 @@ async def request_approval(
     )
 
 
-async def _start(client: IdentityClient, request: Any) -> BackchannelAuthentication:
-    response = await client._send(request)
+async def _start(server: AuthorizationServer, **params: Any) -> BackchannelAuthentication:
     error: OAuthError | None = None
     try:
-        return parse_backchannel_response(response)
+        return await server.backchannel_authentication(**params)
     except OAuthError as exc:
         error = exc
     # Raised outside the handler, chained explicitly to the server's error.
@@ -468,7 +465,7 @@ async def _start(client: IdentityClient, request: Any) -> BackchannelAuthenticat
 
 
 async def _load(
-    vault: TokenVault, name: str, client: IdentityClient
+    vault: TokenVault, name: str, server: AuthorizationServer, clock: Clock
 ) -> tuple[_Pending, int] | None:
     row = await vault.get_blob(PENDING_KIND, name)
     if row is None:
@@ -480,9 +477,9 @@ async def _load(
         await _discard(vault, name)
         return None
     if (
-        pending.client_id != client.client_id
-        or pending.issuer != client.metadata.issuer
-        or pending.expires_at <= client.clock.time()
+        pending.client_id != server.client_id
+        or pending.issuer != server.metadata.issuer
+        or pending.expires_at <= clock.time()
     ):
         await _discard(vault, name)
         return None
@@ -518,22 +515,24 @@ class _Waiter:
 
     def __init__(
         self,
-        client: IdentityClient,
-        token_endpoint: str,
+        server: AuthorizationServer,
+        vault: TokenVault,
+        clock: Clock,
         pending: _Pending,
         poller: CibaPoller,
         name: str,
         version: int,
     ) -> None:
-        self._client = client
-        self._endpoint = token_endpoint
+        self._server = server
+        self._vault = vault
+        self._clock = clock
         self._pending = pending
         self._poller = poller
         self._name = name
         self._version = version
 
     async def wait(self, notification: Notification | None) -> TokenResponse:
-        clock = self._client.clock
+        clock = self._clock
         poller = self._poller
         while True:
             if notification is None:
@@ -554,17 +553,11 @@ class _Waiter:
                 return outcome
 
     async def _poll(self) -> TokenResponse | Literal["pending"]:
-        client = self._client
-        request = ciba_token_request(
-            self._endpoint,
-            auth_req_id=self._pending.auth_req_id,
-            client_auth=client.client_auth,
-            issuer=self._pending.issuer,
-            now=client.clock.time(),
-        )
-        response = await client._send(request)
         before = self._poller.interval
-        outcome = self._poller.handle(response, now=client.clock.monotonic())
+        outcome: TokenResponse | Literal["pending"] = await self._server.poll_ciba(
+            self._pending.auth_req_id,
+            lambda response: self._poller.handle(response, now=self._clock.monotonic()),
+        )
         if outcome == "pending" and self._poller.interval != before:
             await self._persist_interval()
         return outcome
@@ -573,7 +566,7 @@ class _Waiter:
         # slow_down holds for every later poll, also after a restart.
         self._pending.interval = self._poller.interval
         with contextlib.suppress(VersionConflict):
-            self._version = await self._client.vault.put_blob(
+            self._version = await self._vault.put_blob(
                 PENDING_KIND,
                 self._name,
                 self._pending.to_bytes(),

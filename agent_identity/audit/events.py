@@ -55,6 +55,8 @@ AuditKind = Literal[
     "token.issued",
     "token.refreshed",
     "token.exchanged",
+    "token.broader",
+    "token.audience_mismatch",
     "approval.requested",
     "approval.granted",
     "approval.denied",

@@ -44,6 +44,7 @@ from agent_identity.oauth._json import parse_json_object
 __all__ = [
     "DEFAULT_ALGORITHMS",
     "IdTokenClaims",
+    "has_key_for",
     "parse_jwks",
     "peek_claims",
     "validate_id_token",
@@ -331,6 +332,26 @@ def _candidate_keys(
             raise InvalidTokenError(f"no key in the JWK Set can verify {alg}")
         raise InvalidTokenError(f"no {alg} key in the JWK Set has kid {_short(kid)}")
     return candidates
+
+
+def has_key_for(token: str, jwks: KeySet) -> bool:
+    """Whether ``jwks`` holds a key that may verify ``token`` (by ``kid`` and algorithm).
+
+    ``False`` tells the caller to fetch the JWK Set again: the server may have rotated its
+    keys. A token that cannot be parsed, or uses an algorithm the set is irrelevant to
+    (``none``, HMAC), returns ``True``: validation then reports the real problem."""
+    try:
+        header_b64, _payload, _signature = _split(token)
+        header = _json_segment(header_b64, "header")
+    except InvalidTokenError:
+        return True
+    alg = header.get("alg")
+    kid = header.get("kid")
+    if not isinstance(alg, str) or alg not in _ASYMMETRIC_KEYS:
+        return True
+    if kid is not None and not isinstance(kid, str):
+        return True
+    return any(_usable_for(k, alg) and (kid is None or k.kid == kid) for k in jwks)
 
 
 def _check_header(header: Mapping[str, Any]) -> str:

@@ -12,7 +12,7 @@ from _helpers import CALENDAR, PAYMENTS, make_client
 
 from agent_identity import ApprovalPolicy, IdentityClient
 from agent_identity.audit import AuditTrail, JsonlSink, MemorySink, verify_chain
-from agent_identity.devidp import DevIdP
+from agent_identity.devidp import DEV_CLIENT_SECRETS, DevIdP
 from agent_identity.tools import ToolCall, ToolGuard, ToolRequirement, current_token
 
 pytestmark = [pytest.mark.anyio, pytest.mark.idp]
@@ -20,9 +20,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.idp]
 
 def _secrets_of(identity: IdentityClient, *tokens: Any) -> list[str]:
     values = [t.value.get_secret_value() for t in tokens]
-    secret = identity._client_secret
+    secret = DEV_CLIENT_SECRETS.get(identity.client_id)
     if secret is not None:
-        values.append(secret.get_secret_value())
+        values.append(secret)
     return values
 
 

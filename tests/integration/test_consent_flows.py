@@ -163,17 +163,9 @@ async def test_sec_25_refresh_rotation_and_reuse_detection(dev_idp_factory: Any)
         assert rotated is not None
         assert rotated.get_secret_value() != first_rt.get_secret_value()
         # The old refresh token is dead: the server detects the reuse...
-        from agent_identity.oauth.token import refresh_request
-
-        request = refresh_request(
-            identity.metadata.token_endpoint or "",
-            refresh_token=first_rt,
-            client_auth=identity.client_auth,
-            issuer=identity.issuer,
-            now=identity.clock.time(),
-        )
-        with pytest.raises(InvalidGrant):
-            await identity._token_call(request)
+        assert identity.server is not None
+        refused = await identity.server.refresh(first_rt, scopes=(), resource=None)
+        assert isinstance(refused.error, InvalidGrant)
         # ...and revokes the whole grant, which surfaces as a typed outcome.
         await anyio.sleep(2.2)
         with pytest.raises(ReauthorizationRequired) as info:
@@ -308,19 +300,15 @@ async def test_replayed_code_refused_by_the_server(dev_idp: DevIdP) -> None:
         await identity.user("alice").consent(scopes=["openid"], resource=CALENDAR)
         assert consent.callback is not None
         code = dict(parse_qsl(urlsplit(consent.callback).query))["code"]
-        from agent_identity.oauth.token import authorization_code_request
-
-        request = authorization_code_request(
-            identity.metadata.token_endpoint or "",
-            code=SecretStr(code),
-            redirect_uri="http://127.0.0.1:49152/callback",
-            code_verifier=SecretStr("x" * 43),
-            client_auth=identity.client_auth,
-            issuer=identity.issuer,
-            now=identity.clock.time(),
-        )
+        assert identity.server is not None
+        replay = {
+            "grant_type": "authorization_code",
+            "code": SecretStr(code).get_secret_value(),
+            "redirect_uri": "http://127.0.0.1:49152/callback",
+            "code_verifier": "x" * 43,
+        }
         with pytest.raises(InvalidGrant):
-            await identity._token_call(request)
+            await identity.server.token_call(replay)
 
 
 @pytest.mark.parametrize(
@@ -408,17 +396,9 @@ async def test_sec_28_disconnect_revokes_then_forgets(dev_idp: DevIdP) -> None:
         assert refresh_token is not None
         await alice.disconnect()
         assert (await alice.grant()) is None
-        from agent_identity.oauth.token import refresh_request
-
-        request = refresh_request(
-            identity.metadata.token_endpoint or "",
-            refresh_token=refresh_token,
-            client_auth=identity.client_auth,
-            issuer=identity.issuer,
-            now=identity.clock.time(),
-        )
-        with pytest.raises(InvalidGrant):
-            await identity._token_call(request)
+        assert identity.server is not None
+        revoked = await identity.server.refresh(refresh_token, scopes=(), resource=None)
+        assert isinstance(revoked.error, InvalidGrant)
 
 
 async def test_sec_22_tokens_never_in_urls_and_40_never_in_logs(

@@ -86,6 +86,11 @@ def _client(idp: DevIdP, vault: TokenVault, **kwargs: Any) -> IdentityClient:
     )
 
 
+
+def _key(tenant: str, idp: DevIdP) -> GrantKey:
+    """Where alice's grant of the confidential dev client lives."""
+    return GrantKey(tenant, "alice", idp.issuer, "agent-confidential")
+
 async def _expire(vault: TokenVault, key: GrantKey) -> None:
     """Make the stored token for TOKEN_KEY expired (as if issued 10 minutes ago)."""
     current = await vault.load(key, fresh=True)
@@ -136,7 +141,7 @@ async def test_sec_25_eight_processes_one_refresh_on_postgres(
     rotated refresh token and make oidc-provider revoke the grant), and all eight get the
     same valid token, the one now in the vault."""
     tenant = "pg-sec25"
-    key = GrantKey(tenant, "alice", dev_idp.issuer)
+    key = _key(tenant, dev_idp)
     async with TokenVault.from_url(url, keys=keys) as vault, _client(dev_idp, vault) as identity:
         alice = identity.user("alice", tenant=tenant)
         await alice.consent(scopes=["openid", *READ], resource=CALENDAR)
@@ -204,7 +209,7 @@ async def test_sigkilled_lease_holder_is_taken_over_after_the_lease_ttl(
     lease_ttl = 2.0
     tenant = "pg-sigkill"
     idp: DevIdP = dev_idp_factory(refresh_delay=2)
-    key = GrantKey(tenant, "alice", idp.issuer)
+    key = _key(tenant, idp)
     async with TokenVault.from_url(url, keys=keys) as vault, _client(idp, vault) as identity:
         alice = identity.user("alice", tenant=tenant)
         await alice.consent(scopes=["openid", "calendar.read", "calendar.write"], resource=CALENDAR)

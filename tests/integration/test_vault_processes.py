@@ -86,6 +86,11 @@ def _client(idp: DevIdP, vault: TokenVault, **kwargs: Any) -> IdentityClient:
     )
 
 
+
+def _key(tenant: str, idp: DevIdP) -> GrantKey:
+    """Where alice's grant of the confidential dev client lives."""
+    return GrantKey(tenant, "alice", idp.issuer, "agent-confidential")
+
 async def _consent(idp: DevIdP, db: Path, keys: Keyring, tenant: str, scopes: list[str]) -> None:
     """alice consents once, in the test process, into the SQLite vault ``db``."""
     async with (
@@ -155,7 +160,7 @@ async def test_sec_25_eight_processes_one_refresh(
 
     # the token they share is the one in the vault, and it is what was asked for
     async with TokenVault.sqlite(db, keys=keys) as vault:
-        current = await vault.load(GrantKey(tenant, "alice", dev_idp.issuer), fresh=True)
+        current = await vault.load(_key(tenant, dev_idp), fresh=True)
         assert current is not None
         stored = current.record.tokens[(CALENDAR, frozenset(READ))]
         value = stored.value.get_secret_value()
@@ -234,7 +239,7 @@ async def test_sigkill_during_refresh_leaves_vault_consistent(
     tenant = "sigkill"
     idp: DevIdP = dev_idp_factory(refresh_delay=5)
     await _consent(idp, db, keys, tenant, ["openid", "calendar.read", "calendar.write"])
-    key = GrantKey(tenant, "alice", idp.issuer)
+    key = _key(tenant, idp)
     async with TokenVault.sqlite(db, keys=keys) as vault:
         before = await vault.load(key, fresh=True)
         assert before is not None
@@ -357,7 +362,7 @@ async def test_revocation_in_one_process_honoured_by_another_within_cache_ttl(
         before = time.time()
         await identity.user("alice", tenant=tenant).disconnect()
         gone = time.time()
-        assert await vault.load(GrantKey(tenant, "alice", dev_idp.issuer), fresh=True) is None
+        assert await vault.load(_key(tenant, dev_idp), fresh=True) is None
 
     changed = await worker.expect("changed")
     assert await worker.wait() == TYPED_ERROR_EXIT

@@ -41,6 +41,7 @@ from agent_identity.errors import (
     TemporarilyUnavailable,
     TransportError,
 )
+from agent_identity.grant import UserGrant
 
 pytestmark = pytest.mark.anyio
 
@@ -373,7 +374,7 @@ BODY_FAULTS = [
         id="200-mistyped-member",
     ),
     pytest.param(
-        lambda: _raw(200, b'{"token_type": "Bearer", "refresh_token": "RT-x"}'),
+        lambda: _raw(200, b'{"token_type": "Bearer", "expires_in": 60}'),
         InvalidResponse,
         id="200-no-access-token",
     ),
@@ -478,15 +479,14 @@ async def test_sec_25_rotated_refresh_token_persisted_before_access_token_is_bui
     the old one is dead at the server and must not be sent again."""
     async with connected() as setup:
         user = await consented(setup)
-        from agent_identity.user import UserIdentity
 
-        build = UserIdentity._remember
+        build = UserGrant._remember
 
         def fail_once(self: UserIdentity, *args: Any, **kwargs: Any) -> Any:
-            monkeypatch.setattr(UserIdentity, "_remember", build)
+            monkeypatch.setattr(UserGrant, "_remember", build)
             raise RuntimeError("boom while building the access token")
 
-        monkeypatch.setattr(UserIdentity, "_remember", fail_once)
+        monkeypatch.setattr(UserGrant, "_remember", fail_once)
         with pytest.raises(RuntimeError, match="boom"):
             await read_token(user)
         stored = await setup.identity.vault.load(user.key, fresh=True)
@@ -784,24 +784,56 @@ async def test_sec_25_cancelled_waiters_do_not_break_the_lock() -> None:
         assert server.refreshes() == ["RT-2", "RT-3"]
 
 
-async def test_sec_25_cancelled_refresh_releases_the_lock() -> None:
-    server = FakeAS(gate=anyio.Event())
+async def test_sec_25_cancelled_caller_returns_at_once_and_the_refresh_is_still_stored() -> None:
+    """Issue 12, finding 1: a caller that gives up (a tool timeout) after the refresh
+    request went out must not lose the rotated refresh token for everyone else. The
+    caller leaves at once; the request's outcome is stored; the next caller gets the
+    new token without a second refresh (which would replay the rotated-away token)."""
+    gate = anyio.Event()
+    server = FakeAS(gate=gate)
     async with connected(server) as setup:
         user = await _expired_setup(setup)
-        with anyio.fail_after(10):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(read_token, user)
-                await server.refresh_entered.wait()
-                tg.cancel_scope.cancel()  # cancelled while the refresh is in flight
+        with anyio.fail_after(2):  # the caller's cancellation is prompt
+            with anyio.move_on_after(30) as impatient:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(read_token, user)
+                    await server.refresh_entered.wait()
+                    impatient.cancel()  # cancelled while the refresh is in flight
+        assert impatient.cancelled_caught
         assert server.refreshes() == ["RT-2"]
-        assert (await user.grant()) is not None
-        assert (await user.grant()).has_refresh_token
-        # the server never answered, so the refresh token was not rotated: a later call
-        # refreshes again (one request) without waiting on a stale lock
-        server.gate = None
+        gate.set()  # the server answers now: RT-2 is rotated to RT-3
         with anyio.fail_after(5):
             assert await read_token(user) == "AT-3"
-        assert server.refreshes() == ["RT-2", "RT-2"]
+        assert server.refreshes() == ["RT-2"]  # no replay of the rotated-away RT-2
+        stored = await setup.identity.vault.load(user.key, fresh=True)
+        assert stored is not None
+        assert stored.record.refresh_token is not None
+        assert stored.record.refresh_token.get_secret_value() == "RT-3"
+
+
+async def test_sec_25_salvaged_refresh_token_of_a_malformed_success_is_kept() -> None:
+    """Issue 12, finding 7: a refresh response that cannot be accepted (here a mistyped
+    ``expires_in``) but carries a rotated refresh token: the typed error is raised AND the
+    new refresh token is stored, so the grant survives."""
+    server = FakeAS()
+    async with connected(server) as setup:
+        user = await consented(setup)
+        server.live_refresh_tokens.add("RT-9")
+        server.refresh_faults.append(
+            _raw(
+                200,
+                b'{"access_token": "AT-9", "token_type": "Bearer", "refresh_token": "RT-9",'
+                b' "expires_in": true}',
+            )
+        )
+        with pytest.raises(InvalidResponse):
+            await read_token(user)
+        stored = await setup.identity.vault.load(user.key, fresh=True)
+        assert stored is not None
+        assert stored.record.refresh_token is not None
+        assert stored.record.refresh_token.get_secret_value() == "RT-9"
+        assert await read_token(user) == "AT-3"
+        assert server.refreshes() == ["RT-2", "RT-9"]
 
 
 async def test_concurrent_refreshes_of_different_users_are_independent() -> None:

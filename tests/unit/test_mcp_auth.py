@@ -165,7 +165,7 @@ async def test_sec_12_14_dynamic_registration_is_stored_per_issuer_and_renewed()
     again = await auth._credentials(_metadata())
     assert first.client_id == again.client_id == "dcr-1"
     assert net.registrations == 1
-    vault = auth._parent.vault
+    vault = auth._context.vault
     stored = await vault.get_blob(REGISTRATION_KIND, AS)
     assert stored is not None
     assert ClientRegistration.from_bytes(stored.data).issuer == AS

@@ -13,6 +13,9 @@ EXPECTED = {
     "UserIdentity",
     "IdentitySettings",
     "BlockingIdentityClient",
+    # one authorization server, and provider profiles
+    "AuthorizationServer",
+    "ProviderProfile",
     # consent
     "ConsentFlow",
     "ConsentHandler",
@@ -68,6 +71,7 @@ EXPECTED = {
     "OAuthError",
     "ProtocolViolation",
     "ReauthorizationRequired",
+    "TokenPolicyError",
     "RequestTimeout",
     "SSRFBlockedError",
     "ServerError",

@@ -1,0 +1,874 @@
+"""One authorization server, as one client sees it: the seam every flow goes through.
+
+An :class:`AuthorizationServer` owns what a client knows about one authorization server
+and performs every request to it:
+
+- **metadata**: discovered (RFC 8414 §3, then OpenID Discovery; exact issuer, security
+  items 8-9), given statically (``metadata=``) for servers without discovery, or taken
+  from a :class:`~agent_identity.providers.ProviderProfile`;
+- **client authentication**: ``none``, ``client_secret_basic``/``_post`` or
+  ``private_key_jwt`` (security item 27; the assertion audience is the issuer, or the
+  token endpoint URL for servers that accept only that, RFC 7523 §3);
+- **endpoint calls**: authorization requests (PAR, RFC 9126), code redemption at the
+  issuer recorded with the flow (security item 17), refresh (RFC 6749 §6, RFC 8707),
+  client credentials, token exchange (RFC 8693, only where ``grant_types_supported``
+  allows it), device authorization (RFC 8628), CIBA (OpenID CIBA Core 1.0) and revocation
+  (RFC 7009);
+- **ID tokens** (OpenID Connect Core §3.1.3.7) against a JWK Set cache that is fetched
+  again when a token names an unknown ``kid`` (key rotation), at most once per
+  ``jwks_refresh_interval``;
+- **honest tokens**: :meth:`AuthorizationServer.describe` labels an access token with the
+  scopes the server says it carries (the response's ``scope``, else the readable JWT's
+  ``scope``/``scp``, else the requested ones marked unverified) and its audience;
+- **tolerance without weakness**: deviant token endpoint errors are mapped to the typed
+  error they mean, keeping the raw code (:func:`map_token_error`).
+
+Every endpoint learned from discovered metadata is sent as a server-supplied URL: the I/O
+layer vets it against the SSRF policy at resolve and connect time unless its origin is the
+configured issuer's (security item 2). Static metadata is configuration, so its endpoint
+origins are trusted.
+
+Layers above (:mod:`agent_identity.grant`, :mod:`agent_identity.approval`,
+:mod:`agent_identity.mcp`, :mod:`agent_identity.client`) talk to a server only through
+this class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+from pydantic import SecretStr
+
+from agent_identity.clock import Clock, SystemClock
+from agent_identity.errors import (
+    ConfigurationError,
+    InvalidClient,
+    InvalidGrant,
+    InvalidRequest,
+    InvalidResponse,
+    InvalidTokenError,
+    MetadataError,
+    OAuthError,
+    ProtocolViolation,
+    UnsupportedGrantType,
+    oauth_error_from_response,
+)
+from agent_identity.models import AccessToken, DeviceAuthorization, ServerMetadata, TokenResponse
+from agent_identity.oauth import authorize as authz
+from agent_identity.oauth import discovery
+from agent_identity.oauth._json import parse_json_object
+from agent_identity.oauth._message import HttpRequest, HttpResponse
+from agent_identity.oauth.client_auth import ClientAuthentication, choose_client_auth
+from agent_identity.oauth.token import parse_token_response, token_request
+from agent_identity.oauth.urls import canonical_resource_uri, check_endpoint_url
+from agent_identity.providers._profile import STANDARD, ProviderProfile
+
+if TYPE_CHECKING:
+    from agent_identity._http import HttpDriver, TransportPolicy
+    from agent_identity.oauth.ciba import BackchannelAuthentication
+
+__all__ = [
+    "GRANT_SCOPES",
+    "TOKEN_EXCHANGE_GRANT",
+    "AssertionAudience",
+    "AuthorizationServer",
+    "map_token_error",
+]
+
+logger = logging.getLogger("agent_identity")
+
+AssertionAudience = Literal["issuer", "token_endpoint"]
+TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+#: Scopes that govern the grant itself rather than a resource's API.
+GRANT_SCOPES = frozenset({"openid", "offline_access"})
+
+_DEAD_GRANT_STATUSES = frozenset({400, 401})
+
+
+def map_token_error(
+    response: HttpResponse,
+    *,
+    grant_type: str,
+    aliases: Mapping[str, str] | None = None,
+) -> Exception:
+    """The typed error a token endpoint error response means (returned, not raised).
+
+    Compliant responses (RFC 6749 §5.2: a JSON object with ``error``) become the
+    :class:`~agent_identity.errors.OAuthError` subclass of their code; a provider code
+    listed in ``aliases`` becomes the subclass of the standard code it stands for, and the
+    raw code stays in ``error``. Deviant responses that real servers send are mapped to
+    what they mean, with ``error_description`` saying what was received:
+
+    - ``400``/``401`` without an error body to a refresh request: the refresh token is
+      dead (``InvalidGrant``);
+    - ``401`` or ``403`` without an error body to any other request: client
+      authentication failed (``InvalidClient``);
+    - ``403`` with an error code that is neither standard nor aliased: ``InvalidClient``
+      (the raw code is kept in ``error``);
+    - ``400`` without an error body to a token exchange: ``UnsupportedGrantType``;
+    - any other ``400`` without an error body: ``InvalidRequest``.
+
+    Anything else (a 5xx without a body, a body that is not an object) is
+    :class:`~agent_identity.errors.InvalidResponse`.
+    """
+    status = response.status_code
+    body: Mapping[str, Any] | None
+    try:
+        body = parse_json_object(response.content, what="token error response")
+    except InvalidResponse:
+        body = None
+    code = body.get("error") if body is not None else None
+    if isinstance(code, str) and code:
+        assert body is not None
+        description = body.get("error_description")
+        uri = body.get("error_uri")
+        desc = description if isinstance(description, str) else None
+        link = uri if isinstance(uri, str) else None
+        standard = (aliases or {}).get(code, code)
+        kind = type(oauth_error_from_response(standard, desc, link, status))
+        if kind is OAuthError and status == 403:
+            kind = InvalidClient  # an unknown code on a 403: client authentication failed
+        return kind(code, desc, link, status)  # the raw code stays in ``error``
+    note = f"HTTP {status} without an OAuth error body"
+    if grant_type == "refresh_token" and status in _DEAD_GRANT_STATUSES:
+        return InvalidGrant("invalid_grant", note, None, status)
+    if status in (401, 403):
+        return InvalidClient("invalid_client", note, None, status)
+    if status == 400 and grant_type == TOKEN_EXCHANGE_GRANT:
+        return UnsupportedGrantType("unsupported_grant_type", note, None, status)
+    if status == 400:
+        return InvalidRequest("invalid_request", note, None, status)
+    return InvalidResponse(f"token endpoint answered HTTP {status} without an OAuth error")
+
+
+def salvage_refresh_token(response: HttpResponse) -> SecretStr | None:
+    """The ``refresh_token`` of a successful (HTTP 200) token response that could not be
+    parsed otherwise, so that a rotated refresh token is never lost to a malformed member
+    elsewhere in the response. ``None`` when there is none."""
+    if response.status_code != 200:
+        return None
+    try:
+        body = parse_json_object(response.content, what="token response")
+    except InvalidResponse:
+        return None
+    value = body.get("refresh_token")
+    if not isinstance(value, str) or not value or not value.isascii() or not value.isprintable():
+        return None
+    return SecretStr(value)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refreshed:
+    """The outcome of a refresh request: the parsed response, or the error it raised
+    together with a rotated refresh token salvaged from an unparsable success."""
+
+    response: TokenResponse | None
+    error: Exception | None = None
+    salvaged_refresh_token: SecretStr | None = None
+
+
+class AuthorizationServer:
+    """One authorization server and this client's registration at it.
+
+    :param issuer: the issuer identifier. Its metadata is discovered (RFC 8414, then OpenID
+        Discovery) unless ``metadata`` or the profile's static metadata is given.
+    :param client_id: the client id registered there.
+    :param client_secret: for ``client_secret_basic`` / ``client_secret_post``.
+    :param private_key: for ``private_key_jwt`` (preferred, security item 27).
+    :param metadata: static metadata (a :class:`~agent_identity.models.ServerMetadata` or
+        a mapping) for servers without discovery; its ``issuer`` must equal ``issuer``
+        when both are given.
+    :param profile: the provider's documented deviations (default: standards only).
+    :param assertion_audience: the ``aud`` of ``private_key_jwt`` assertions: the issuer
+        (default, the current guidance) or the token endpoint URL (RFC 7523 §3, OpenID
+        Connect Core §9) for servers that accept only that.
+    :param http: the :class:`~agent_identity._http.HttpDriver` to send through (shared,
+        not closed here).
+    :param clock: the time source.
+    :param leeway: clock leeway for ID token validation, seconds.
+    :param use_par: push authorization requests: ``None`` when offered, ``True`` always,
+        ``False`` never (unless the server requires PAR).
+    :param jwks_refresh_interval: the JWK Set is fetched again for an unknown ``kid`` at
+        most this often (seconds).
+    :param lease_ttl: how long a refresh of a grant of this server holds the vault lease
+        between heartbeats (seconds); ``lease_wait``: how long another refresh waits.
+    :param learned: the issuer (and ``metadata``) were learned from another server (an MCP
+        server's protected resource metadata), not configured: nothing about this server
+        is trusted, every request to it is vetted as server-supplied (security item 2).
+    """
+
+    def __init__(
+        self,
+        issuer: str | None = None,
+        *,
+        client_id: str,
+        client_secret: str | SecretStr | None = None,
+        private_key: Any = None,
+        metadata: ServerMetadata | Mapping[str, Any] | None = None,
+        profile: ProviderProfile | None = None,
+        assertion_audience: AssertionAudience = "issuer",
+        http: HttpDriver,
+        clock: Clock | None = None,
+        leeway: float = 60.0,
+        use_par: bool | None = None,
+        jwks_refresh_interval: float = 60.0,
+        lease_ttl: float | None = None,
+        lease_wait: float | None = None,
+        learned: bool = False,
+    ) -> None:
+        if not isinstance(client_id, str) or not client_id:
+            raise ConfigurationError("client_id is required")
+        if client_secret is not None and private_key is not None:
+            raise ConfigurationError("give either client_secret or private_key, not both")
+        if assertion_audience not in ("issuer", "token_endpoint"):
+            raise ConfigurationError("assertion_audience must be 'issuer' or 'token_endpoint'")
+        self.profile: ProviderProfile = profile if profile is not None else STANDARD
+        static = _static_metadata(metadata, self.profile)
+        if issuer is None:
+            if static is not None:
+                issuer = static.issuer
+            elif self.profile.issuer:
+                issuer = self.profile.issuer
+            else:
+                raise ConfigurationError("an issuer (or static metadata) is required")
+        if static is not None and static.issuer != issuer:
+            raise ConfigurationError(
+                "the static metadata's issuer differs from the configured issuer"
+            )
+        policy = http.policy
+        check_endpoint_url(
+            issuer, allow_insecure_loopback=policy.allow_insecure_loopback, what="issuer"
+        )
+        self.issuer = issuer
+        self.client_id = client_id
+        self._client_secret = (
+            SecretStr(client_secret) if isinstance(client_secret, str) else client_secret
+        )
+        self._private_key = private_key
+        self._assertion_audience: AssertionAudience = assertion_audience
+        self._http = http
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.leeway = leeway
+        self._use_par = use_par
+        self._jwks_interval = jwks_refresh_interval
+        timeout = policy.timeout
+        self.lease_ttl = lease_ttl if lease_ttl is not None else 2 * timeout + 5
+        self.lease_wait = lease_wait if lease_wait is not None else self.lease_ttl + timeout
+        self._metadata: ServerMetadata | None = None
+        self._client_auth: ClientAuthentication | None = None
+        self._jwks: Any = None
+        self._jwks_fetched_at: float | None = None
+        self._jwks_lock = anyio.Lock(fast_acquire=True)
+        self._discover_lock = anyio.Lock(fast_acquire=True)
+        self.pending = authz.PendingAuthorizations()
+        self.learned = learned
+        if not learned:
+            http.trust_origin(issuer)
+        if static is not None:
+            for name in discovery.ENDPOINT_FIELDS:
+                value = getattr(static, name)
+                if value is not None:
+                    check_endpoint_url(
+                        value, allow_insecure_loopback=policy.allow_insecure_loopback, what=name
+                    )
+                    if not learned:
+                        http.trust_origin(value)  # configured by the developer: not learned
+            self._set_metadata(static)
+
+    def __repr__(self) -> str:
+        return f"AuthorizationServer(issuer={self.issuer!r}, client_id={self.client_id!r})"
+
+    # -- metadata and client authentication ------------------------------------------------
+
+    @property
+    def http(self) -> HttpDriver:
+        return self._http
+
+    @property
+    def policy(self) -> TransportPolicy:
+        return self._http.policy
+
+    @property
+    def discovered(self) -> bool:
+        return self._metadata is not None
+
+    @property
+    def metadata(self) -> ServerMetadata:
+        """The server metadata (``await server.discover()`` first)."""
+        if self._metadata is None:
+            raise ConfigurationError("metadata not discovered yet: use 'async with' or discover()")
+        return self._metadata
+
+    @property
+    def client_auth(self) -> ClientAuthentication:
+        if self._client_auth is None:
+            raise ConfigurationError("metadata not discovered yet: use 'async with' or discover()")
+        return self._client_auth
+
+    async def discover(self) -> ServerMetadata:
+        """Fetch and validate the metadata (once; static metadata needs no request)."""
+        if self._metadata is not None:
+            return self._metadata
+        async with self._discover_lock:
+            if self._metadata is not None:
+                return self._metadata
+            policy = self.policy
+            with anyio.fail_after(policy.timeout * 3):
+                for url in discovery.metadata_urls(self.issuer):
+                    response = await self.send(discovery.metadata_request(url))
+                    found = discovery.parse_metadata(
+                        response,
+                        issuer=self.issuer,
+                        allow_insecure_loopback=policy.allow_insecure_loopback,
+                    )
+                    if found is not None:
+                        break
+                else:
+                    raise MetadataError(
+                        f"no authorization server metadata found for issuer {self.issuer!r}"
+                    )
+            self._set_metadata(found)
+            logger.debug("discovered metadata for %s", self.issuer)
+            return found
+
+    def _set_metadata(self, metadata: ServerMetadata) -> None:
+        self._client_auth = choose_client_auth(
+            client_id=self.client_id,
+            client_secret=self._client_secret,
+            private_key=self._private_key,
+            supported_methods=metadata.token_endpoint_auth_methods_supported,
+            assertion_audience=self._assertion_audience,
+            token_endpoint=metadata.token_endpoint,
+        )
+        self._metadata = metadata
+
+    def supports_grant(self, grant_type: str) -> bool | None:
+        """Whether the metadata lists ``grant_type``; ``None`` when it lists no grant types
+        (RFC 8414 §2: then only the defaults are implied, but servers often omit it)."""
+        listed = self.metadata.grant_types_supported
+        if listed is None:
+            return None
+        return grant_type in listed
+
+    def offline_access_listed(self) -> bool:
+        supported = self.metadata.scopes_supported
+        return (
+            self.profile.offline_access_scope
+            and supported is not None
+            and "offline_access" in supported
+        )
+
+    def openid_listed(self) -> bool:
+        supported = self.metadata.scopes_supported
+        return supported is not None and "openid" in supported
+
+    def par_wanted(self) -> bool:
+        metadata = self.metadata
+        if metadata.pushed_authorization_request_endpoint is None:
+            if metadata.require_pushed_authorization_requests or self._use_par:
+                raise MetadataError("PAR is required but the server has no PAR endpoint")
+            return False
+        if metadata.require_pushed_authorization_requests:
+            return True
+        return self._use_par is not False
+
+    def _require(self, value: str | None, name: str) -> str:
+        if value is None:
+            raise MetadataError(f"the authorization server metadata has no {name}")
+        return value
+
+    # -- sending -------------------------------------------------------------------------
+
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        """Send a request to one of this server's endpoints (vetted as server-supplied
+        unless its origin is configured; see the module docstring)."""
+        if not request.server_supplied:
+            request = dataclasses.replace(request, server_supplied=True)
+        return await self._http.send(request)
+
+    def resource_param(self, resource: str | None) -> str | None:
+        return resource if self.profile.resource_indicators else None
+
+    def wire_scopes(
+        self, resource: str | None, scopes: Sequence[str]
+    ) -> tuple[str | None, tuple[str, ...]]:
+        """The ``(resource, scopes)`` to send for a need, after the profile's mapping."""
+        mapped_resource, mapped = self.profile.scopes_for(resource, scopes)
+        return self.resource_param(mapped_resource), mapped
+
+    def _form_scopes(self, form: dict[str, Any], scopes: Sequence[str]) -> None:
+        if scopes:
+            form[self.profile.scope_parameter] = self.profile.join_scopes(scopes)
+
+    def token_request(self, form: Mapping[str, Any], *, endpoint: str | None = None) -> HttpRequest:
+        """A token endpoint request carrying ``form`` and the client's authentication."""
+        metadata = self.metadata
+        target = endpoint or self._require(metadata.token_endpoint, "token_endpoint")
+        request = token_request(
+            target, form, self.client_auth, issuer=metadata.issuer, now=self.clock.time()
+        )
+        return self.profile.prepare_token_request(request)
+
+    async def token_call(self, form: Mapping[str, Any]) -> TokenResponse:
+        """POST ``form`` to the token endpoint; the parsed response or the mapped error."""
+        response = await self.send(self.token_request(form))
+        return self.parse_token(response, grant_type=str(form.get("grant_type", "")))
+
+    def normalize(self, response: HttpResponse) -> HttpResponse:
+        return self.profile.normalize_token_response(response)
+
+    def parse_token(self, response: HttpResponse, *, grant_type: str) -> TokenResponse:
+        """Parse a token endpoint response through the profile; map errors."""
+        response = self.normalize(response)
+        if response.status_code != 200:
+            raise map_token_error(
+                response, grant_type=grant_type, aliases=self.profile.error_aliases
+            )
+        return parse_token_response(response)
+
+    # -- the authorization code flow -------------------------------------------------------
+
+    async def start_authorization(
+        self,
+        *,
+        redirect_uri: str,
+        scopes: Sequence[str],
+        resources: Sequence[str] = (),
+        prompt: str | None = None,
+        login_hint: str | None = None,
+        acr_values: Sequence[str] = (),
+        max_age: int | None = None,
+        extra: Mapping[str, str] | None = None,
+        lifetime: float = authz.DEFAULT_FLOW_LIFETIME,
+        register: bool = True,
+    ) -> tuple[authz.PendingAuthorization, str]:
+        """Record a pending authorization (PKCE verifier, ``state``, ``nonce``, issuer:
+        security items 15-17) and return it with the URL to show the user, pushed with
+        PAR when the server offers it. ``extra`` parameters may not override what the
+        SDK sets (``state``, PKCE, ``redirect_uri``, ``client_id``, ...).
+
+        With ``register=False`` the pending authorization is not kept in this object's
+        in-memory registry (the caller persists it, e.g. for a web consent completed by
+        another worker)."""
+        metadata = self.metadata
+        endpoint = self._require(metadata.authorization_endpoint, "authorization_endpoint")
+        explicit = {
+            "prompt": prompt,
+            "login_hint": login_hint,
+            "acr_values": acr_values or None,
+            "max_age": max_age,
+        }
+        merged = {
+            key: value
+            for key, value in self.profile.authorization_params.items()
+            if explicit.get(key) is None  # an explicit argument wins over the profile
+        }
+        for key, value in (extra or {}).items():
+            authz.check_extra_parameter(key, value)
+            merged[key] = value
+        if self.profile.scope_parameter != "scope" and scopes:
+            merged[self.profile.scope_parameter] = self.profile.join_scopes(scopes)
+            wire_scopes: Sequence[str] = ()
+        else:
+            wire_scopes = scopes
+        pending, params = authz.start_authorization(
+            metadata,
+            client_id=self.client_id,
+            redirect_uri=redirect_uri,
+            scopes=wire_scopes,
+            resources=[r for r in resources if self.resource_param(r) is not None],
+            now=self.clock.monotonic(),
+            lifetime=lifetime,
+            prompt=prompt,
+            login_hint=login_hint,
+            acr_values=acr_values,
+            max_age=max_age,
+            extra=merged,
+            scope_separator=self.profile.scope_separator,
+        )
+        if wire_scopes is not scopes:
+            pending = dataclasses.replace(pending, scopes=tuple(scopes))
+        if register:
+            self.pending.add(pending, now=self.clock.monotonic())
+        if self.par_wanted():
+            request = authz.par_request(metadata, params, self.client_auth, now=self.clock.time())
+            request_uri, _ = authz.parse_par_response(await self.send(request))
+            url = authz.authorization_url(
+                endpoint, {"client_id": self.client_id, "request_uri": request_uri}
+            )
+        else:
+            url = authz.authorization_url(endpoint, params)
+        return pending, url
+
+    async def redeem(
+        self,
+        pending: authz.PendingAuthorization,
+        code: SecretStr,
+        *,
+        resource: str | None,
+    ) -> tuple[TokenResponse, dict[str, object]]:
+        """Redeem an authorization ``code`` at the token endpoint recorded with the flow
+        (security item 17) and validate the ID token, if any."""
+        if pending.issuer != self.issuer or pending.client_id != self.client_id:
+            raise ConfigurationError("this authorization was started at another server")
+        form: dict[str, Any] = {
+            "grant_type": "authorization_code",
+            "code": code.get_secret_value(),
+            "redirect_uri": pending.redirect_uri,
+            "code_verifier": pending.code_verifier.get_secret_value(),
+        }
+        param = self.resource_param(resource)
+        if param is not None:
+            form["resource"] = param
+        request = self.token_request(form, endpoint=pending.token_endpoint)
+        response = self.parse_token(await self.send(request), grant_type="authorization_code")
+        claims: dict[str, object] = {}
+        if response.id_token is not None:
+            claims = await self.validate_id_token(
+                response.id_token, nonce=pending.nonce, max_age=pending.max_age
+            )
+        return response, claims
+
+    # -- other grants ----------------------------------------------------------------------
+
+    async def refresh(
+        self,
+        refresh_token: SecretStr,
+        *,
+        scopes: Sequence[str],
+        resource: str | None,
+    ) -> Refreshed:
+        """Refresh (RFC 6749 §6) narrowed to ``scopes`` and ``resource`` (RFC 8707).
+
+        Returns a :class:`Refreshed`: errors are returned rather than raised so that the
+        caller can first store a rotated refresh token salvaged from a malformed success.
+        Transport errors and cancellation still raise."""
+        wire_resource, wire_scopes = self.wire_scopes(resource, scopes)
+        form: dict[str, Any] = {
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token.get_secret_value(),
+        }
+        self._form_scopes(form, wire_scopes)
+        if wire_resource is not None:
+            form["resource"] = wire_resource
+        response = await self.send(self.token_request(form))
+        try:
+            parsed = self.parse_token(response, grant_type="refresh_token")
+        except (OAuthError, ProtocolViolation) as exc:
+            salvaged = (
+                salvage_refresh_token(self.normalize(response))
+                if isinstance(exc, ProtocolViolation)
+                else None
+            )
+            return Refreshed(None, exc, salvaged)
+        return Refreshed(parsed)
+
+    async def client_credentials(
+        self, *, scopes: Sequence[str], resource: str | None
+    ) -> TokenResponse:
+        """A token for the client itself (OAuth 2.1 §4.2)."""
+        wire_resource, wire_scopes = self.wire_scopes(resource, scopes)
+        form: dict[str, Any] = {"grant_type": "client_credentials"}
+        self._form_scopes(form, wire_scopes)
+        if wire_resource is not None:
+            form["resource"] = wire_resource
+        return await self.token_call(form)
+
+    async def token_exchange(
+        self,
+        *,
+        subject_token: SecretStr,
+        subject_token_type: str,
+        actor_token: SecretStr | None = None,
+        actor_token_type: str | None = None,
+        resource: str | None = None,
+        audience: str | None = None,
+        scopes: Sequence[str] = (),
+        requested_token_type: str | None = None,
+        grant_type: str = TOKEN_EXCHANGE_GRANT,
+    ) -> TokenResponse:
+        """RFC 8693 token exchange (security items 31-32). Refused before any request
+        when the metadata lists grant types without this one."""
+        from agent_identity.oauth.exchange import (
+            parse_token_exchange_response,
+            token_exchange_request,
+        )
+
+        if self.supports_grant(TOKEN_EXCHANGE_GRANT) is False:
+            raise UnsupportedGrantType(
+                "unsupported_grant_type",
+                "the authorization server does not list token exchange (RFC 8693) in "
+                "grant_types_supported; no request was sent",
+            )
+        metadata = self.metadata
+        request = token_exchange_request(
+            self._require(metadata.token_endpoint, "token_endpoint"),
+            subject_token=subject_token,
+            subject_token_type=subject_token_type,
+            actor_token=actor_token,
+            actor_token_type=actor_token_type,
+            resource=self.resource_param(resource),
+            audience=audience,
+            scopes=scopes,
+            requested_token_type=requested_token_type,
+            client_auth=self.client_auth,
+            issuer=metadata.issuer,
+            now=self.clock.time(),
+        )
+        response = self.normalize(await self.send(self.profile.prepare_token_request(request)))
+        if response.status_code != 200:
+            raise map_token_error(
+                response, grant_type=TOKEN_EXCHANGE_GRANT, aliases=self.profile.error_aliases
+            )
+        return parse_token_exchange_response(response)
+
+    async def revoke(self, token: SecretStr, *, token_type_hint: str | None = None) -> None:
+        """RFC 7009 revocation: returns once the server confirmed (security item 28)."""
+        from agent_identity.oauth.revocation import parse_revocation_response, revocation_request
+
+        metadata = self.metadata
+        hint: Any = token_type_hint
+        request = revocation_request(
+            metadata.revocation_endpoint,
+            token=token,
+            client_auth=self.client_auth,
+            issuer=metadata.issuer,
+            now=self.clock.time(),
+            token_type_hint=hint,
+        )
+        with anyio.fail_after(self.policy.timeout * 4):
+            response = await self.send(request)
+        parse_revocation_response(response)
+
+    # -- device flow (RFC 8628) ------------------------------------------------------------
+
+    async def device_authorization(
+        self, *, scopes: Sequence[str], resources: Sequence[str] = ()
+    ) -> DeviceAuthorization:
+        from agent_identity.oauth.device import (
+            device_authorization_request,
+            parse_device_authorization,
+        )
+
+        metadata = self.metadata
+        wanted = [r for r in resources if self.resource_param(r) is not None]
+        request = device_authorization_request(
+            metadata.device_authorization_endpoint,
+            client_auth=self.client_auth,
+            issuer=metadata.issuer,
+            now=self.clock.time(),
+            scopes=scopes,
+            resources=wanted,
+        )
+        return parse_device_authorization(await self.send(request))
+
+    async def poll_device(
+        self, authorization: DeviceAuthorization, handle: Callable[[HttpResponse], Any]
+    ) -> Any:
+        """One device-code token request; ``handle`` interprets the (normalized) answer."""
+        form = {
+            "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+            "device_code": authorization.device_code.get_secret_value(),
+        }
+        response = await self.send(self.token_request(form))
+        return handle(self.normalize(response))
+
+    # -- CIBA (OpenID CIBA Core 1.0) -------------------------------------------------------
+
+    async def backchannel_authentication(self, **params: Any) -> BackchannelAuthentication:
+        """Send a §7.1 authentication request; returns the §7.3 acknowledgement."""
+        from agent_identity.oauth.ciba import (
+            backchannel_authentication_request,
+            parse_backchannel_response,
+        )
+
+        metadata = self.metadata
+        request = backchannel_authentication_request(
+            metadata.backchannel_authentication_endpoint,
+            client_auth=self.client_auth,
+            issuer=metadata.issuer,
+            now=self.clock.time(),
+            **params,
+        )
+        return parse_backchannel_response(await self.send(request))
+
+    async def poll_ciba(self, auth_req_id: str, handle: Callable[[HttpResponse], Any]) -> Any:
+        """One CIBA token request (§10.1); ``handle`` interprets the answer."""
+        form = {"grant_type": "urn:openid:params:grant-type:ciba", "auth_req_id": auth_req_id}
+        response = await self.send(self.token_request(form))
+        return handle(self.normalize(response))
+
+    # -- ID tokens -------------------------------------------------------------------------
+
+    async def validate_id_token(
+        self, id_token: SecretStr, *, nonce: str | None, max_age: int | None
+    ) -> dict[str, object]:
+        """Validate an ID token (OpenID Connect Core §3.1.3.7; security item 38) against
+        the server's JWK Set, fetching it again once when the token names a key the cached
+        set does not hold (the server rotated its keys)."""
+        from agent_identity.oauth import jwt
+
+        token = id_token.get_secret_value()
+        jwks = await self._current_jwks()
+        if not jwt.has_key_for(token, jwks):
+            jwks = await self._current_jwks(stale=jwks)
+        issuer = self.metadata.issuer
+        if self.profile.id_token_issuer is not None:
+            try:
+                expected = self.profile.id_token_issuer(jwt.peek_claims(token))
+            except InvalidTokenError:
+                expected = None
+            if expected is None:
+                raise InvalidTokenError("the ID token's issuer does not fit the provider")
+            issuer = expected
+        claims = jwt.validate_id_token(
+            token,
+            jwks=jwks,
+            issuer=issuer,
+            client_id=self.client_id,
+            nonce=nonce,
+            now=self.clock.time(),
+            leeway=self.leeway,
+            max_age=max_age,
+        )
+        return dict(claims.raw)
+
+    async def _current_jwks(self, *, stale: Any = None) -> Any:
+        """The cached JWK Set; fetched when absent, or again when ``stale`` is the cached
+        one and the last fetch is older than the refresh interval."""
+        async with self._jwks_lock:
+            now = self.clock.monotonic()
+            if self._jwks is not None and (
+                stale is None
+                or self._jwks is not stale
+                or (
+                    self._jwks_fetched_at is not None
+                    and now - self._jwks_fetched_at < self._jwks_interval
+                )
+            ):
+                return self._jwks
+            from agent_identity.oauth import jwt
+
+            jwks_uri = self._require(self.metadata.jwks_uri, "jwks_uri")
+            response = await self.send(HttpRequest("GET", jwks_uri, idempotent=True))
+            if response.status_code != 200:
+                raise InvalidResponse(f"jwks_uri answered HTTP {response.status_code}")
+            self._jwks = jwt.parse_jwks(response.content)
+            self._jwks_fetched_at = self.clock.monotonic()
+            if stale is not None:
+                logger.info("fetched the JWK Set of %s again (unknown key id)", self.issuer)
+            return self._jwks
+
+    # -- access tokens ---------------------------------------------------------------------
+
+    def describe(
+        self,
+        response: TokenResponse,
+        *,
+        resource: str | None,
+        requested: Sequence[str],
+    ) -> AccessToken:
+        """An :class:`~agent_identity.models.AccessToken` for ``response``, labelled with
+        the scopes it carries (the response's ``scope``, else the readable JWT's
+        ``scope``/``scp`` claim, else the requested ones with ``scopes_verified=False``)
+        and, when the token is a readable JWT, its audience. Expiry from ``expires_in`` on
+        the monotonic clock (security items 24, 39)."""
+        received = self.clock.monotonic()
+        scopes, verified, audience = token_facts(response, requested)
+        return AccessToken(
+            value=response.access_token,
+            token_type=response.token_type,
+            issuer=self.issuer,
+            resource=resource,
+            scopes=scopes,
+            expires_at=None if response.expires_in is None else received + response.expires_in,
+            received_at=received,
+            scopes_verified=verified,
+            audience=audience,
+        )
+
+
+def token_facts(
+    response: TokenResponse, requested: Sequence[str]
+) -> tuple[tuple[str, ...], bool, tuple[str, ...] | None]:
+    """``(scopes, verified, audience)`` of an issued access token: the response's
+    ``scope`` (RFC 6749 §5.1), else the ``scope``/``scp`` claim of a readable JWT access
+    token (RFC 9068 §2.2.3), else ``requested`` unverified. The audience is the JWT's
+    ``aud`` when readable, else ``None``. The token is only read, never trusted for more
+    than labelling it (security item 24)."""
+    claims = _readable_claims(response.access_token)
+    if response.scopes is not None:
+        scopes, verified = tuple(response.scopes), True
+    else:
+        from_claims = _claim_scopes(claims) if claims is not None else None
+        if from_claims is not None:
+            scopes, verified = from_claims, True
+        else:
+            scopes, verified = tuple(requested), False
+    audience: tuple[str, ...] | None = None
+    if claims is not None:
+        aud = claims.get("aud")
+        if isinstance(aud, str):
+            audience = (aud,)
+        elif isinstance(aud, list) and all(isinstance(a, str) for a in aud):
+            audience = tuple(aud)
+    return scopes, verified, audience
+
+
+def _readable_claims(token: SecretStr) -> dict[str, Any] | None:
+    value = token.get_secret_value()
+    if value.count(".") != 2 or len(value) > 16384:
+        return None
+    from agent_identity.oauth.jwt import peek_claims
+
+    try:
+        return peek_claims(value)
+    except InvalidTokenError:
+        return None
+
+
+def _claim_scopes(claims: Mapping[str, Any]) -> tuple[str, ...] | None:
+    scope = claims.get("scope")
+    if isinstance(scope, str):
+        return tuple(scope.split())
+    scp = claims.get("scp")
+    if isinstance(scp, str):
+        return tuple(scp.split())
+    if isinstance(scp, list) and all(isinstance(s, str) for s in scp):
+        return tuple(scp)
+    return None
+
+
+def audience_matches(audience: Sequence[str], resource: str) -> bool:
+    """Whether a token audience names ``resource`` (compared in RFC 8707 canonical form)."""
+    want = canonical_resource_uri(resource)
+    for entry in audience:
+        try:
+            if canonical_resource_uri(entry) == want:
+                return True
+        except ConfigurationError:
+            continue
+    return False
+
+
+def _static_metadata(
+    metadata: ServerMetadata | Mapping[str, Any] | None, profile: ProviderProfile
+) -> ServerMetadata | None:
+    if metadata is None:
+        return profile.metadata
+    if isinstance(metadata, ServerMetadata):
+        return metadata
+    if isinstance(metadata, Mapping):
+        from pydantic import ValidationError
+
+        problem = None
+        try:
+            return ServerMetadata.model_validate(dict(metadata))
+        except ValidationError as exc:
+            problem = sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]})
+        raise ConfigurationError(f"invalid static metadata members: {', '.join(problem)}")
+    raise ConfigurationError("metadata must be a ServerMetadata or a mapping")
