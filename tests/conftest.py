@@ -4,6 +4,7 @@ import tempfile
 import pytest
 from _dot import dot_server, dot_server_factory, dot_template_database
 from _idp import dev_browser, dev_idp, dev_idp_factory
+from _servers import server
 
 __all__ = [
     "dev_browser",
@@ -12,6 +13,7 @@ __all__ = [
     "dot_server",
     "dot_server_factory",
     "dot_template_database",
+    "server",
 ]
 
 # Tests never touch the developer's real data directory: an IdentityClient without an
