@@ -29,14 +29,19 @@ from typing import Any
 _TESTS_DIR = Path(__file__).resolve().parent.parent
 
 
-def _exit_with_parent() -> None:
-    """Exit when stdin reaches EOF: the launcher died or closed it (never outlive pytest)."""
+def _exit_with_parent(config_path: Path) -> None:
+    """Exit when stdin reaches EOF: the launcher died or closed it (never outlive pytest).
+    The launcher's temporary directory (config, database, log) goes too: a launcher that
+    was killed cannot remove it."""
+    workdir = config_path.resolve().parent
 
     def watch() -> None:
         try:
             while sys.stdin.buffer.read(4096):
                 pass
         finally:
+            if workdir.name.startswith("dot-server-"):
+                shutil.rmtree(workdir, ignore_errors=True)
             os._exit(0)
 
     threading.Thread(target=watch, name="dot-parent-watch", daemon=True).start()
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         call_command("migrate", verbosity=0, interactive=False)
         return 0
     if os.environ.get("DOT_SERVER_EXIT_WITH_PARENT") == "1":
-        _exit_with_parent()
+        _exit_with_parent(args.config)
     _serve(args.config)
     return 0
 
