@@ -15,8 +15,8 @@ The protocol:
 
 - ``name``, ``issuer``, ``capabilities`` (a frozenset of :data:`CAPABILITIES`),
   ``reason(capability)`` (why it is missing: the skip reason, and the cell of the
-  generated interop matrix) and ``require(capability)`` (``pytest.skip`` with
-  ``"<name>: <reason>"``);
+  generated interop matrix), ``notes`` (remarks on supported ones) and
+  ``require(capability)`` (``pytest.skip`` with ``"<name>: <reason>"``);
 - ``client_kwargs(kind)``: keyword arguments for ``IdentityClient`` (``client_id``, the
   secret or private key, ``allow_insecure_loopback``) for kind ``basic``, ``post``,
   ``public``, ``jwt`` (authorization code clients by token endpoint authentication),
@@ -108,6 +108,7 @@ class ServerUnderTest(Protocol):
     name: str
     issuer: str
     capabilities: frozenset[str]
+    notes: dict[str, str]
 
     def reason(self, capability: str) -> str: ...
     def require(self, capability: str) -> None: ...
@@ -130,6 +131,8 @@ class _Base:
     name: str
     issuer: str
     capabilities: frozenset[str]
+    #: Remarks on supported capabilities, for the interop matrix.
+    notes: dict[str, str] = {}  # noqa: RUF012 - read only
     _reasons: dict[str, str]
 
     def reason(self, capability: str) -> str:
@@ -277,8 +280,7 @@ class DotServerUnderTest(_Base):
             "scopes and audience are known only by introspection"
         ),
     }
-    #: Notes for the interop matrix on supported capabilities.
-    notes: Final = {
+    notes = {  # noqa: RUF012 - read only
         "private_key_jwt": (
             "not in django-oauth-toolkit: added by the test server's validator "
             "(tests/dot_server/validators.py)"

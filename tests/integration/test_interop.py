@@ -242,7 +242,7 @@ async def test_refresh_narrowing(request: pytest.FixtureRequest, server: ServerU
         on=("dot",),
         raises=InvalidScope,
         reason=(
-            "SDK defect: a narrowed refresh (user.py:370-378, security item 19) loses the "
+            "SDK defect: a narrowed refresh (user.py:368-377, security item 19) loses the "
             "grant's other scopes on servers that bind the rotated refresh token to the "
             "narrowed scope (django-oauth-toolkit: oauthlib's refresh grant checks the "
             "previous access token's scope, against RFC 6749 §6 'originally granted'); the "
@@ -277,7 +277,7 @@ async def test_tokens_for_two_resources_of_one_grant(
         reason=(
             "SDK defect: the incremental consent for a new resource asks for that resource "
             "only (client.py:569), its refresh token replaces the previous one, yet the "
-            "grant keeps listing both resources (user.py:221); RFC 8707 §2.2 binds a "
+            "grant keeps listing both resources (user.py:221, :232); RFC 8707 §2.2 binds a "
             "refresh token to the resources of its own authorization request, so refreshing "
             "for the first resource fails: invalid_scope (oidc-provider: the refresh token "
             "lacks that resource's scopes; DOT: see test_refresh_narrowing) or "
