@@ -2,9 +2,19 @@ import os
 import tempfile
 
 import pytest
+from _dot import dot_server, dot_server_factory, dot_template_database
 from _idp import dev_browser, dev_idp, dev_idp_factory
+from _servers import server
 
-__all__ = ["dev_browser", "dev_idp", "dev_idp_factory"]
+__all__ = [
+    "dev_browser",
+    "dev_idp",
+    "dev_idp_factory",
+    "dot_server",
+    "dot_server_factory",
+    "dot_template_database",
+    "server",
+]
 
 # Tests never touch the developer's real data directory: an IdentityClient without an
 # explicit vault gets a fresh in-memory one (tests of the SQLite default pass their own
@@ -12,6 +22,12 @@ __all__ = ["dev_browser", "dev_idp", "dev_idp_factory"]
 # a throwaway one.
 os.environ["AGENT_IDENTITY_VAULT_URL"] = "memory://"
 os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="agent-identity-tests-data-")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "dot: needs the django-oauth-toolkit test server (tests/dot_server)"
+    )
 
 
 @pytest.fixture

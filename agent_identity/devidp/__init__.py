@@ -550,7 +550,9 @@ class DevIdP:
     async def requests(self) -> list[dict[str, Any]]:
         """Token, PAR, revocation, introspection, device, CIBA and registration requests
         since the last :meth:`clear_requests`: ``{method, path, route, grant_type,
-        client_id, status}``."""
+        client_id, status, scope, resource, client_auth, assertion_audience,
+        secret_fields}`` (``client_auth``: the client authentication the request used;
+        ``secret_fields``: the names, never the values, of the secret-bearing fields)."""
         return list(await self._hook("GET", "/dev/requests"))
 
     async def clear_requests(self) -> None:
@@ -586,6 +588,23 @@ class DevIdP:
 
     async def device_deny(self, user_code: str) -> dict[str, Any]:
         return dict(await self._hook("POST", f"/dev/device/{user_code}/deny"))
+
+    async def set_quirk(self, name: str, on: bool = True) -> dict[str, bool]:
+        """Make the server behave like a real non-compliant one (tolerance tests):
+        ``refresh_invalid_grant_empty_body`` (a dead refresh token gets 400 with an empty
+        body), ``client_auth_403`` (failed client authentication gets 403 with a non-OAuth
+        body), ``refresh_ignores_scope`` (refresh issues the grant's full scope),
+        ``omit_scope`` (no ``scope`` in token responses). Returns every quirk's state."""
+        data = {"name": name, "on": "true" if on else "false"}
+        return dict(await self._hook("POST", "/dev/quirks", data=data))
+
+    async def quirks(self) -> dict[str, bool]:
+        return dict(await self._hook("GET", "/dev/quirks"))
+
+    async def revoke_grants(self, login: str) -> dict[str, Any]:
+        """Destroy every grant of ``login`` with its tokens, as the user revoking the
+        client's access would: its refresh tokens then get ``invalid_grant``."""
+        return dict(await self._hook("POST", f"/dev/accounts/{login}/revoke-grants"))
 
 
 # --------------------------------------------------------------------------- browser

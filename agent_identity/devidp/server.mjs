@@ -17,7 +17,9 @@
 //      issuing JWT access tokens with `act` (nested when the subject token had one);
 //    * headless interaction routes  GET /interaction/:uid, POST .../login|confirm|abort;
 //    * test hooks (loopback only):   GET /dev/health, GET|DELETE /dev/requests,
-//      GET /dev/ciba, POST /dev/ciba/:id/approve|deny, POST /dev/device/:user_code/approve|deny;
+//      GET /dev/ciba, POST /dev/ciba/:id/approve|deny, POST /dev/device/:user_code/approve|deny,
+//      GET|POST /dev/quirks, POST /dev/accounts/:login/revoke-grants;
+//    * quirk toggles reproducing real non-compliant servers (QUIRKS below), off by default;
 //    * knobs oidc-provider does not have: CIBA / device `interval` in the initial response,
 //      one `slow_down` answer per CIBA / device poll sequence, CIBA ping delivery to
 //      loopback http notification endpoints.
@@ -249,6 +251,20 @@ const LOGGED_ROUTES = new Set([
   'token', 'pushed_authorization_request', 'revocation', 'introspection',
   'device_authorization', 'backchannel_authentication', 'registration',
 ]);
+// Names (never values) of the secret-bearing form fields reported in the request log.
+const SECRET_FIELDS = [
+  'client_secret', 'client_assertion', 'code', 'code_verifier', 'refresh_token',
+  'device_code', 'token', 'subject_token', 'actor_token', 'auth_req_id',
+];
+// Quirks of real non-compliant servers, toggled by POST /dev/quirks (same names as the
+// django-oauth-toolkit test server of the test suite).
+const quirks = {
+  refresh_invalid_grant_empty_body: false, // invalid_grant on refresh: 400, empty body
+  client_auth_403: false, // invalid_client: 403 with a non-OAuth JSON body
+  refresh_ignores_scope: false, // `scope` ignored on refresh: the grant's full scope issued
+  omit_scope: false, // `scope` never sent in token responses
+};
+const grantsByAccount = new Map(); // accountId -> Set(grantId), for revoke-grants
 
 // ------------------------------------------------------------------ provider config
 
@@ -747,6 +763,30 @@ async function devRoutes(ctx, provider) {
     json(ctx, 200, { auth_req_id: id, result: verdict === 'approve' ? 'approved' : 'denied' });
     return true;
   }
+  if (path === '/dev/quirks' && (method === 'GET' || method === 'POST')) {
+    if (method === 'POST') {
+      const form = await readForm(ctx);
+      const name = String(form.name || '');
+      if (!Object.hasOwn(quirks, name)) { json(ctx, 400, { error: 'unknown_quirk' }); return true; }
+      quirks[name] = ['1', 'true', 'on', 'yes'].includes(String(form.on ?? 'true').toLowerCase());
+    }
+    json(ctx, 200, quirks);
+    return true;
+  }
+  match = /^\/dev\/accounts\/([^/]+)\/revoke-grants$/u.exec(path);
+  if (match && method === 'POST') {
+    // What revoking the client's access in an account page does: every grant of the account
+    // is destroyed with its access and refresh tokens.
+    const grantIds = [...(grantsByAccount.get(decodeURIComponent(match[1])) || [])];
+    await Promise.all(grantIds.flatMap((id) => [
+      provider.AccessToken.revokeByGrantId(id),
+      provider.RefreshToken.revokeByGrantId(id),
+      provider.Grant.adapter.destroy(id),
+    ]));
+    grantsByAccount.delete(decodeURIComponent(match[1]));
+    json(ctx, 200, { grants: grantIds.length });
+    return true;
+  }
   match = /^\/dev\/device\/([^/]+)\/(approve|deny)$/u.exec(path);
   if (match && method === 'POST') {
     const [, rawCode, verdict] = match;
@@ -779,6 +819,50 @@ async function devRoutes(ctx, provider) {
   }
   json(ctx, 404, { error: 'not_found' });
   return true;
+}
+
+// ------------------------------------------------------------------ quirks & request log
+
+function describeRequest(ctx) {
+  const form = ctx.oidc.body || {};
+  const auth = String(ctx.headers.authorization || '');
+  let clientAuth = null;
+  let assertionAudience = null;
+  if (/^basic /iu.test(auth)) clientAuth = 'client_secret_basic';
+  else if (form.client_assertion) {
+    clientAuth = 'private_key_jwt';
+    try {
+      assertionAudience = b64urlJson(String(form.client_assertion).split('.')[1]).aud ?? null;
+    } catch { /* not a JWT: leave it null */ }
+  } else if (form.client_secret) clientAuth = 'client_secret_post';
+  else if (form.client_id) clientAuth = 'none';
+  const secretFields = SECRET_FIELDS.filter((name) => form[name] !== undefined);
+  if (auth) secretFields.push('authorization_header');
+  return {
+    scope: form.scope ?? null,
+    resource: [].concat(form.resource ?? []),
+    client_auth: clientAuth,
+    assertion_audience: assertionAudience,
+    secret_fields: secretFields.sort(),
+  };
+}
+
+function applyQuirks(ctx, route) {
+  const body = ctx.body && typeof ctx.body === 'object' && !Buffer.isBuffer(ctx.body)
+    ? ctx.body : undefined;
+  const grantType = ctx.oidc.params?.grant_type ?? ctx.oidc.body?.grant_type;
+  if (quirks.refresh_invalid_grant_empty_body && route === 'token'
+    && grantType === 'refresh_token' && ctx.status === 400 && body?.error === 'invalid_grant') {
+    ctx.body = '';
+    ctx.status = 400;
+    ctx.type = 'text/plain';
+  } else if (quirks.client_auth_403 && ctx.status === 401 && body?.error === 'invalid_client') {
+    ctx.body = { detail: 'Invalid client credentials.' };
+    ctx.status = 403;
+    ctx.remove('WWW-Authenticate');
+  } else if (quirks.omit_scope && route === 'token' && ctx.status === 200 && body) {
+    delete body.scope;
+  }
 }
 
 // ------------------------------------------------------------------ wiring
@@ -818,6 +902,7 @@ function install(provider) {
   }
   const originalRefresh = handlers.get('refresh_token');
   handlers.set('refresh_token', async (ctx) => {
+    if (quirks.refresh_ignores_scope) ctx.oidc.params.scope = undefined;
     const delay = Number(config.refresh_delay_ms || 0);
     if (delay > 0) {
       let gone = false;
@@ -838,6 +923,7 @@ function install(provider) {
 
     const route = Object.getOwnPropertyDescriptor(ctx, 'oidc') ? ctx.oidc.route : undefined;
     if (route && LOGGED_ROUTES.has(route) && ctx.method === 'POST') {
+      applyQuirks(ctx, route);
       requestLog.push({
         method: ctx.method,
         path: ctx.path,
@@ -846,6 +932,7 @@ function install(provider) {
         client_id: ctx.oidc.client?.clientId ?? null,
         status: ctx.status,
         at: Date.now() / 1000,
+        ...describeRequest(ctx),
       });
     }
     if (route === 'discovery' && ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {
@@ -872,6 +959,10 @@ server.listen(listenPort, '127.0.0.1', () => {
     process.stderr.write(`devidp: failed to start: ${err.stack || err}\n`);
     process.exit(1);
   }
+  provider.on('grant.saved', (grant) => {
+    if (!grantsByAccount.has(grant.accountId)) grantsByAccount.set(grant.accountId, new Set());
+    grantsByAccount.get(grant.accountId).add(grant.jti);
+  });
   provider.on('server_error', (_ctx, err) => {
     process.stderr.write(`devidp: server_error: ${err.stack || err}\n`);
   });
