@@ -81,6 +81,10 @@ class IdentityClient:
     :param assertion_audience: the ``aud`` of ``private_key_jwt`` assertions: ``"issuer"``
         (default) or ``"token_endpoint"`` for servers that accept only their token endpoint
         URL (RFC 7523 §3).
+    :param token_endpoint_auth_method: the client authentication method the client is
+        registered with (RFC 7591 §2: ``client_secret_basic``, ``client_secret_post``,
+        ``private_key_jwt`` or ``none``); default: chosen from the credential and what the
+        server lists (``private_key_jwt`` for a key, else ``client_secret_basic``).
     :param consent: how users are asked for consent (:class:`~agent_identity.LoopbackConsent`
         by default).
     :param http_client: an ``httpx2.AsyncClient`` to use (the SDK makes its own otherwise).
@@ -133,6 +137,7 @@ class IdentityClient:
         private_key: Any = None,
         metadata: ServerMetadata | Mapping[str, Any] | None = None,
         assertion_audience: AssertionAudience = "issuer",
+        token_endpoint_auth_method: str | None = None,
         consent: ConsentHandler | None = None,
         http_client: httpx2.AsyncClient | None = None,
         allow_insecure_loopback: bool = False,
@@ -193,6 +198,7 @@ class IdentityClient:
                 metadata=metadata,
                 profile=profile,
                 assertion_audience=assertion_audience,
+                token_endpoint_auth_method=token_endpoint_auth_method,
                 http=self._driver,
                 clock=self.clock,
                 leeway=leeway,

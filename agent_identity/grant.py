@@ -54,6 +54,7 @@ from agent_identity.errors import (
     ConsentError,
     ConsentRequired,
     InvalidGrant,
+    InvalidScope,
     ReauthorizationRequired,
     TokenPolicyError,
     VersionConflict,
@@ -518,7 +519,9 @@ class UserGrant:
             return None
         return token
 
-    async def _acquire(self, tk: TokenKey, *, rejected: AccessToken | None = None) -> AccessToken:
+    async def _acquire(
+        self, tk: TokenKey, *, rejected: AccessToken | None = None, shrunk: bool = False
+    ) -> AccessToken:
         resource, wanted = tk
         current = await self._load(fresh=False)
         if current is not None and rejected is None:
@@ -545,7 +548,13 @@ class UserGrant:
                     return token
             if current is None:  # pragma: no cover - consent stores the grant or raises
                 raise ConsentRequired("consent did not produce a grant", scopes=tuple(wanted))
-        return await self._refresh(tk, rejected=rejected)
+        try:
+            return await self._refresh(tk, rejected=rejected)
+        except _GrantShrank:
+            if shrunk:
+                raise
+            # The grant lost scopes it held: ask for them again (incremental consent).
+            return await self._acquire(tk, shrunk=True)
 
     def _usable(self, current: VersionedGrant, tk: TokenKey) -> AccessToken | None:
         cached = current.record.tokens.get(tk)
@@ -633,6 +642,24 @@ class UserGrant:
             # The response was malformed but the server rotated the refresh token: keep the
             # new one, or the grant is lost at the next refresh.
             await self._save_refresh_token(current, record.refresh_token, refreshed)
+        if isinstance(error, InvalidScope) and tk[1] and tk[1] <= set(record.scopes):
+            # The grant held these scopes, yet its refresh token no longer covers them: the
+            # server bound an earlier rotated refresh token to a narrowed scope (RFC 6749
+            # §6 forbids it; oauthlib-based servers do it). Stop narrowing at this server,
+            # record what the grant has lost, and let the caller ask for it again.
+            await self._forget_scopes(current, tk[1])
+            if self._server.narrow_refresh:
+                self._server.narrow_refresh = False
+                logger.warning(
+                    "%s narrows the grant when a refresh is narrowed (RFC 6749 §6); "
+                    "refreshes now ask for the whole grant",
+                    self._server.issuer,
+                )
+            raise _GrantShrank(
+                "the authorization server no longer covers these scopes with this grant",
+                scopes=tuple(sorted(tk[1])),
+                resource=resource,
+            ) from error
         if isinstance(error, InvalidGrant):
             # The grant is gone (revoked, expired, or its refresh token rotated away and
             # reused). We hold the lease, so no other refresh raced with this one.
@@ -763,6 +790,15 @@ class UserGrant:
         self, token: AccessToken, wanted: frozenset[str], resource: str | None
     ) -> None:
         await report_used_token(self._context, token, wanted, resource, self.audit_event)
+
+    async def _forget_scopes(self, current: VersionedGrant, lost: frozenset[str]) -> None:
+        record = current.record
+        updated = record.replace(
+            scopes=tuple(s for s in record.scopes if s not in lost),
+            updated_at=self._context.clock.time(),
+        )
+        with contextlib.suppress(VersionConflict):
+            await self._context.vault.save(self.key, updated, expected_version=current.version)
 
     async def _forget_dead_grant(self, current: VersionedGrant) -> None:
         # if it changed meanwhile (a new consent), keep the newer grant
@@ -950,6 +986,10 @@ class UserGrant:
             await vault.delete(self.key)
             self._hot.clear()
             await self.audit_event("revocation", scopes_granted=current.record.scopes)
+
+
+class _GrantShrank(ConsentRequired):
+    """A refresh found that the grant no longer covers scopes it was recorded with."""
 
 
 def policy_problem(

@@ -186,6 +186,9 @@ class AuthorizationServer:
     :param assertion_audience: the ``aud`` of ``private_key_jwt`` assertions: the issuer
         (default, the current guidance) or the token endpoint URL (RFC 7523 §3, OpenID
         Connect Core §9) for servers that accept only that.
+    :param token_endpoint_auth_method: the method the client is registered with (RFC 7591
+        §2), e.g. ``client_secret_post``; default: chosen from the credential and the
+        metadata (``private_key_jwt`` for a key, ``client_secret_basic`` for a secret).
     :param http: the :class:`~agent_identity._http.HttpDriver` to send through (shared,
         not closed here).
     :param clock: the time source.
@@ -211,6 +214,7 @@ class AuthorizationServer:
         metadata: ServerMetadata | Mapping[str, Any] | None = None,
         profile: ProviderProfile | None = None,
         assertion_audience: AssertionAudience = "issuer",
+        token_endpoint_auth_method: str | None = None,
         http: HttpDriver,
         clock: Clock | None = None,
         leeway: float = 60.0,
@@ -250,6 +254,11 @@ class AuthorizationServer:
         )
         self._private_key = private_key
         self._assertion_audience: AssertionAudience = assertion_audience
+        self._auth_method = token_endpoint_auth_method
+        #: ``False`` once the server is known to bind a rotated refresh token to a
+        #: narrowed scope (RFC 6749 §6 says it must not): refreshes then ask for the whole
+        #: grant and tokens are labelled with what they carry.
+        self.narrow_refresh = self.profile.narrow_refresh
         self._http = http
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.leeway = leeway
@@ -343,6 +352,7 @@ class AuthorizationServer:
             supported_methods=metadata.token_endpoint_auth_methods_supported,
             assertion_audience=self._assertion_audience,
             token_endpoint=metadata.token_endpoint,
+            method=self._auth_method,
         )
         self._metadata = metadata
 
@@ -547,7 +557,8 @@ class AuthorizationServer:
         Returns a :class:`Refreshed`: errors are returned rather than raised so that the
         caller can first store a rotated refresh token salvaged from a malformed success.
         Transport errors and cancellation still raise."""
-        wire_resource, wire_scopes = self.wire_scopes(resource, scopes)
+        narrowed = scopes if self.narrow_refresh else ()
+        wire_resource, wire_scopes = self.wire_scopes(resource, narrowed)
         form: dict[str, Any] = {
             "grant_type": "refresh_token",
             "refresh_token": refresh_token.get_secret_value(),
@@ -658,6 +669,7 @@ class AuthorizationServer:
         wanted = [r for r in resources if self.resource_param(r) is not None]
         request = device_authorization_request(
             metadata.device_authorization_endpoint,
+            client_id=self.client_id,
             client_auth=self.client_auth,
             issuer=metadata.issuer,
             now=self.clock.time(),

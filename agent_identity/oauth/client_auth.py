@@ -198,8 +198,13 @@ def choose_client_auth(
     signing_algorithms: Sequence[str] | None = None,
     assertion_audience: Literal["issuer", "token_endpoint"] = "issuer",
     token_endpoint: str | None = None,
+    method: str | None = None,
 ) -> ClientAuthentication:
     """Pick the client authentication for the configured credential.
+
+    ``method`` is the ``token_endpoint_auth_method`` the client was registered with
+    (RFC 7591 §2), when it must be exactly that one: it must fit the credential, and the
+    server must list it when it lists methods. Otherwise the method is chosen:
 
     ``supported_methods`` is the AS metadata ``token_endpoint_auth_methods_supported``
     (``None`` when absent; RFC 8414 §2 then implies ``client_secret_basic``).
@@ -222,6 +227,18 @@ def choose_client_auth(
     if client_secret is not None and private_key is not None:
         raise ConfigurationError("configure either a client secret or a private key, not both")
     methods = None if supported_methods is None else frozenset(supported_methods)
+    if method is not None:
+        _check_registered_method(method, client_secret, private_key, methods)
+        if method in ("client_secret_basic", "client_secret_post"):
+            assert client_secret is not None
+            secret = (
+                client_secret if isinstance(client_secret, SecretStr) else SecretStr(client_secret)
+            )
+            if method == "client_secret_basic":
+                return ClientSecretBasic(client_id, secret)
+            return ClientSecretPost(client_id, secret)
+        if method == "none":
+            return NoClientAuth(client_id)
 
     if private_key is not None:
         if methods is not None and "private_key_jwt" not in methods:
@@ -262,6 +279,37 @@ def choose_client_auth(
         "the authorization server does not accept public clients (no 'none' method); "
         "configure a client secret or a private key"
     )
+
+
+_KNOWN_METHODS: Final = frozenset(
+    {"none", "client_secret_basic", "client_secret_post", "private_key_jwt"}
+)
+
+
+def _check_registered_method(
+    method: str,
+    client_secret: object,
+    private_key: object,
+    methods: frozenset[str] | None,
+) -> None:
+    if method not in _KNOWN_METHODS:
+        raise ConfigurationError(
+            f"token_endpoint_auth_method {method!r} is not supported (use one of "
+            f"{', '.join(sorted(_KNOWN_METHODS))})"
+        )
+    needs_secret = method in ("client_secret_basic", "client_secret_post")
+    if needs_secret and client_secret is None:
+        raise ConfigurationError(f"token_endpoint_auth_method {method!r} needs a client_secret")
+    if method == "private_key_jwt" and private_key is None:
+        raise ConfigurationError("token_endpoint_auth_method 'private_key_jwt' needs a private_key")
+    if method == "none" and (client_secret is not None or private_key is not None):
+        raise ConfigurationError(
+            "token_endpoint_auth_method 'none' is a public client: give no secret or key"
+        )
+    if methods is not None and method not in methods:
+        raise ConfigurationError(
+            f"the authorization server does not list token_endpoint_auth_method {method!r}"
+        )
 
 
 def __getattr__(name: str) -> Any:

@@ -54,14 +54,18 @@ def device_authorization_request(
     scopes: Sequence[str] = (),
     resource: str | None = None,
     resources: Sequence[str] = (),
+    client_id: str | None = None,
 ) -> HttpRequest:
     """RFC 8628 §3.1 device authorization request (``resource`` repeats for several
-    resources, RFC 8707 §2)."""
+    resources, RFC 8707 §2). ``client_id`` is sent in the form also when the client
+    authenticates otherwise (allowed, and some servers require it there)."""
     if endpoint is None:
         raise ConfigurationError(
             f"authorization server {issuer!r} has no device_authorization_endpoint"
         )
     form: dict[str, str | list[str]] = {}
+    if client_id is not None:
+        form["client_id"] = client_id
     if scopes:
         form["scope"] = " ".join(scopes)
     wanted = [*([resource] if resource is not None else []), *resources]

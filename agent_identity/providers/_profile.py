@@ -77,6 +77,11 @@ class ProviderProfile:
     #: Whether ``offline_access`` asks this provider for a refresh token (when it is not
     #: listed in ``scopes_supported``, it is never sent anyway).
     offline_access_scope: bool = True
+    #: Whether refresh requests are narrowed with ``scope`` (RFC 6749 §6). ``False`` for
+    #: providers that ignore it or that bind the rotated refresh token to the narrowed
+    #: scope (losing the rest of the grant): tokens are then as broad as the grant and
+    #: labelled with what they carry.
+    narrow_refresh: bool = True
 
     def __repr__(self) -> str:
         return f"ProviderProfile(name={self.name!r}, issuer={self.issuer!r})"

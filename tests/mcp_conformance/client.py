@@ -179,7 +179,7 @@ def _client_options() -> dict[str, Any]:
 async def mcp_only_identity(server_url: str) -> AsyncIterator[IdentityClient]:
     """An agent that talks only to MCP servers: no main authorization server."""
     if Api.mcp_only_client():
-        identity = IdentityClient(client_id=AGENT_NAME, **_client_options())
+        identity = IdentityClient(**_client_options())
         async with identity:
             yield identity
         return
