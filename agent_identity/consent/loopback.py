@@ -306,7 +306,7 @@ class LoopbackConsent:
         environment: BrowserEnvironment | None = None
         if self._browser is None:
             environment = await anyio.to_thread.run_sync(self._environment)
-            if not environment.browser and not environment.interactive and not self._show_url:
+            if not environment.browser and not environment.interactive and self._show_url is None:
                 raise _headless_error(environment)
 
         async with LoopbackListener(self._host, self._path) as listener:
