@@ -2,7 +2,9 @@
 
 ::
 
-    agent-identity dev-idp [--port 9000]        run the bundled DEV-ONLY authorization server
+    agent-identity dev-idp [--port 9000] [--access-token-ttl SECONDS] [--ping-endpoint URL]
+                           [--jwt-client-jwk FILE]
+                                                run the bundled DEV-ONLY authorization server
     agent-identity discover ISSUER [--allow-insecure-loopback]
                                                 fetch and validate an issuer's metadata
     agent-identity vault generate-key           print a new random vault key (base64)
@@ -28,34 +30,115 @@ import anyio
 __all__ = ["main"]
 
 
+_DESCRIPTION = """\
+The command line of the agent-identity SDK: an OAuth 2.1 / OpenID identity for AI agents."""
+
+_EPILOG = """\
+examples:
+  agent-identity dev-idp --port 0           run the dev-only authorization server on a free port
+  agent-identity discover https://idp.example.com
+  agent-identity vault generate-key         a new key for AGENT_IDENTITY_VAULT_KEYS
+  agent-identity audit verify audit.jsonl
+
+environment:
+  AGENT_IDENTITY_VAULT_URL    the vault of the vault commands (default: the embedded SQLite vault)
+  AGENT_IDENTITY_VAULT_KEYS   its keys, kid:base64,... (the first is current)
+
+"agent-identity COMMAND --help" describes one command."""
+
+_VAULT_EPILOG = """\
+The vault commands read AGENT_IDENTITY_VAULT_URL (default: the embedded SQLite vault in the
+user data directory) and AGENT_IDENTITY_VAULT_KEYS (kid:base64,..., the first is current)."""
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Sub-command names and their help on one line."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if action.choices is not None and action.nargs == argparse.PARSER:
+            # argparse measures sub-command names without their extra indentation
+            self._action_max_length += self._indent_increment
+
+
+class _RawFormatter(_Formatter, argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs laid out by hand, kept as written."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agent-identity", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    dev = sub.add_parser("dev-idp", help="run the bundled dev-only authorization server")
-    dev.add_argument("args", nargs=argparse.REMAINDER, help="options for the dev server")
-    disc = sub.add_parser("discover", help="fetch and validate authorization server metadata")
-    disc.add_argument("issuer")
+    formatter = _Formatter
+    parser = argparse.ArgumentParser(
+        prog="agent-identity",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=_RawFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    # The dev server's options belong to agent_identity.devidp.main, which also prints this
+    # command's --help: everything after "dev-idp" is handed to it (see main()).
+    sub.add_parser("dev-idp", add_help=False, help="run the bundled dev-only authorization server")
+    disc = sub.add_parser(
+        "discover",
+        formatter_class=formatter,
+        help="fetch and validate an authorization server's metadata",
+        description="Fetch an issuer's metadata (RFC 8414, then OpenID Discovery), check it "
+        "as the SDK does and print it as JSON.",
+    )
+    disc.add_argument("issuer", help="the issuer identifier, e.g. https://idp.example.com")
     disc.add_argument(
         "--allow-insecure-loopback",
         action="store_true",
         help="accept an http://127.0.0.1 issuer (development only)",
     )
-    vault = sub.add_parser("vault", help="operate the token vault")
-    vault_sub = vault.add_subparsers(dest="vault_command", required=True)
-    vault_sub.add_parser("generate-key", help="print a new random 256-bit key (base64)")
+    vault = sub.add_parser(
+        "vault",
+        help="operate the token vault",
+        description="Operate the token vault.",
+        epilog=_VAULT_EPILOG,
+        formatter_class=_RawFormatter,
+    )
+    vault_sub = vault.add_subparsers(
+        dest="vault_command", required=True, metavar="ACTION", title="actions"
+    )
+    vault_sub.add_parser(
+        "generate-key",
+        help="print a new random 256-bit key (base64)",
+        description="Print a new random 256-bit vault key (base64).",
+    )
+    url_help = "vault URL (default: AGENT_IDENTITY_VAULT_URL, else the embedded SQLite vault)"
     rotate = vault_sub.add_parser(
-        "rotate-keys", help="re-encrypt every row under the current key (no downtime)"
+        "rotate-keys",
+        help="re-encrypt every row under the current key (no downtime)",
+        description="Re-encrypt every vault row that is not under the current key "
+        "(the first of AGENT_IDENTITY_VAULT_KEYS), one compare-and-swap per row.",
     )
-    rotate.add_argument("--url", help="vault URL (default: AGENT_IDENTITY_VAULT_URL or SQLite)")
+    rotate.add_argument("--url", help=url_help)
     migrate = vault_sub.add_parser(
-        "migrate", help="create or upgrade the vault schema (PostgreSQL; SQLite on open)"
+        "migrate",
+        help="create or upgrade the vault schema (PostgreSQL; SQLite migrates on open)",
+        description="Create or upgrade the vault schema. Needs no keys.",
     )
-    migrate.add_argument("--url", help="vault URL (default: AGENT_IDENTITY_VAULT_URL or SQLite)")
-    audit = sub.add_parser("audit", help="work with audit trails")
-    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    verify = audit_sub.add_parser("verify", help="verify the hash chain of JSONL audit files")
-    verify.add_argument("files", nargs="+", metavar="FILE")
-    sub.add_parser("version", help="print the SDK version")
+    migrate.add_argument("--url", help=url_help)
+    audit = sub.add_parser(
+        "audit",
+        help="work with audit trails",
+        description="Work with audit trails.",
+        formatter_class=formatter,
+    )
+    audit_sub = audit.add_subparsers(
+        dest="audit_command", required=True, metavar="ACTION", title="actions"
+    )
+    verify = audit_sub.add_parser(
+        "verify",
+        help="verify the hash chain of JSONL audit files",
+        description="Verify the hash chain of JSONL audit files (rotated files in order): "
+        "prints OK or the first broken link, exits non-zero if broken.",
+    )
+    verify.add_argument("files", nargs="+", metavar="FILE", help="JSONL audit file")
+    sub.add_parser("version", help="print the SDK version", description="Print the SDK version.")
     return parser
 
 
@@ -115,7 +198,14 @@ async def _discover(issuer: str, allow_insecure_loopback: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "dev-idp":
+        from agent_identity import devidp
+
+        return devidp.main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "version":
         from agent_identity import __version__
 
@@ -125,10 +215,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent_identity.audit.chain import cli_verify
 
         return cli_verify(args.files)
-    if args.command == "dev-idp":
-        from agent_identity import devidp
-
-        return devidp.main(args.args)
     if args.command == "vault":
         from agent_identity.errors import AgentIdentityError
 

@@ -42,7 +42,8 @@ value itself.
     │                                   rotated away): run ``user.consent(...)`` again
     ├── TokenPolicyError                an issued token is broader than asked for or names
     │                                   another audience, and the policy says ``refuse``
-    ├── AuditError                      a strict audit trail could not write a record:
+    ├── AuditError                      a strict audit trail could not write a record, or
+    │                                   the trail is not running (never entered, closed):
     │                                   do not proceed with the audited action
     ├── ApprovalError                   a human approval (CIBA) was not obtained or not usable
     │   ├── ApprovalDenied              the user (or the AS) refused: ``access_denied``
@@ -406,8 +407,9 @@ class ApprovalMismatch(ApprovalError):
 
 class AuditError(AgentIdentityError):
     """A strict :class:`~agent_identity.audit.AuditTrail` could not write an audit record
-    (the sink failed or timed out). The action being audited should not proceed. The
-    message names the sink and the exception type, never record contents."""
+    (the sink failed or timed out), or a trail that is not running (never entered with
+    ``async with``, or closed) was given a record. The action being audited should not
+    proceed. The message names the sink and the exception type, never record contents."""
 
 
 class VaultError(AgentIdentityError):

@@ -144,6 +144,8 @@ class ToolGuard:
     ) -> T:
         """Acquire what ``requirement`` asks for, then run ``func`` with the tool context
         set; one audit record is written for the invocation in every case."""
+        if self.audit is not None:
+            self.audit.ensure_running()  # refuse before acting, not after, without a trail
         started = time.perf_counter()
         token: AccessToken | None = None
         approval: Approval | None = None

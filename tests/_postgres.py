@@ -54,7 +54,7 @@ def postgres_dsn() -> str:
     try:
         import psycopg
     except ImportError:
-        _state["error"] = "needs psycopg (pip install 'agent-identity[postgres]')"
+        _state["error"] = "needs psycopg (pip install 'agent-identity-sdk[postgres]')"
         _unavailable(_state["error"])
     target = dsn()
     try:

@@ -5,9 +5,10 @@ In ping mode the authorization server POSTs ``{"auth_req_id": "..."}`` to the cl
 <client_notification_token>`` once the user decided; the client then fetches the result at
 the token endpoint. :class:`PingReceiver` is that endpoint:
 
-- an ASGI application (``await receiver(scope, receive, send)``): mount it in Starlette or
-  FastAPI, e.g. ``app.mount("/ciba/notify", receiver)``; it has no framework dependency and
-  answers any path it is mounted at;
+- an ASGI application (``await receiver(scope, receive, send)``): route to it in Starlette
+  or FastAPI with ``app.add_route("/ciba/notify", receiver, methods=["POST"])`` (not
+  ``app.mount``: a mount answers the exact path with a 307 redirect, which authorization
+  servers do not follow); it has no framework dependency and answers any path;
 - :meth:`PingReceiver.serve`: a small standalone HTTP/1.1 server on ``127.0.0.1`` (or
   ``::1``) for local use, or behind a TLS-terminating proxy (authorization servers
   require ``https`` notification endpoints except on loopback).

@@ -1,4 +1,4 @@
-"""OpenTelemetry audit sink (extra ``agent-identity[otel]``).
+"""OpenTelemetry audit sink (extra ``agent-identity-sdk[otel]``).
 
 Only this module touches ``opentelemetry``, and only when an :class:`OpenTelemetrySink` is
 built (or when OpenTelemetry was already imported by the application): importing
@@ -111,7 +111,7 @@ class OpenTelemetrySink:
             from opentelemetry._logs import get_logger_provider
         except ImportError:
             raise ConfigurationError(
-                "OpenTelemetrySink needs the 'otel' extra: install agent-identity[otel]"
+                "OpenTelemetrySink needs the 'otel' extra: pip install 'agent-identity-sdk[otel]'"
             ) from None
         from agent_identity._version import __version__
 

@@ -54,7 +54,9 @@ class AuditTrail:
 
     Use as ``async with AuditTrail(sink) as trail:``: entering starts the background
     writer, leaving flushes what is buffered (for at most ``close_timeout`` seconds) and
-    closes the sink. Records emitted before entering wait in the buffer.
+    closes the sink. A trail that is not running (never entered, or closed) refuses
+    records: :meth:`emit` and :meth:`emit_nowait` raise
+    :class:`~agent_identity.errors.AuditError` instead of losing them silently.
 
     - ``buffer_size``: records held at most; beyond, records are dropped and counted;
     - ``strict``: :meth:`emit` writes before returning, within ``write_timeout`` seconds,
@@ -92,6 +94,7 @@ class AuditTrail:
         self._loop_thread: int | None = None
         self._tg: TaskGroup | None = None
         self._closing = False
+        self._state = "new"  # "running" once entered, "closing", then "closed"
         self._writer_running = False
         self._inflight = 0
         self._emitted = 0
@@ -112,6 +115,24 @@ class AuditTrail:
         return self._include_arguments
 
     @property
+    def running(self) -> bool:
+        """Whether records are accepted: entered and not closed yet."""
+        return self._state in ("running", "closing")
+
+    def ensure_running(self) -> None:
+        """Raise :class:`~agent_identity.errors.AuditError` unless the trail accepts
+        records (call it before an action that must be audited)."""
+        if self._state in ("running", "closing"):
+            return
+        how = "was closed" if self._state == "closed" else "was never started"
+        raise AuditError(
+            f"{type(self).__name__}({type(self._sink).__name__}) {how}: it would lose every "
+            "record. Run the code that emits inside `async with AuditTrail(sink) as trail:` "
+            "(with a BlockingIdentityClient: "
+            "`with identity.portal.wrap_async_context_manager(trail):`)."
+        )
+
+    @property
     def stats(self) -> AuditStats:
         with self._mutex:
             return AuditStats(self._emitted, self._written, self._dropped, self._failures)
@@ -122,6 +143,7 @@ class AuditTrail:
         if self._tg is not None:
             raise RuntimeError("AuditTrail is already running")
         self._closing = False
+        self._state = "running"
         self._loop_thread = threading.get_ident()
         self._wakeup = anyio.Event()
         tg = anyio.create_task_group()
@@ -144,6 +166,8 @@ class AuditTrail:
         sink. Records that could not be written in time are counted as dropped."""
         tg, self._tg = self._tg, None
         self._closing = True
+        if self._state == "running":
+            self._state = "closing"  # records still arriving are written or counted
         drain = True
         try:
             if tg is not None:
@@ -174,6 +198,7 @@ class AuditTrail:
                 except Exception as exc:
                     self._failed("close", exc)
                 self._loop_thread = None
+                self._state = "closed"
 
     # -- emitting ------------------------------------------------------------------------
 
@@ -185,10 +210,12 @@ class AuditTrail:
     async def emit(self, event: AuditEvent) -> None:
         """Record ``event``.
 
-        Normal mode: buffer it and return at once; never blocks, never raises.
+        Normal mode: buffer it and return at once; never blocks, never raises for the sink.
         Strict mode: write it now; raise :class:`~agent_identity.errors.AuditError` if the
-        sink failed or did not answer within ``write_timeout``.
+        sink failed or did not answer within ``write_timeout``. Both raise
+        :class:`~agent_identity.errors.AuditError` when the trail is not running.
         """
+        self.ensure_running()
         if not self._strict:
             self.emit_nowait(event)
             return
@@ -203,8 +230,10 @@ class AuditTrail:
 
     def emit_nowait(self, event: AuditEvent) -> bool:
         """Buffer ``event`` without awaiting; usable from synchronous code and from other
-        threads. Returns ``False`` if the buffer was full and the record was dropped. Never
-        raises. (Strict mode's guarantee needs ``await emit(...)``.)"""
+        threads. Returns ``False`` if the buffer was full and the record was dropped.
+        Raises :class:`~agent_identity.errors.AuditError` only when the trail is not
+        running. (Strict mode's guarantee needs ``await emit(...)``.)"""
+        self.ensure_running()
         event = self._prepare(event)
         with self._mutex:
             self._emitted += 1
@@ -228,7 +257,10 @@ class AuditTrail:
     async def flush(self) -> None:
         """Wait until every buffered record has been handed to the sink (written or
         counted as failed), for at most ``close_timeout`` seconds. Without a running
-        writer, write the buffer from this task."""
+        writer, write the buffer from this task. A trail never entered raises
+        :class:`~agent_identity.errors.AuditError`; a closed one has nothing to flush."""
+        if self._state == "new":
+            self.ensure_running()
         with anyio.move_on_after(self._close_timeout):
             if self._tg is None:
                 await self._drain()

@@ -3,14 +3,20 @@
 from agent_identity.consent.base import ConsentFlow, ConsentHandler
 from agent_identity.consent.console import ConsoleConsent
 from agent_identity.consent.device import DeviceCodeConsent
-from agent_identity.consent.loopback import LoopbackConsent
+from agent_identity.consent.loopback import (
+    BrowserEnvironment,
+    LoopbackConsent,
+    detect_browser_environment,
+)
 from agent_identity.consent.notebook import NotebookConsent
 
 __all__ = [
+    "BrowserEnvironment",
     "ConsentFlow",
     "ConsentHandler",
     "ConsoleConsent",
     "DeviceCodeConsent",
     "LoopbackConsent",
     "NotebookConsent",
+    "detect_browser_environment",
 ]

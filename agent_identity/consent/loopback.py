@@ -6,6 +6,13 @@ flow and is closed afterwards; it answers only ``GET <callback path>`` and never
 redirects anywhere (it is not an open redirector). Security item 3: the authorization URL
 is checked (https, or loopback http with the explicit opt-in) and opened with
 :mod:`webbrowser`, which starts the browser without a shell.
+
+Headless machines: before listening, :class:`LoopbackConsent` looks at where it runs
+(:func:`detect_browser_environment`: a graphical session and a browser, a terminal on
+stderr, ``CI``). Whenever no browser opened the URL it shows the URL (on stderr, or through
+``show_url``); when no browser can open it and nobody watches the terminal it fails at once
+with a :class:`~agent_identity.errors.ConfigurationError` naming the handlers that work
+there, instead of waiting for its timeout.
 """
 
 from __future__ import annotations
@@ -13,10 +20,13 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
+import sys
 import webbrowser
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from html import escape
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 import anyio.abc
@@ -25,12 +35,23 @@ from agent_identity.consent.base import ConsentFlow
 from agent_identity.errors import AgentIdentityError, ConfigurationError, ConsentTimeout
 from agent_identity.oauth.urls import check_browser_url
 
-__all__ = ["BrowserOpener", "LoopbackConsent", "LoopbackListener"]
+__all__ = [
+    "BrowserEnvironment",
+    "BrowserOpener",
+    "LoopbackConsent",
+    "LoopbackListener",
+    "UrlPresenter",
+    "detect_browser_environment",
+]
 
 logger = logging.getLogger("agent_identity.consent")
 
-#: Something that shows a URL to the user: the system browser by default.
+#: Something that shows a URL to the user: the system browser by default. Returning
+#: ``False`` (as :func:`webbrowser.open` does) means "not opened": the URL is then shown.
 BrowserOpener = Callable[[str], Awaitable[Any] | Any]
+
+#: Shows the authorization URL when no browser opened it (stderr by default).
+UrlPresenter = Callable[[str], Awaitable[Any] | Any]
 
 _MAX_REQUEST = 16 * 1024
 _LOOPBACK_LITERALS = ("127.0.0.1", "::1")
@@ -44,10 +65,94 @@ def _check_listener_args(host: str, path: str) -> None:
         raise ConfigurationError("callback path must start with '/'")
 
 
-async def _system_browser(url: str) -> None:
-    opened = await anyio.to_thread.run_sync(webbrowser.open, url)
-    if not opened:
-        logger.warning("could not open a browser; open the authorization URL shown above")
+_DESKTOP_PLATFORMS = ("darwin", "win32", "cygwin")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class BrowserEnvironment:
+    """What :class:`LoopbackConsent` can count on where it runs.
+
+    ``browser``: a browser can be started on this machine; ``interactive``: a person
+    watches this process's stderr (a terminal), where the URL would be printed;
+    ``reason``: why not, for messages (empty when both hold).
+    """
+
+    browser: bool
+    interactive: bool
+    reason: str = ""
+
+
+def _find_browser() -> None:
+    webbrowser.get()  # raises webbrowser.Error when no runnable browser is registered
+
+
+def detect_browser_environment(
+    *,
+    environ: Mapping[str, str] | None = None,
+    platform: str | None = None,
+    stderr: TextIO | None = None,
+    find_browser: Callable[[], object] | None = None,
+) -> BrowserEnvironment:
+    """Look at this process's surroundings (every input is injectable for tests).
+
+    - a browser: on Linux and the BSDs a graphical session (``DISPLAY`` or
+      ``WAYLAND_DISPLAY``) or an explicit ``BROWSER``; everywhere, :func:`webbrowser.get`
+      must find one (console browsers alone, as on a server with ``lynx``, do not count
+      without a graphical session or ``BROWSER``);
+    - interactive: stderr is a terminal and ``CI`` is not set.
+    """
+    env = os.environ if environ is None else environ
+    system = sys.platform if platform is None else platform
+    stream = sys.stderr if stderr is None else stderr
+    reasons: list[str] = []
+    browser = True
+    graphical = bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+    if not system.startswith(_DESKTOP_PLATFORMS) and not graphical and not env.get("BROWSER"):
+        browser = False
+        reasons.append("no graphical session (DISPLAY and WAYLAND_DISPLAY are unset)")
+    if browser:
+        try:
+            (find_browser or _find_browser)()
+        except webbrowser.Error:
+            browser = False
+            reasons.append("no web browser was found")
+    interactive = True
+    if env.get("CI", "").strip().lower() not in _FALSE:
+        interactive = False
+        reasons.append("CI is set")
+    else:
+        try:
+            terminal = stream is not None and stream.isatty()
+        except (AttributeError, ValueError, OSError):  # closed or unusual streams
+            terminal = False
+        if not terminal:
+            interactive = False
+            reasons.append("stderr is not a terminal")
+    return BrowserEnvironment(browser, interactive, "; ".join(reasons))
+
+
+def _print_url(url: str, port: int) -> None:
+    print(
+        "\nagent-identity: no browser opened the authorization page. Open this link in a "
+        "browser on this machine to let the agent act for you:\n"
+        f"\n    {url}\n\n"
+        "If your browser runs on another machine, forward the callback port first "
+        f"(ssh -L {port}:127.0.0.1:{port} ...), or use DeviceCodeConsent instead.\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _headless_error(environment: BrowserEnvironment) -> ConfigurationError:
+    return ConfigurationError(
+        "LoopbackConsent cannot reach the user here: no browser can open the authorization "
+        f"page and nobody would see its URL ({environment.reason}). On a headless machine "
+        "use DeviceCodeConsent() (the user approves on their phone or laptop); for an agent "
+        "that serves users through a web app, a server-side web consent handler (WebConsent) "
+        "that sends the link and receives the redirect in your app; or "
+        "LoopbackConsent(show_url=...) to deliver the link yourself."
+    )
 
 
 class LoopbackListener:
@@ -135,25 +240,57 @@ async def _respond(stream: anyio.abc.SocketStream, status: int, message: str) ->
 class LoopbackConsent:
     """Open the system browser and receive the redirect on a loopback listener.
 
-    ``browser`` replaces the system browser (for example to print the link, or to drive
-    the dev authorization server headlessly in tests). ``timeout`` bounds the whole
-    consent (seconds). Once the one callback has been handled the consent is over: a
-    ``browser`` call still running then is cancelled.
+    ``browser`` replaces the system browser (for example to drive the dev authorization
+    server headlessly in tests); it may return ``False`` to say it did not open the URL.
+    ``show_url`` shows the URL whenever no browser opened it (default: printed on stderr
+    with what to do). ``timeout`` bounds the whole consent (seconds). Once the one
+    callback has been handled the consent is over: a ``browser`` call still running then
+    is cancelled.
+
+    With the system browser and the default ``show_url``, the consent fails at once with
+    :class:`~agent_identity.errors.ConfigurationError` when no browser can be started and
+    the session is not interactive (see :func:`detect_browser_environment`; ``environment``
+    replaces that detection, for tests): nobody could complete it.
     """
 
     def __init__(
         self,
         *,
         browser: BrowserOpener | None = None,
+        show_url: UrlPresenter | None = None,
         host: str = "127.0.0.1",
         path: str = "/callback",
         timeout: float = 300.0,
+        environment: Callable[[], BrowserEnvironment] | None = None,
     ) -> None:
         _check_listener_args(host, path)  # refuse ``localhost`` now, not at the first consent
-        self._browser: BrowserOpener = browser or _system_browser
+        self._browser = browser
+        self._show_url = show_url
         self._host = host
         self._path = path
         self._timeout = timeout
+        self._environment = environment or detect_browser_environment
+
+    async def _open(self, url: str, environment: BrowserEnvironment | None, port: int) -> None:
+        """Open ``url`` in the browser; show it when that did not happen."""
+        if self._browser is not None:
+            result = self._browser(url)
+            if inspect.isawaitable(result):
+                result = await result
+            opened = result is not False
+        elif environment is not None and environment.browser:
+            opened = await anyio.to_thread.run_sync(webbrowser.open, url)
+        else:
+            opened = False
+        if opened:
+            return
+        logger.info("no browser opened the authorization URL: showing it")
+        if self._show_url is None:
+            _print_url(url, port)
+            return
+        shown = self._show_url(url)
+        if inspect.isawaitable(shown):
+            await shown
 
     async def obtain_consent(self, flow: ConsentFlow) -> None:
         failure: list[BaseException] = []
@@ -165,6 +302,12 @@ class LoopbackConsent:
                 failure.append(exc)
                 return False, f"Authorization failed: {type(exc).__name__}. Return to the agent."
             return True, "Authorization complete. You can close this window."
+
+        environment: BrowserEnvironment | None = None
+        if self._browser is None:
+            environment = await anyio.to_thread.run_sync(self._environment)
+            if not environment.browser and not environment.interactive and self._show_url is None:
+                raise _headless_error(environment)
 
         async with LoopbackListener(self._host, self._path) as listener:
             url = await flow.authorization_url(listener.redirect_uri)
@@ -180,9 +323,7 @@ class LoopbackConsent:
                         tg.cancel_scope.cancel()
 
                     tg.start_soon(serve_one)
-                    result = self._browser(url)
-                    if inspect.isawaitable(result):
-                        await result
+                    await self._open(url, environment, listener.port)
             if scope.cancelled_caught:
                 raise ConsentTimeout(f"no authorization response arrived within {self._timeout} s")
         if failure:

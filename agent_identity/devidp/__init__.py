@@ -173,13 +173,17 @@ def _copy_if_changed(source: Path, target: Path) -> None:
     tmp.replace(target)  # atomic: a running server keeps its already-read copy
 
 
-def ensure_installed(*, force: bool = False) -> Path:
+def ensure_installed(*, force: bool = False, progress: IO[str] | None = None) -> Path:
     """Install the dev server (``npm ci``) into a cache directory once; return that directory.
 
     The directory is ``<user cache>/agent-identity/devidp/<sha256(package-lock)[:16]>`` or,
     with ``AGENT_IDENTITY_DEVIDP_HOME`` set, ``$AGENT_IDENTITY_DEVIDP_HOME/<hash>``. The
     ``.mjs`` sources are refreshed on every call; ``npm ci`` runs only when the lock file's
     dependencies are not installed yet (or with ``force=True``).
+
+    ``progress``: where to show the install when it runs (the command line passes
+    ``sys.stderr``): a one-line explanation, then npm's own output. By default npm's
+    output is captured and shown only if it fails.
 
     Raises :class:`DevIdPError` when npm is missing or the install fails.
     """
@@ -207,21 +211,69 @@ def ensure_installed(*, force: bool = False) -> Path:
                 "npm was not found on PATH: the dev authorization server needs Node.js and npm"
             )
         marker.unlink(missing_ok=True)
-        try:
-            done = subprocess.run(  # noqa: S603 - fixed argv, no shell
-                [npm, "ci", "--no-audit", "--no-fund"],
-                cwd=target,
-                capture_output=True,
-                text=True,
-                timeout=900,
-                check=False,
+        argv = [npm, "ci", "--no-audit", "--no-fund"]
+        started = time.monotonic()
+        shown = ""  # npm's output, when it was not shown as it came
+        if progress is not None:
+            print(
+                "agent-identity: installing the dev authorization server's npm packages "
+                f"(first run only; about 190 MB) into {target}",
+                file=progress,
+                flush=True,
             )
+        try:
+            fd: int | None = None
+            if progress is not None:
+                try:
+                    fd = progress.fileno()
+                except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation
+                    fd = None
+            if progress is not None and fd is not None:
+                # npm writes straight to the terminal: it shows its own progress there
+                returncode = subprocess.run(  # noqa: S603 - fixed argv, no shell
+                    argv, cwd=target, stdout=fd, stderr=fd, timeout=900, check=False
+                ).returncode
+            elif progress is not None:
+                with subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                    argv,
+                    cwd=target,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                ) as process:
+                    expired = threading.Event()
+
+                    def kill() -> None:
+                        expired.set()
+                        process.kill()
+
+                    watchdog = threading.Timer(900, kill)
+                    watchdog.start()
+                    try:
+                        assert process.stdout is not None
+                        for line in process.stdout:
+                            progress.write(line)
+                            progress.flush()
+                        returncode = process.wait()
+                    finally:
+                        watchdog.cancel()
+                    if expired.is_set():
+                        raise subprocess.TimeoutExpired(argv, 900)
+            else:
+                done = subprocess.run(  # noqa: S603 - fixed argv, no shell
+                    argv, cwd=target, capture_output=True, text=True, timeout=900, check=False
+                )
+                returncode = done.returncode
+                shown = done.stderr or done.stdout or ""
         except subprocess.TimeoutExpired as exc:
             raise DevIdPError("npm ci timed out while installing the dev server") from exc
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout or "")[-2000:]
-            raise DevIdPError(f"npm ci failed (exit {done.returncode}) in {target}:\n{tail}")
+        if returncode != 0:
+            detail = f":\n{shown[-2000:]}" if shown else " (npm's output is above)"
+            raise DevIdPError(f"npm ci failed (exit {returncode}) in {target}{detail}")
         marker.write_text(digest)
+        if progress is not None:
+            seconds = time.monotonic() - started
+            print(f"agent-identity: installed in {seconds:.0f} s", file=progress, flush=True)
         return target
 
 
@@ -802,45 +854,84 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the DEV ONLY server in the foreground until Ctrl-C (``agent-identity dev-idp``)."""
     parser = argparse.ArgumentParser(
         prog="agent-identity dev-idp",
-        description="DEV ONLY local OAuth 2.1 / OpenID Connect authorization server.",
+        description="Run the bundled DEV ONLY OAuth 2.1 / OpenID Connect authorization server "
+        "on 127.0.0.1 until Ctrl-C. Never expose it: its clients have well-known secrets, its "
+        "accounts no passwords.",
+        epilog="The first run installs the server's npm packages (Node.js 20+ and npm needed) "
+        "into the user cache directory, or $AGENT_IDENTITY_DEVIDP_HOME.",
     )
-    parser.add_argument("--port", type=int, default=9000, help="port on 127.0.0.1 (0: any)")
-    parser.add_argument("--access-token-ttl", type=int, default=300, help="seconds")
     parser.add_argument(
-        "--ping-endpoint", default=None, help="loopback CIBA ping endpoint for agent-ping"
+        "--port",
+        type=int,
+        default=9000,
+        help="port on 127.0.0.1; 0 picks a free one (default: 9000)",
+    )
+    parser.add_argument(
+        "--access-token-ttl",
+        type=int,
+        default=300,
+        metavar="SECONDS",
+        help="lifetime of access tokens (default: 300)",
+    )
+    parser.add_argument(
+        "--ping-endpoint",
+        default=None,
+        metavar="URL",
+        help="CIBA ping notification endpoint of the client agent-ping "
+        "(https, or http on 127.0.0.1)",
     )
     parser.add_argument(
         "--jwt-client-jwk",
         type=Path,
         default=None,
-        help="JSON file with the private JWK for agent-jwt (default: a fresh key per run)",
+        metavar="FILE",
+        help="JSON file with the private JWK of the client agent-jwt (default: a new key per run)",
     )
     args = parser.parse_args(list(argv) if argv is not None else None)
-    jwk = json.loads(args.jwt_client_jwk.read_text()) if args.jwt_client_jwk else None
-    idp = DevIdP(
-        port=args.port,
-        access_token_ttl=args.access_token_ttl,
-        ping_notification_endpoint=args.ping_endpoint,
-        jwt_client_private_jwk=jwk,
-    )
+    if not 0 <= args.port <= 65535:
+        parser.error("--port must be between 0 and 65535")
+    if args.access_token_ttl < 1:
+        parser.error("--access-token-ttl must be at least 1 second")
+    jwk: dict[str, Any] | None = None
+    if args.jwt_client_jwk is not None:
+        try:
+            jwk = json.loads(args.jwt_client_jwk.read_text())
+        except (OSError, ValueError) as exc:
+            parser.error(f"--jwt-client-jwk: cannot read a JSON JWK ({type(exc).__name__})")
+        if not isinstance(jwk, dict) or "d" not in jwk:
+            parser.error("--jwt-client-jwk: the file must hold a private JWK (a JSON object)")
     try:
+        idp = DevIdP(
+            port=args.port,
+            access_token_ttl=args.access_token_ttl,
+            ping_notification_endpoint=args.ping_endpoint,
+            jwt_client_private_jwk=jwk,
+        )
+    except ValueError as exc:  # the only option DevIdP() checks
+        parser.error(f"--ping-endpoint: {exc}")
+    try:
+        ensure_installed(progress=sys.stderr)  # first run: show what takes so long
         idp.start()
     except DevIdPError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    out = sys.stdout
-    print("agent-identity dev IdP -- DEVELOPMENT ONLY, do not expose", file=out)
-    print(f"issuer:    {idp.issuer}", file=out)
-    print(f"discovery: {idp.issuer}/.well-known/openid-configuration", file=out)
-    print("clients (well-known dev-only credentials):", file=out)
-    for client_id, (secret, method) in DEV_CLIENTS.items():
-        print(f"  {client_id:<20} {method:<20} {secret or '-'}", file=out)
-    print(f"accounts:  {', '.join(DEV_ACCOUNTS)} (no password)", file=out)
-    print("resources:", file=out)
-    for uri, scopes in DEV_RESOURCES.items():
-        print(f"  {uri:<32} {' '.join(scopes)}", file=out)
-    print("Ctrl-C to stop.", file=out, flush=True)
-    try:
+    except KeyboardInterrupt:
+        idp.stop()
+        print("interrupted", file=sys.stderr)
+        return 130
+    try:  # Ctrl-C at any moment from here on stops the server and exits with 0
+        out = sys.stdout
+        print("agent-identity dev IdP -- DEVELOPMENT ONLY, do not expose", file=out)
+        print(f"issuer:    {idp.issuer}", file=out)
+        print(f"discovery: {idp.issuer}/.well-known/openid-configuration", file=out)
+        print("clients (well-known dev-only credentials):", file=out)
+        for client_id, (secret, method) in DEV_CLIENTS.items():
+            print(f"  {client_id:<20} {method:<20} {secret or '-'}", file=out)
+        print(f"accounts:  {', '.join(DEV_ACCOUNTS)} (no password)", file=out)
+        print("resources:", file=out)
+        for uri, scopes in DEV_RESOURCES.items():
+            print(f"  {uri:<32} {' '.join(scopes)}", file=out)
+        print("Ctrl-C to stop.", file=out, flush=True)
         while idp.running:
             time.sleep(0.5)
         print(idp.log_text()[-2000:], file=sys.stderr)

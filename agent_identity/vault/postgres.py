@@ -1,6 +1,6 @@
 """The PostgreSQL store of the token vault: one schema shared by a fleet of processes and hosts.
 
-Install with ``pip install 'agent-identity[postgres]'`` (psycopg 3 with its pool); select it
+Install with ``pip install 'agent-identity-sdk[postgres]'`` (psycopg 3 with its pool); select it
 with ``TokenVault.from_url("postgresql://...")`` or ``AGENT_IDENTITY_VAULT_URL``. Nothing
 imports this module (or the driver) until then. The contract is the one of every store
 (:mod:`agent_identity.vault.store`); the vault encrypts before it writes (AES-256-GCM,
@@ -447,7 +447,8 @@ class PostgresStore:
     def _too_new(self, current: int) -> VaultUnavailable:
         return VaultUnavailable(
             f"the vault schema {self._schema!r} is at version {current}, which this "
-            f"agent-identity (schema version {SCHEMA_VERSION}) cannot use; upgrade agent-identity"
+            f"agent-identity (schema version {SCHEMA_VERSION}) cannot use; "
+            "upgrade agent-identity-sdk"
         )
 
     def _schema_state(self, conn: psycopg.Connection[Any]) -> tuple[int, bool]:

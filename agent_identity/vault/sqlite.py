@@ -276,7 +276,7 @@ class SQLiteStore:
             if current > SCHEMA_VERSION:
                 raise VaultUnavailable(
                     f"the vault database has schema version {current}, newer than this "
-                    f"agent-identity supports ({SCHEMA_VERSION}); upgrade agent-identity"
+                    f"agent-identity supports ({SCHEMA_VERSION}); upgrade agent-identity-sdk"
                 )
             for version, statements in MIGRATIONS:
                 if current < version:

@@ -210,7 +210,7 @@ class TokenVault:
         except ImportError as exc:
             raise ConfigurationError(
                 "a postgresql:// vault needs the PostgreSQL driver: "
-                "pip install 'agent-identity[postgres]'"
+                "pip install 'agent-identity-sdk[postgres]'"
             ) from exc
         store = PostgresStore.from_url(url)  # validates; connects on first use only
         if keys is None:

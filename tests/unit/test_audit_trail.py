@@ -64,15 +64,51 @@ async def test_slow_sink_never_blocks_emit_and_full_buffer_drops() -> None:
     assert sink.closed
 
 
-async def test_full_buffer_drops_and_counts_without_a_writer() -> None:
+async def test_full_buffer_drops_and_counts() -> None:
     sink = MemorySink()
-    trail = AuditTrail(sink, buffer_size=10)
-    accepted = [trail.emit_nowait(_event(i)) for i in range(15)]
-    assert accepted == [True] * 10 + [False] * 5
-    assert trail.stats.dropped == 5
-    await trail.aclose()  # a trail never entered still flushes what it holds
+    async with AuditTrail(sink, buffer_size=10) as trail:
+        # no await between the calls: the writer cannot empty the buffer meanwhile
+        accepted = [trail.emit_nowait(_event(i)) for i in range(15)]
+        assert accepted == [True] * 10 + [False] * 5
+        assert trail.stats.dropped == 5
     assert [e.tool for e in sink.events] == [f"t{i}" for i in range(10)]
     assert trail.stats.written == 10
+
+
+async def test_a_trail_never_entered_refuses_records() -> None:
+    """It would lose them: the writer never runs and nothing closes the sink."""
+    sink = MemorySink()
+    for trail in (AuditTrail(sink), AuditTrail(sink, strict=True)):
+        assert not trail.running
+        with pytest.raises(AuditError, match="never started") as info:
+            await trail.emit(_event())
+        assert isinstance(info.value, AgentIdentityError)
+        assert "async with AuditTrail(sink) as trail" in str(info.value)
+        with pytest.raises(AuditError, match="never started"):
+            trail.emit_nowait(_event())
+        with pytest.raises(AuditError, match="never started"):
+            await anyio.to_thread.run_sync(trail.emit_nowait, _event())
+        with pytest.raises(AuditError, match="never started"):
+            await trail.flush()
+        with pytest.raises(AuditError, match="never started"):
+            trail.ensure_running()
+        assert trail.stats.emitted == 0
+    assert sink.events == []
+
+
+async def test_a_closed_trail_refuses_records() -> None:
+    sink = MemorySink()
+    async with AuditTrail(sink) as trail:
+        assert trail.running
+        await trail.emit(_event(1))
+    assert not trail.running
+    with pytest.raises(AuditError, match="was closed"):
+        await trail.emit(_event(2))
+    with pytest.raises(AuditError, match="was closed"):
+        trail.emit_nowait(_event(3))
+    await trail.flush()  # nothing to flush: not an error
+    assert [e.tool for e in sink.events] == ["t1"]
+    assert trail.stats.emitted == trail.stats.written == 1
 
 
 async def test_failing_sink_never_raises_into_the_caller(
@@ -98,9 +134,9 @@ async def test_failing_sink_never_raises_into_the_caller(
 
 
 async def test_strict_mode_raises_when_the_sink_fails() -> None:
-    trail = AuditTrail(FailingSink(), strict=True)
-    with pytest.raises(AuditError) as info:
-        await trail.emit(_event())
+    async with AuditTrail(FailingSink(), strict=True) as trail:
+        with pytest.raises(AuditError) as info:
+            await trail.emit(_event())
     assert isinstance(info.value, AgentIdentityError)
     assert "OSError" in str(info.value)
     assert "CANARY" not in str(info.value)
@@ -112,8 +148,9 @@ async def test_strict_mode_raises_when_the_sink_fails() -> None:
 
 async def test_strict_mode_raises_when_the_sink_hangs() -> None:
     trail = AuditTrail(SlowSink(delay=30), strict=True, write_timeout=0.05)
-    with anyio.fail_after(5), pytest.raises(AuditError, match="timed out"):
-        await trail.emit(_event())
+    async with trail:
+        with anyio.fail_after(5), pytest.raises(AuditError, match="timed out"):
+            await trail.emit(_event())
 
 
 async def test_strict_mode_writes_before_returning() -> None:
@@ -127,9 +164,9 @@ async def test_strict_mode_writes_before_returning() -> None:
 
 async def test_strict_fanout_fails_if_any_sink_fails() -> None:
     good = MemorySink()
-    trail = AuditTrail(FanoutSink(good, FailingSink()), strict=True)
-    with pytest.raises(AuditError):
-        await trail.emit(_event())
+    async with AuditTrail(FanoutSink(good, FailingSink()), strict=True) as trail:
+        with pytest.raises(AuditError):
+            await trail.emit(_event())
     assert len(good.events) == 1  # the healthy sink still got it
 
 
@@ -167,8 +204,37 @@ async def test_close_is_bounded_when_the_sink_hangs() -> None:
 
 async def test_cancellation_is_not_swallowed() -> None:
     trail = AuditTrail(SlowSink(delay=30), strict=True, write_timeout=10)
-    with anyio.move_on_after(0.05) as scope:
-        await trail.emit(_event())
+    async with trail:
+        with anyio.move_on_after(0.05) as scope:
+            await trail.emit(_event())
     assert scope.cancelled_caught
     assert trail.stats.dropped == 1
     assert trail.stats.failures == 0
+
+
+async def test_tool_guard_refuses_to_act_without_a_running_trail() -> None:
+    """The refusal comes before any token request and before the tool runs, not in the
+    audit step after the action happened."""
+    from typing import Any, cast
+
+    from agent_identity.tools import ToolCall, ToolGuard, ToolRequirement
+
+    ran: list[str] = []
+
+    class Identity:
+        client_id = "agent"
+        issuer = "https://as.example"
+
+        def user(self, *args: Any, **kwargs: Any) -> Any:
+            ran.append("user")
+            return object()
+
+    async def tool() -> str:
+        ran.append("tool")
+        return "done"
+
+    guard = ToolGuard(cast(Any, Identity()), audit=AuditTrail(MemorySink()))
+    call = ToolCall("send_mail", {"to": "bob"}, user="alice", tenant="acme")
+    with pytest.raises(AuditError, match="never started"):
+        await guard.run(call, ToolRequirement(), tool)
+    assert ran == []  # neither the user's grants nor the tool were touched
