@@ -50,6 +50,7 @@ from agent_identity.errors import (
     VaultCorrupted,
     VaultError,
     VaultKeyError,
+    VaultRollback,
     VaultUnavailable,
     VersionConflict,
 )
@@ -191,6 +192,7 @@ __all__ = [
     "VaultCorrupted",
     "VaultError",
     "VaultKeyError",
+    "VaultRollback",
     "VaultUnavailable",
     "VersionConflict",
     "__version__",

@@ -8,6 +8,8 @@
     agent-identity vault generate-key           print a new random vault key (base64)
     agent-identity vault rotate-keys [--url URL]
                                                 re-encrypt every vault row under the current key
+                                                (and seal rows of earlier releases for their
+                                                version)
     agent-identity vault migrate [--url URL]    create or upgrade the vault schema
     agent-identity audit verify FILE [FILE...]  check the hash chain of JSONL audit files
     agent-identity version
@@ -44,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     vault_sub = vault.add_subparsers(dest="vault_command", required=True)
     vault_sub.add_parser("generate-key", help="print a new random 256-bit key (base64)")
     rotate = vault_sub.add_parser(
-        "rotate-keys", help="re-encrypt every row under the current key (no downtime)"
+        "rotate-keys",
+        help="re-encrypt every row under the current key, sealed for its version (no downtime)",
     )
     rotate.add_argument("--url", help="vault URL (default: AGENT_IDENTITY_VAULT_URL or SQLite)")
     migrate = vault_sub.add_parser(
@@ -68,7 +71,7 @@ async def _rotate_keys(url: str | None) -> int:
     target = url or os.environ.get("AGENT_IDENTITY_VAULT_URL") or "sqlite://"
     async with TokenVault.from_url(target, keys=keys) as vault:
         count = await vault.rotate_keys()
-    print(f"re-encrypted {count} row(s) under the current key")
+    print(f"re-encrypted {count} row(s) under the current key, sealed for their version")
     return 0
 
 

@@ -347,8 +347,11 @@ async def _populate(
     try:
         for key in grant_keys:
             storage_key = key.storage_key
-            blob = cipher.encrypt(data, storage_key.encode())
-            await store.put(storage_key, blob, expected_version=0)
+
+            def seal(version: int, storage_key: str = storage_key) -> bytes:
+                return cipher.seal(data, storage_key, version)  # as the vault writes rows
+
+            await store.put(storage_key, seal, expected_version=0)
     finally:
         await store.aclose()
     return grant_keys

@@ -79,6 +79,7 @@ EXPECTED = {
     "VaultCorrupted",
     "VaultError",
     "VaultKeyError",
+    "VaultRollback",
     "VaultUnavailable",
     "VersionConflict",
     "__version__",

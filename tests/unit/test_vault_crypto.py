@@ -19,6 +19,7 @@ from agent_identity.errors import ConfigurationError, VaultCorrupted, VaultKeyEr
 from agent_identity.vault.crypto import (
     ENV_VAR,
     MAGIC,
+    MAGIC_BOUND,
     Cipher,
     KeyProvider,
     Keyring,
@@ -107,6 +108,70 @@ def test_decrypt_arbitrary_bytes_only_typed_errors(data: bytes) -> None:
     for blob in (data, MAGIC + data, MAGIC + b"\x02k1" + data):
         with contextlib.suppress(VaultCorrupted):  # includes VaultKeyError
             c.decrypt(blob, AAD)
+
+
+# -- rows sealed for their version (AIV2) ------------------------------------------------------
+
+ROW = 'grant:["t","u","c"]'
+
+
+def test_seal_round_trip_and_format() -> None:
+    c = cipher()
+    blob = c.seal(PLAIN, ROW, 42)
+    assert blob.startswith(MAGIC_BOUND + bytes([2]) + b"k1" + (42).to_bytes(8, "big"))
+    assert len(blob) == 4 + 1 + 2 + 8 + 12 + len(PLAIN) + 16
+    assert PLAIN not in blob
+    assert c.unseal(blob, ROW) == (PLAIN, 42)
+    assert Cipher.key_id_of(blob) == "k1"
+    assert Cipher.sealed_version_of(blob) == 42
+    # the AIV1 format still opens, reported as not bound to a version
+    legacy = c.encrypt(PLAIN, ROW.encode())
+    assert c.unseal(legacy, ROW) == (PLAIN, None)
+    assert Cipher.sealed_version_of(legacy) is None
+
+
+def test_sealed_version_is_authenticated() -> None:
+    """The version in the header is associated data: editing it (to make an old row look
+    current) breaks the tag, whatever byte of the blob is changed."""
+    c = cipher()
+    blob = c.seal(PLAIN, ROW, 7)
+    forged = blob.replace((7).to_bytes(8, "big"), (9).to_bytes(8, "big"), 1)
+    assert Cipher.sealed_version_of(forged) == 9
+    with pytest.raises(VaultCorrupted):
+        c.unseal(forged, ROW)
+    for i in range(len(blob)):
+        tampered = bytearray(blob)
+        tampered[i] ^= 0x01
+        with pytest.raises(VaultCorrupted):
+            c.unseal(bytes(tampered), ROW)
+
+
+def test_sealed_row_is_bound_to_its_storage_key() -> None:
+    c = cipher()
+    blob = c.seal(PLAIN, ROW, 7)
+    with pytest.raises(VaultCorrupted) as info:
+        c.unseal(blob, 'grant:["t","other","c"]')
+    assert not isinstance(info.value, VaultKeyError)
+    with pytest.raises(VaultCorrupted):  # a sealed row is not an AIV1 blob
+        c.decrypt(blob, ROW.encode())
+
+
+def test_seal_refuses_versions_a_store_cannot_issue() -> None:
+    c = cipher()
+    for version in (0, -1, 1 << 63, True):
+        with pytest.raises(VaultCorrupted):
+            c.seal(PLAIN, ROW, version)
+
+
+@given(st.binary(max_size=140))
+@settings(max_examples=400)
+def test_unseal_arbitrary_bytes_only_typed_errors(data: bytes) -> None:
+    c = cipher()
+    for blob in (data, MAGIC_BOUND + data, MAGIC_BOUND + b"\x02k1" + data):
+        with contextlib.suppress(VaultCorrupted):
+            c.unseal(blob, ROW)
+        with contextlib.suppress(VaultCorrupted):
+            Cipher.sealed_version_of(blob)
 
 
 # -- Keyring ---------------------------------------------------------------------------------
