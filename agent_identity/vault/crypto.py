@@ -226,7 +226,10 @@ class Keyring:
 
 
 def default_keyring(
-    data_dir: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+    data_dir: str | os.PathLike[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    database: str | os.PathLike[str] | None = None,
 ) -> Keyring:
     """The keyring of the embedded vault when none is configured.
 
@@ -236,13 +239,24 @@ def default_keyring(
     if another process got there first, so processes starting together agree on one key.
     A key file next to the database only protects against leaked database copies and
     backups; production should set ``AGENT_IDENTITY_VAULT_KEYS`` or pass a KMS provider.
+
+    ``database`` names the vault file these keys are for. If it already exists, the vault
+    was created with other keys (a vault that made its key file here made it before its
+    database), so a missing key file raises :class:`ConfigurationError` saying how to
+    configure the keys, instead of creating a key that cannot open its rows. The database
+    is looked at before the key file: a process that sees the database of a vault being
+    created next to it also sees that vault's key file.
     """
     env = os.environ if environ is None else environ
     if env.get(ENV_VAR, "").strip():
         return Keyring.from_env(environ=env)
     directory = Path(data_dir)
     path = directory / KEY_FILE_NAME
+    existing = database is not None and os.path.lexists(database)
     if not path.exists():
+        if existing:
+            assert database is not None
+            raise ConfigurationError(_no_keys_message(Path(database), path))
         _create_key_file(directory, path)
     # A concurrent creator on a platform without hard links may still be writing: retry.
     deadline = time.monotonic() + 2.0
@@ -253,6 +267,18 @@ def default_keyring(
             if time.monotonic() >= deadline or not _maybe_partial(path):
                 raise
             time.sleep(0.01)
+
+
+def _no_keys_message(database: Path, key_file: Path) -> str:
+    return (
+        f"the vault database {str(database)!r} exists but no vault keys are configured and "
+        f"there is no key file at {str(key_file)!r}: a new key could not open its rows. "
+        f"Configure the keys it was created with: set {ENV_VAR}=kid:BASE64[,kid:BASE64...] "
+        "(the first key is current), pass keys= (for example "
+        "TokenVault.sqlite(path, keys=Keyring.from_file(...))), or put its key file back at "
+        f"{str(key_file)!r}. For a new vault, choose a new database path; "
+        "`agent-identity vault generate-key` prints a new key."
+    )
 
 
 def _maybe_partial(path: Path) -> bool:

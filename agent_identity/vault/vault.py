@@ -178,9 +178,11 @@ class TokenVault:
         """A vault in the SQLite file ``path`` (default: the user data directory, see
         :func:`~agent_identity.vault.sqlite.default_sqlite_path`).
 
-        Without ``keys``: ``AGENT_IDENTITY_VAULT_KEYS`` if set, else a key file next to the
-        database (:func:`~agent_identity.vault.crypto.default_keyring`); for
-        ``":memory:"`` a random ephemeral key.
+        Without ``keys``: ``AGENT_IDENTITY_VAULT_KEYS`` if set, else the key file next to the
+        database (:func:`~agent_identity.vault.crypto.default_keyring`), created only for a
+        new vault: if the database exists and its key file does not, this raises
+        :class:`~agent_identity.errors.ConfigurationError` instead of making up a key that
+        cannot open its rows. For ``":memory:"`` a random ephemeral key.
         """
         from agent_identity.vault.sqlite import MEMORY, SQLiteStore, default_sqlite_path
 
@@ -189,7 +191,8 @@ class TokenVault:
             if str(location) == MEMORY:
                 keys = Keyring.ephemeral()
             else:
-                keys = default_keyring(Path(location).expanduser().parent)
+                database = Path(location).expanduser()
+                keys = default_keyring(database.parent, database=database)
         # Leases coordinate processes: the store keeps real wall-clock time, not ``clock``.
         store = SQLiteStore(location, busy_timeout=busy_timeout)
         return cls(store, keys, cache_ttl=cache_ttl, clock=clock)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ from agent_identity.vault import (
     TokenVault,
     VersionedGrant,
 )
+from agent_identity.vault.crypto import ENV_VAR, KEY_FILE_NAME
 
 pytestmark = pytest.mark.anyio
 
@@ -629,3 +633,73 @@ async def test_versioned_grant_is_frozen() -> None:
     grant = VersionedGrant(record(), 1)
     with pytest.raises(AttributeError):
         grant.version = 2  # type: ignore[misc]
+
+
+# -- keys of an embedded vault (issue 12, item 6) ------------------------------------------
+
+
+async def test_sqlite_vault_without_keys_refuses_an_existing_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    database = tmp_path / "vault.sqlite3"
+    async with TokenVault.sqlite(database, keys=old_keys()) as vault:  # keys given in code
+        await vault.save(KEY, record(), expected_version=0)
+    with pytest.raises(ConfigurationError, match=ENV_VAR):
+        TokenVault.sqlite(database)
+    with pytest.raises(ConfigurationError, match="keys="):
+        TokenVault.from_url(f"sqlite://{database}")
+    assert not (tmp_path / KEY_FILE_NAME).exists()  # no stray key for later processes
+    async with TokenVault.sqlite(database, keys=old_keys()) as vault:
+        assert await vault.load(KEY) is not None
+
+    # a new vault still makes its key file (once), and opens with it again
+    fresh = tmp_path / "new" / "vault.sqlite3"
+    async with TokenVault.sqlite(fresh) as vault:
+        await vault.save(KEY, record(), expected_version=0)
+    async with TokenVault.sqlite(fresh) as vault:
+        assert await vault.load(KEY) is not None
+
+
+_NEW_VAULT = """
+import sys, time
+import anyio
+from agent_identity.vault import TokenVault
+
+async def main() -> None:
+    async with TokenVault.sqlite(sys.argv[1]) as vault:
+        await vault.put_blob("race", sys.argv[2], sys.argv[2].encode(), expected_version=0)
+
+time.sleep(max(0.0, float(sys.argv[3]) - time.time()))
+anyio.run(main)
+"""
+
+
+async def test_processes_creating_a_new_sqlite_vault_together_agree_on_one_key(
+    tmp_path: Path,
+) -> None:
+    """Six processes without configured keys open the same NEW vault at the same moment:
+    none is refused, they make one key file between them, and every row opens with it."""
+    database = tmp_path / "data" / "vault.sqlite3"
+    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
+    start_at = time.time() + 2.0  # all imported by then
+    names = [f"p{i}" for i in range(6)]
+
+    async def run(name: str) -> None:
+        await anyio.run_process(
+            [sys.executable, "-c", _NEW_VAULT, str(database), name, str(start_at)],
+            env=env,
+            check=True,
+        )
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for name in names:
+                tg.start_soon(run, name)
+    assert sorted(p.name for p in database.parent.glob("vault-keys*")) == [KEY_FILE_NAME]
+    ring = Keyring.from_file(database.parent / KEY_FILE_NAME)
+    async with TokenVault.sqlite(database, keys=ring) as vault:
+        for name in names:
+            row = await vault.get_blob("race", name)
+            assert row is not None
+            assert row.data == name.encode()

@@ -307,3 +307,54 @@ def test_default_keyring_concurrent_creation_agrees(tmp_path: Path) -> None:
         assert not errors
         assert len(results) == 8
         assert len(set(results)) == 1
+
+
+# -- a vault that exists is never given a made-up key (issue 12, item 6) ---------------------
+
+
+def test_default_keyring_refuses_an_existing_database_without_its_key_file(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "vault.sqlite3"
+    database.write_bytes(b"SQLite format 3\x00")  # made with keys given some other way
+    key_file = tmp_path / "vault-keys.json"
+    with pytest.raises(ConfigurationError) as info:
+        default_keyring(tmp_path, environ={}, database=database)
+    message = str(info.value)
+    for hint in (ENV_VAR, "keys=", str(key_file), str(database), "vault generate-key"):
+        assert hint in message, hint
+    assert not key_file.exists()
+    assert list(tmp_path.iterdir()) == [database]  # no temporary file either
+    # the keys it was made with still work
+    key = generate_key()
+    assert default_keyring(tmp_path, environ={ENV_VAR: f"e1:{key}"}, database=database)
+    # and so does its own key file, once it is back
+    made = default_keyring(tmp_path / "new", environ={}, database=tmp_path / "new" / "v.db")
+    key_file.write_bytes((tmp_path / "new" / "vault-keys.json").read_bytes())
+    key_file.chmod(0o600)
+    assert default_keyring(tmp_path, environ={}, database=database).current() == made.current()
+
+
+def test_default_keyring_of_a_vault_created_next_to_us_is_used_not_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process creates a new vault in the same directory while this one looks:
+    it writes its key file, then its database, right after this process found no key file.
+    This process must end up with that key, not refuse (nor make a second one)."""
+    database = tmp_path / "vault.sqlite3"
+    key_file = tmp_path / "vault-keys.json"
+    theirs: list[tuple[str, bytes]] = []
+    real_exists = Path.exists
+
+    def exists(self: Path, **kwargs: bool) -> bool:
+        found = real_exists(self, **kwargs)
+        if self == key_file and not found and not theirs:
+            theirs.append(("busy", b""))
+            theirs[0] = default_keyring(tmp_path, environ={}, database=database).current()
+            database.write_bytes(b"")  # the other process opens its new database
+        return found
+
+    monkeypatch.setattr(Path, "exists", exists)
+    ours = default_keyring(tmp_path, environ={}, database=database)
+    assert ours.current() == theirs[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vault-keys.json", "vault.sqlite3"]
