@@ -53,7 +53,6 @@ import anyio.to_thread
 from agent_identity import IdentityClient, LoopbackConsent
 from agent_identity.devidp import DEV_CLIENTS, DevBrowser, DevIdP
 from agent_identity.vault import (
-    CachedToken,
     Cipher,
     GrantKey,
     GrantRecord,
@@ -65,7 +64,7 @@ from agent_identity.vault import (
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from _vault_worker import Worker, worker_command, worker_env  # noqa: E402
+from _vault_worker import Worker, expire_token, worker_command, worker_env  # noqa: E402
 
 CLIENT_ID = "agent-confidential"
 CALENDAR = "https://calendar.example/api"
@@ -99,19 +98,7 @@ async def _refreshes(idp: DevIdP) -> int:
 
 async def _expire(vault: TokenVault, key: GrantKey) -> None:
     """Make the stored token for TOKEN_KEY expired (as if it was issued 10 minutes ago)."""
-    current = await vault.load(key, fresh=True)
-    assert current is not None
-    old = current.record.tokens[TOKEN_KEY]
-    now = time.time()
-    expired = CachedToken(
-        resource=old.resource,
-        scopes=old.scopes,
-        value=old.value,
-        token_type=old.token_type,
-        expires_at=now - 300,
-        issued_at=now - 600,
-    )
-    await vault.save(key, current.record.with_token(expired), expected_version=current.version)
+    await expire_token(vault, key, TOKEN_KEY)
 
 
 # --------------------------------------------------------------------------- 1. warm

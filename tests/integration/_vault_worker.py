@@ -117,6 +117,26 @@ def worker_env(key_id: str, key_b64: str) -> dict[str, str]:
     return {**os.environ, "AGENT_IDENTITY_VAULT_KEYS": f"{key_id}:{key_b64}"}
 
 
+async def expire_token(vault: Any, key: Any, token_key: Any) -> None:
+    """Make the stored token ``token_key`` (resource, scopes) of the grant ``key`` in
+    ``vault`` expired, as if issued 10 minutes ago, so that the next ``token()`` refreshes."""
+    from agent_identity.vault import CachedToken
+
+    current = await vault.load(key, fresh=True)
+    assert current is not None
+    old = current.record.tokens[token_key]
+    now = time.time()
+    expired = CachedToken(
+        resource=old.resource,
+        scopes=old.scopes,
+        value=old.value,
+        token_type=old.token_type,
+        expires_at=now - 300,
+        issued_at=now - 600,
+    )
+    await vault.save(key, current.record.with_token(expired), expected_version=current.version)
+
+
 class Worker:
     """A running worker: read its JSON events, wait for it, kill it."""
 

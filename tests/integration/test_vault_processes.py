@@ -10,41 +10,35 @@ persisted expiry (pain point 4). Every vault here is an explicit SQLite file und
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import os
-import secrets
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from _vault_worker import TYPED_ERROR_EXIT, Worker, fingerprint, worker_command, worker_env
+from _vault_fixtures import (
+    FailingConsent,
+    key_b64,
+    keys,
+    one_refresh_for_all,
+    spawned,
+    start_worker,
+    vault_client,
+)
+from _vault_worker import TYPED_ERROR_EXIT, Worker, fingerprint
 
-from agent_identity import ConsentRequired, IdentityClient, LoopbackConsent, VaultUnavailable
-from agent_identity.consent.base import ConsentFlow
-from agent_identity.devidp import DEV_CLIENTS, DevBrowser, DevIdP
+from agent_identity import VaultUnavailable
+from agent_identity.devidp import DevIdP
 from agent_identity.oauth.jwt import peek_claims
 from agent_identity.vault import GrantKey, Keyring, TokenVault
+
+__all__ = ["key_b64", "keys", "spawned"]
 
 pytestmark = [pytest.mark.anyio, pytest.mark.idp]
 
 CALENDAR = "https://calendar.example/api"
 READ = ["calendar.read"]
-KEY_ID = "test-k1"
-
-
-@pytest.fixture
-def key_b64() -> str:
-    return base64.b64encode(secrets.token_bytes(32)).decode()
-
-
-@pytest.fixture
-def keys(key_b64: str) -> Keyring:
-    return Keyring({KEY_ID: key_b64}, KEY_ID)
 
 
 @pytest.fixture
@@ -52,61 +46,16 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "vault.sqlite3"
 
 
-@pytest.fixture
-def spawned() -> Iterator[list[Worker]]:
-    """Workers started by a test; any still running at the end is killed (by its pid)."""
-    workers: list[Worker] = []
-    yield workers
-    for worker in workers:
-        if worker.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker.pid, signal.SIGKILL)
-
-
-class FailingConsent:
-    """A consent handler that must not be called: it counts calls and refuses."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def obtain_consent(self, flow: ConsentFlow) -> None:
-        self.calls += 1
-        raise ConsentRequired("no consent expected here", scopes=flow.scopes)
-
-
-def _client(idp: DevIdP, vault: TokenVault, **kwargs: Any) -> IdentityClient:
-    kwargs.setdefault("consent", LoopbackConsent(browser=DevBrowser("alice")))
-    return IdentityClient(
-        idp.issuer,
-        client_id="agent-confidential",
-        client_secret=DEV_CLIENTS["agent-confidential"][0],
-        allow_insecure_loopback=True,
-        vault=vault,
-        **kwargs,
-    )
-
-
 async def _consent(idp: DevIdP, db: Path, keys: Keyring, tenant: str, scopes: list[str]) -> None:
     """alice consents once, in the test process, into the SQLite vault ``db``."""
     async with (
         TokenVault.sqlite(db, keys=keys) as vault,
-        _client(idp, vault) as identity,
+        vault_client(idp, vault) as identity,
     ):
         grant = await identity.user("alice", tenant=tenant).consent(
             scopes=scopes, resource=CALENDAR
         )
         assert grant.has_refresh_token
-
-
-async def _start(spawned: list[Worker], tmp_path: Path, key_b64: str, **options: Any) -> Worker:
-    index = len(spawned)
-    worker = await Worker.start(
-        worker_command(**options),
-        worker_env(KEY_ID, key_b64),
-        tmp_path / f"worker-{index}.stderr",
-    )
-    spawned.append(worker)
-    return worker
 
 
 async def test_sec_25_eight_processes_one_refresh(
@@ -124,34 +73,19 @@ async def test_sec_25_eight_processes_one_refresh(
     tenant = "sec25-procs"
     await _consent(dev_idp, db, keys, tenant, ["openid", "calendar.read", "calendar.write"])
     await dev_idp.clear_requests()
-    start = tmp_path / "go"
-    workers = [
-        await _start(
-            spawned,
-            tmp_path,
-            key_b64,
-            issuer=dev_idp.issuer,
-            db=db,
-            tenant=tenant,
-            user="alice",
-            resource=CALENDAR,
-            scopes=READ,
-            start_file=start,
-        )
-        for _ in range(8)
-    ]
-    for worker in workers:
-        await worker.expect("ready")
-    start.touch()  # the barrier: all eight are past discovery and waiting for this
-    results = [await worker.expect("result") for worker in workers]
-    codes = [await worker.wait() for worker in workers]
-
-    assert codes == [0] * 8, [w.stderr_tail() for w in workers]
-    assert all(r["ok"] for r in results), results
-    refreshes = await dev_idp.token_requests("refresh_token")
-    assert len(refreshes) == 1, refreshes
-    assert refreshes[0]["status"] == 200
-    assert len({r["fingerprint"] for r in results}) == 1
+    results = await one_refresh_for_all(
+        dev_idp,
+        spawned,
+        tmp_path,
+        key_b64,
+        8,
+        issuer=dev_idp.issuer,
+        db=db,
+        tenant=tenant,
+        user="alice",
+        resource=CALENDAR,
+        scopes=READ,
+    )
 
     # the token they share is the one in the vault, and it is what was asked for
     async with TokenVault.sqlite(db, keys=keys) as vault:
@@ -175,7 +109,7 @@ async def test_sec_25_thousand_concurrent_callers_one_refresh(
     idp: DevIdP = dev_idp_factory(access_token_ttl=4)
     async with (
         TokenVault.sqlite(db, keys=keys) as vault,
-        _client(idp, vault) as identity,
+        vault_client(idp, vault) as identity,
     ):
         alice = identity.user("alice", tenant="sec25-tasks")
         await alice.consent(scopes=["openid", *READ], resource=CALENDAR)
@@ -243,7 +177,7 @@ async def test_sigkill_during_refresh_leaves_vault_consistent(
 
         await idp.clear_requests()
         start = tmp_path / "go"
-        worker = await _start(
+        worker = await start_worker(
             spawned,
             tmp_path,
             key_b64,
@@ -287,7 +221,7 @@ async def test_sigkill_during_refresh_leaves_vault_consistent(
 
     async with (
         TokenVault.sqlite(db, keys=keys) as vault,
-        _client(idp, vault, consent=FailingConsent()) as identity,
+        vault_client(idp, vault, consent=FailingConsent()) as identity,
     ):
         alice = identity.user("alice", tenant=tenant)
         with anyio.fail_after(15):
@@ -330,7 +264,7 @@ async def test_revocation_in_one_process_honoured_by_another_within_cache_ttl(
     cache_ttl = 0.5
     tenant = "revocation"
     await _consent(dev_idp, db, keys, tenant, ["openid", *READ])
-    worker = await _start(
+    worker = await start_worker(
         spawned,
         tmp_path,
         key_b64,
@@ -351,7 +285,7 @@ async def test_revocation_in_one_process_honoured_by_another_within_cache_ttl(
 
     async with (
         TokenVault.sqlite(db, keys=keys) as vault,
-        _client(dev_idp, vault) as identity,
+        vault_client(dev_idp, vault) as identity,
     ):
         await anyio.sleep(0.3)  # the worker is serving from its hot path now
         before = time.time()
@@ -377,7 +311,7 @@ async def test_restart_uses_persisted_grant(dev_idp_factory: Any, db: Path, keys
     tenant = "restart"
     async with (
         TokenVault.sqlite(db, keys=keys) as vault,
-        _client(idp, vault) as identity,
+        vault_client(idp, vault) as identity,
     ):
         alice = identity.user("alice", tenant=tenant)
         await alice.consent(scopes=["openid", *READ], resource=CALENDAR)
@@ -393,7 +327,7 @@ async def test_restart_uses_persisted_grant(dev_idp_factory: Any, db: Path, keys
     handler = FailingConsent()
     async with (
         TokenVault.sqlite(db, keys=keys) as vault,
-        _client(idp, vault, consent=handler) as identity,
+        vault_client(idp, vault, consent=handler) as identity,
     ):
         again = await identity.user("alice", tenant=tenant).token(resource=CALENDAR, scopes=READ)
         assert again.value.get_secret_value() == first_value
@@ -407,7 +341,7 @@ async def test_restart_uses_persisted_grant(dev_idp_factory: Any, db: Path, keys
     await anyio.sleep(max(0.0, cached.issued_at + 3.2 - time.time()))
     async with (
         TokenVault.sqlite(db, keys=keys) as vault,
-        _client(idp, vault, consent=handler) as identity,
+        vault_client(idp, vault, consent=handler) as identity,
     ):
         fresh = await identity.user("alice", tenant=tenant).token(resource=CALENDAR, scopes=READ)
         assert fresh.value.get_secret_value() != first_value
