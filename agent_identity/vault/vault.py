@@ -25,7 +25,9 @@ Consistency model:
   database restore) is in ``docs/vault.md``.
 - Anything that must not run twice at once (a refresh with a rotating refresh token,
   security item 25) runs under :meth:`TokenVault.lease`, a named lease in the store that
-  works across processes and hosts; inside it, read with ``load(fresh=True)``.
+  works across processes and hosts; inside it, read with ``load(fresh=True)``. The lease
+  is short (``ttl``, default :data:`DEFAULT_LEASE_TTL`) and renewed by a heartbeat every
+  ``ttl / 3`` while the body runs, so a crashed holder is overtaken within ``ttl``.
 - Keys rotate without downtime: make a new key current, keep the old one for decryption,
   run :meth:`TokenVault.rotate_keys`, then remove the old key.
 """
@@ -72,7 +74,7 @@ from agent_identity.vault.store import (
     check_ttl,
 )
 
-__all__ = ["TokenVault", "VersionedBlob"]
+__all__ = ["DEFAULT_LEASE_TTL", "TokenVault", "VersionedBlob"]
 
 logger = logging.getLogger("agent_identity.vault")
 
@@ -80,6 +82,12 @@ _KIND: Final = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _ROTATE_ATTEMPTS: Final = 10
 _POLL_MIN: Final = 0.01
 _POLL_MAX: Final = 0.05
+#: The default time to live of a lease, in seconds: the heartbeat renews it every third of
+#: that while the body runs, and a holder that died is overtaken at most this long after
+#: its last renewal.
+DEFAULT_LEASE_TTL: Final = 10.0
+_RENEW_EVERY: Final = 1 / 3  # of the ttl
+_RETRY_EVERY: Final = 1 / 10  # of the ttl, after a renewal that failed
 
 
 class VersionedBlob(NamedTuple):
@@ -111,6 +119,14 @@ class _Seen(NamedTuple):
 
 
 _UNSEEN: Final = _Seen(0, False)
+
+
+@dataclass(slots=True)
+class _Hold:
+    """A lease held by one task of this vault: nesting depth, and whether it was lost."""
+
+    depth: int
+    lost: bool = False
 
 
 def _check_grant_key(key: GrantKey) -> str:
@@ -151,7 +167,7 @@ class TokenVault:
         self._cache: dict[GrantKey, _Entry] = {}
         self._epoch = 0  # bumped by every invalidation; stale reads do not re-enter the cache
         self._instance = secrets.token_hex(8)
-        self._held: dict[tuple[str, str], int] = {}
+        self._held: dict[tuple[str, str], _Hold] = {}
         # storage key -> what this vault knows of the row's versions (rollback detection)
         self._seen: dict[str, _Seen] = {}
 
@@ -490,20 +506,37 @@ class TokenVault:
     # -- leases ------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def lease(self, name: str, *, ttl: float, wait: float) -> AsyncIterator[None]:
+    async def lease(
+        self, name: str, *, wait: float, ttl: float = DEFAULT_LEASE_TTL
+    ) -> AsyncIterator[None]:
         """Hold the named lease for the ``async with`` body, across tasks, processes and hosts
         that share the store::
 
-            async with vault.lease(f"refresh:{key.storage_key}", ttl=30, wait=35):
+            async with vault.lease(f"refresh:{key.storage_key}", wait=45):
                 grant = await vault.load(key, fresh=True)
                 ...
 
-        Polls every 10-50 ms until ``wait`` seconds have passed, then raises
-        :class:`~agent_identity.errors.VaultUnavailable`. Released on exit, also on error
-        and cancellation; a crashed holder's lease expires ``ttl`` seconds after it was
-        taken, so ``ttl`` must exceed the time the body can take. Re-entrant within one task
-        (the holder is this vault instance and the current task); not shared with child
-        tasks.
+        **Waiting.** Polls every 10-50 ms until ``wait`` seconds have passed, then raises
+        :class:`~agent_identity.errors.VaultUnavailable`.
+
+        **Holding.** The lease is taken for ``ttl`` seconds (default
+        :data:`DEFAULT_LEASE_TTL`) and renewed by a heartbeat task every ``ttl / 3`` while
+        the body runs, so the body may take as long as it needs, and a holder that died
+        (crash, SIGKILL, lost host) is overtaken at most ``ttl`` after its last renewal. The
+        heartbeat is shielded from the caller's cancellation: a body that finishes a
+        shielded section after its caller was cancelled keeps the lease until it exits.
+        A failed renewal (store unreachable) is retried every ``ttl / 10``.
+
+        **Losing it.** If a renewal finds the lease taken by another holder, or no renewal
+        succeeded for ``ttl`` seconds (so another holder may have taken it), the body is
+        cancelled (at its next checkpoint; shielded sections finish first) and
+        ``async with`` raises ``VaultUnavailable``. Work the body finished before that
+        stands; writes are compare-and-swap, so an overtaking holder's writes are never
+        silently overwritten.
+
+        Released on exit, also on error and cancellation, once the heartbeat has stopped.
+        Re-entrant within one task (the holder is this vault instance and the current task;
+        the outer hold's ``ttl`` and heartbeat apply); not shared with child tasks.
         """
         check_key(name, "lease name")
         seconds = check_ttl(ttl)
@@ -511,27 +544,96 @@ class TokenVault:
             raise ConfigurationError("lease wait must be a number of seconds >= 0")
         holder = f"{self._instance}:{anyio.get_current_task().id}"
         slot = (name, holder)
-        if slot in self._held:  # re-entry: extend our own lease
-            if not await self._store.acquire_lease(name, holder, seconds):
-                raise VaultUnavailable(f"the vault lease {name!r} expired while held")
-        else:
-            await self._acquire(name, holder, seconds, float(wait))
-        self._held[slot] = self._held.get(slot, 0) + 1
+        hold = self._held.get(slot)
+        if hold is not None:  # re-entry: the outer hold's heartbeat keeps the lease
+            if hold.lost:
+                raise VaultUnavailable(f"the vault lease {name!r} was lost while held")
+            hold.depth += 1
+            try:
+                yield
+            finally:
+                hold.depth -= 1
+            return
+        taken_at = await self._acquire(name, holder, seconds, float(wait))
+        hold = self._held[slot] = _Hold(1)
         try:
-            yield
+            # The body runs in ``body``, whose deadline the heartbeat moves on with every
+            # renewal: when renewals stop succeeding, the body is cancelled when the lease
+            # may lapse, even if a renewal call is stuck.
+            body = anyio.CancelScope(deadline=taken_at + seconds)
+            beat = anyio.CancelScope(shield=True)
+            error: BaseException | None = None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._heartbeat, name, holder, seconds, hold, body, beat)
+                try:
+                    with body:
+                        yield
+                except BaseException as exc:
+                    # Re-raised outside the task group, which would wrap it in a group.
+                    error = exc
+                finally:
+                    overdue = anyio.current_time() >= body.deadline
+                    beat.cancel()
+            if body.cancel_called or overdue:
+                hold.lost = True
+            if error is not None:
+                raise error
+            if hold.lost:
+                raise VaultUnavailable(
+                    f"the vault lease {name!r} was lost while held (taken by another holder, "
+                    "or not renewed for its ttl): the body was cancelled"
+                )
         finally:
-            depth = self._held[slot] - 1
-            if depth:
-                self._held[slot] = depth
-            else:
-                del self._held[slot]
-                await self._release(name, holder)
+            del self._held[slot]
+            await self._release(name, holder)
 
-    async def _acquire(self, name: str, holder: str, ttl: float, wait: float) -> None:
+    async def _heartbeat(
+        self,
+        name: str,
+        holder: str,
+        ttl: float,
+        hold: _Hold,
+        body: anyio.CancelScope,
+        beat: anyio.CancelScope,
+    ) -> None:
+        """Renew the lease every ``ttl / 3`` until ``beat`` is cancelled (the body ended)."""
+        with beat:
+            renewed = body.deadline - ttl  # when the last successful acquire call started
+            next_at = renewed + ttl * _RENEW_EVERY
+            while True:
+                await anyio.sleep(max(0.0, next_at - anyio.current_time()))
+                started = anyio.current_time()
+                if started >= body.deadline:
+                    return  # the lease may have lapsed: the body's deadline cancels it
+                try:
+                    held = await self._store.acquire_lease(name, holder, ttl)
+                except VaultError as exc:
+                    logger.warning("could not renew the vault lease %r (%s); retrying", name, exc)
+                    next_at = started + ttl * _RETRY_EVERY
+                    continue
+                if not held:
+                    hold.lost = True
+                    logger.warning(
+                        "the vault lease %r was taken by another holder; cancelling its body",
+                        name,
+                    )
+                    body.cancel()
+                    return
+                if anyio.current_time() >= body.deadline:
+                    return  # renewed too late: another holder may have come and gone
+                body.deadline = started + ttl
+                next_at = started + ttl * _RENEW_EVERY
+
+    async def _acquire(self, name: str, holder: str, ttl: float, wait: float) -> float:
+        """Take the lease (waiting up to ``wait`` s); returns when the successful attempt
+        started (``anyio.current_time()``): the lease lasts at least ``ttl`` from then."""
         deadline = anyio.current_time() + wait
         delay = _POLL_MIN
         try:
-            while not await self._store.acquire_lease(name, holder, ttl):
+            while True:
+                attempt = anyio.current_time()
+                if await self._store.acquire_lease(name, holder, ttl):
+                    return attempt
                 remaining = deadline - anyio.current_time()
                 if remaining <= 0:
                     raise VaultUnavailable(
