@@ -51,6 +51,7 @@ from agent_identity.errors import (
     VaultCorrupted,
     VaultError,
     VaultKeyError,
+    VaultRollback,
     VaultUnavailable,
     VersionConflict,
 )
@@ -199,6 +200,7 @@ __all__ = [
     "VaultCorrupted",
     "VaultError",
     "VaultKeyError",
+    "VaultRollback",
     "VaultUnavailable",
     "VersionConflict",
     "__version__",

@@ -10,6 +10,8 @@
     agent-identity vault generate-key           print a new random vault key (base64)
     agent-identity vault rotate-keys [--url URL]
                                                 re-encrypt every vault row under the current key
+                                                (and seal rows of earlier releases for their
+                                                version)
     agent-identity vault migrate [--url URL]    create or upgrade the vault schema
     agent-identity audit verify FILE [FILE...]  check the hash chain of JSONL audit files
     agent-identity version
@@ -111,9 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     url_help = "vault URL (default: AGENT_IDENTITY_VAULT_URL, else the embedded SQLite vault)"
     rotate = vault_sub.add_parser(
         "rotate-keys",
-        help="re-encrypt every row under the current key (no downtime)",
+        help="re-encrypt every row under the current key, sealed for its version (no downtime)",
         description="Re-encrypt every vault row that is not under the current key "
-        "(the first of AGENT_IDENTITY_VAULT_KEYS), one compare-and-swap per row.",
+        "(the first of AGENT_IDENTITY_VAULT_KEYS) or not sealed for its store version, one "
+        "compare-and-swap per row.",
     )
     rotate.add_argument("--url", help=url_help)
     migrate = vault_sub.add_parser(
@@ -151,7 +154,7 @@ async def _rotate_keys(url: str | None) -> int:
     target = url or os.environ.get("AGENT_IDENTITY_VAULT_URL") or "sqlite://"
     async with TokenVault.from_url(target, keys=keys) as vault:
         count = await vault.rotate_keys()
-    print(f"re-encrypted {count} row(s) under the current key")
+    print(f"re-encrypted {count} row(s) under the current key, sealed for their version")
     return 0
 
 

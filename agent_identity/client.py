@@ -108,8 +108,9 @@ class IdentityClient:
         the client.
     :param connection: the name of this authorization server account in the vault
         (default: the issuer). Grants are keyed by (tenant, user, connection, client id).
-    :param lease_ttl: how long one refresh may hold the cross-process refresh lease before
-        others may take over (a crashed holder blocks at most this long).
+    :param lease_ttl: the cross-process refresh lease: renewed by a heartbeat every third of
+        it while a refresh runs, so a crashed holder blocks others at most this long
+        (default 10 s).
     :param audit: an :class:`~agent_identity.audit.AuditTrail` receiving one record per
         consent, token acquisition, refresh, exchange, approval and revocation (and, through
         :class:`~agent_identity.tools.ToolGuard`, per tool call). Never a secret: tokens

@@ -56,7 +56,9 @@ value itself.
         ├── VaultUnavailable            the store cannot be reached or stays locked
         ├── VaultCorrupted              a row fails to decode or authenticate (tampered,
         │   │                           swapped between users, truncated); it is kept
-        │   └── VaultKeyError           no key for the row's key id, or the wrong key
+        │   ├── VaultKeyError           no key for the row's key id, or the wrong key
+        │   └── VaultRollback           a row is older than one already seen, or not at
+        │                               the version it was sealed for (a replay)
         └── VersionConflict             a compare-and-swap write lost a race
 """
 
@@ -105,6 +107,7 @@ __all__ = [
     "VaultCorrupted",
     "VaultError",
     "VaultKeyError",
+    "VaultRollback",
     "VaultUnavailable",
     "VersionConflict",
     "oauth_error_from_response",
@@ -428,6 +431,17 @@ class VaultCorrupted(VaultError):
 
 class VaultKeyError(VaultCorrupted):
     """The vault has no key for a row's key id, or the configured key is wrong."""
+
+
+class VaultRollback(VaultCorrupted):
+    """A vault row authenticates but is not current: an older ciphertext of the row was
+    written back (a replay by someone with write access to the store, or a restored
+    backup). Raised when the row's version is lower than one this vault has already read
+    or written for the same key (also after the row was deleted), or differs from the
+    version the row was sealed at. Nothing from the row is returned; the row is left in
+    place. Delete it (``vault.delete(key)``) and ask the user to consent again, or
+    restart the processes after a deliberate restore. See ``docs/vault.md`` for what is
+    and is not detected."""
 
 
 class VersionConflict(VaultError):

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
+from anyio.lowlevel import checkpoint
 
 from agent_identity._tasks import Detached, point_of_no_return
 from agent_identity.clock import Clock
@@ -57,6 +58,7 @@ from agent_identity.errors import (
     InvalidScope,
     ReauthorizationRequired,
     TokenPolicyError,
+    VaultCorrupted,
     VersionConflict,
 )
 from agent_identity.models import AccessToken, DeviceAuthorization, Grant, TokenResponse
@@ -621,8 +623,10 @@ class UserGrant:
                 resource=resource,
             )
         await server.discover()
-        # From here on the request's outcome must be stored: shielded (bounded by the
+        # A lease lost meanwhile (a stalled heartbeat) cancels us here, before anything is
+        # sent. From here on the request's outcome must be stored: shielded (bounded by the
         # transport's timeout for the request plus the vault write).
+        await checkpoint()
         async with point_of_no_return(server.policy.timeout * 3):
             refreshed = await server.refresh(
                 refresh_token, scopes=sorted(wanted), resource=resource
@@ -975,7 +979,15 @@ class UserGrant:
         28). Other processes stop using it within the vault's ``cache_ttl``."""
         vault = self._context.vault
         async with self._refresh_lock:
-            current = await self._load(fresh=True)
+            try:
+                current = await self._load(fresh=True)
+            except VaultCorrupted:
+                # An unreadable (tampered, replayed) row cannot be revoked at the server,
+                # but the user can still be disconnected here.
+                logger.warning("removing an unreadable grant row without revoking it")
+                await vault.delete(self.key)
+                self._hot.clear()
+                return
             if current is None:
                 return
             if current.record.refresh_token is not None:

@@ -264,9 +264,12 @@ class AuthorizationServer:
         self.leeway = leeway
         self._use_par = use_par
         self._jwks_interval = jwks_refresh_interval
-        timeout = policy.timeout
-        self.lease_ttl = lease_ttl if lease_ttl is not None else 2 * timeout + 5
-        self.lease_wait = lease_wait if lease_wait is not None else self.lease_ttl + timeout
+        from agent_identity.vault.vault import DEFAULT_LEASE_TTL
+
+        # A refresh holds a short lease renewed by a heartbeat (a dead holder is overtaken
+        # within lease_ttl); others wait for a live holder's request plus that bound.
+        self.lease_ttl = lease_ttl if lease_ttl is not None else DEFAULT_LEASE_TTL
+        self.lease_wait = lease_wait if lease_wait is not None else self.lease_ttl + policy.timeout
         self._metadata: ServerMetadata | None = None
         self._client_auth: ClientAuthentication | None = None
         self._jwks: Any = None

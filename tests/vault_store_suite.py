@@ -8,13 +8,20 @@ same file, i.e. what another process sees); the suite closes every handle it ope
 backend that needs a server can ``pytest.skip`` inside its function; if the factory has a
 ``cleanup()`` method, the suite calls it after closing the handles (PostgreSQL drops the
 test's schema there).
+
+The factories of the built-in stores are also an attacker with write access to the
+storage, below the store's API (:class:`Tamper`): the vault's rollback tests
+(``tests/unit/test_vault_rollback.py``) use them through :func:`open_backend`.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, closing, suppress
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 import pytest
@@ -26,14 +33,57 @@ from agent_identity.vault.store import MemoryStore, StoredRow, VaultStore
 StoreFactory = Callable[[], VaultStore]
 
 
+class Tamper(Protocol):
+    """Writes to a store's storage below its API, as someone with access to the database
+    (not to the vault's keys) can: ``raw_write`` puts any version and blob under a key,
+    ``raw_counter`` sets the store-wide version counter (the last version issued)."""
+
+    def raw_write(self, key: str, version: int, blob: bytes) -> None: ...
+
+    def raw_counter(self, value: int) -> None: ...
+
+
+class _MemoryFactory:
+    def __init__(self) -> None:
+        self.shared = MemoryStore()  # one storage: every "handle" is the same object
+
+    def __call__(self) -> VaultStore:
+        return self.shared
+
+    def raw_write(self, key: str, version: int, blob: bytes) -> None:
+        self.shared._rows[key] = StoredRow(version, blob)
+
+    def raw_counter(self, value: int) -> None:
+        self.shared._seq = value
+
+
+class _SQLiteFactory:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self) -> VaultStore:
+        return SQLiteStore(self.path, busy_timeout=5.0)
+
+    def _execute(self, sql: str, args: tuple[object, ...]) -> None:
+        with closing(sqlite3.connect(self.path, timeout=5)) as conn, conn:
+            conn.execute(sql, args)
+
+    def raw_write(self, key: str, version: int, blob: bytes) -> None:
+        self._execute(
+            "INSERT OR REPLACE INTO entries (key, version, blob, updated_at) VALUES (?, ?, ?, 0)",
+            (key, version, blob),
+        )
+
+    def raw_counter(self, value: int) -> None:
+        self._execute("UPDATE meta SET value = ? WHERE name = 'version_seq'", (value,))
+
+
 def _memory(tmp_path: Path) -> StoreFactory:
-    shared = MemoryStore()  # one storage: every "handle" is the same object
-    return lambda: shared
+    return _MemoryFactory()
 
 
 def _sqlite(tmp_path: Path) -> StoreFactory:
-    path = tmp_path / "vault.sqlite3"
-    return lambda: SQLiteStore(path, busy_timeout=5.0)
+    return _SQLiteFactory(tmp_path / "vault.sqlite3")
 
 
 class _PostgresFactory:
@@ -50,6 +100,25 @@ class _PostgresFactory:
         from agent_identity.vault.postgres import PostgresStore
 
         return PostgresStore(self._dsn, schema=self._schema, max_size=4)
+
+    def raw_write(self, key: str, version: int, blob: bytes) -> None:
+        import _postgres
+
+        with _postgres.admin() as conn:
+            conn.execute(
+                f'INSERT INTO "{self._schema}".entries (key, version, blob) VALUES (%s, %s, %s)'
+                " ON CONFLICT (key) DO UPDATE SET version = excluded.version,"
+                " blob = excluded.blob",
+                (key, version, blob),
+            )
+
+    def raw_counter(self, value: int) -> None:
+        import _postgres
+
+        with _postgres.admin() as conn:
+            conn.execute(
+                "SELECT setval(%s, %s, true)", (f'"{self._schema}".version_seq', max(value, 1))
+            )
 
     def cleanup(self) -> None:
         import _postgres
@@ -79,6 +148,32 @@ def _grant_key(tenant: str, user: str, connection: str = "https://as.example") -
     return GrantKey(tenant, user, connection).storage_key
 
 
+@asynccontextmanager
+async def open_backend(name: str, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """A factory of handles on one storage of backend ``name`` (see the module docstring);
+    every handle it opened is closed, and the storage cleaned up, on exit. The built-in
+    backends' factories are also a :class:`Tamper`."""
+    make = BACKENDS[name](tmp_path)
+    opened: list[VaultStore] = []
+
+    def factory() -> VaultStore:
+        handle = make()
+        opened.append(handle)
+        return handle
+
+    for attribute in ("raw_write", "raw_counter"):
+        if hasattr(make, attribute):
+            setattr(factory, attribute, getattr(make, attribute))
+    try:
+        yield factory
+    finally:
+        for handle in {id(h): h for h in opened}.values():
+            await handle.aclose()
+        cleanup = getattr(make, "cleanup", None)
+        if cleanup is not None:
+            cleanup()
+
+
 @pytest.mark.anyio
 class VaultStoreSuite:
     """Subclass me (``class TestMyStore(VaultStoreSuite): pass``)."""
@@ -87,22 +182,8 @@ class VaultStoreSuite:
     async def store_factory(
         self, request: pytest.FixtureRequest, tmp_path: Path
     ) -> AsyncIterator[StoreFactory]:
-        make = BACKENDS[request.param](tmp_path)
-        opened: list[VaultStore] = []
-
-        def factory() -> VaultStore:
-            handle = make()
-            opened.append(handle)
-            return handle
-
-        try:
+        async with open_backend(request.param, tmp_path) as factory:
             yield factory
-        finally:
-            for handle in {id(h): h for h in opened}.values():
-                await handle.aclose()
-            cleanup = getattr(make, "cleanup", None)
-            if cleanup is not None:
-                cleanup()
 
     @pytest.fixture
     def store(self, store_factory: StoreFactory) -> VaultStore:
@@ -165,6 +246,87 @@ class VaultStoreSuite:
             assert all(v > s for s in seen)
             seen.add(v)
             assert await store.delete("k") is True
+
+    # -- sealing at the new version ---------------------------------------------------------
+
+    async def test_sealer_gets_the_new_version_once_and_its_bytes_are_stored(
+        self, store: VaultStore
+    ) -> None:
+        calls: list[int] = []
+
+        def seal(version: int) -> bytes:
+            calls.append(version)
+            return f"sealed for {version}".encode()
+
+        v1 = await store.put("k", seal, expected_version=0)
+        assert calls == [v1]
+        assert await store.get("k") == StoredRow(v1, f"sealed for {v1}".encode())
+        v2 = await store.put("k", seal, expected_version=v1)
+        assert calls == [v1, v2]
+        assert v2 > v1
+        assert await store.get("k") == StoredRow(v2, f"sealed for {v2}".encode())
+        # bytes still work, and versions stay store-wide after sealed writes
+        v3 = await store.put("other", b"plain", expected_version=0)
+        assert v3 > v2
+
+    async def test_sealer_not_called_when_the_version_check_fails(self, store: VaultStore) -> None:
+        v1 = await store.put("k", b"one", expected_version=0)
+        calls: list[int] = []
+
+        def seal(version: int) -> bytes:
+            calls.append(version)
+            return b"x"
+
+        with pytest.raises(VersionConflict):
+            await store.put("k", seal, expected_version=v1 + 1000)
+        with pytest.raises(VersionConflict):
+            await store.put("k", seal, expected_version=0)
+        with pytest.raises(VersionConflict):
+            await store.put("missing", seal, expected_version=v1)
+        assert calls == []
+        assert await store.get("k") == StoredRow(v1, b"one")
+
+    async def test_failing_sealer_writes_nothing(self, store: VaultStore) -> None:
+        v1 = await store.put("k", b"one", expected_version=0)
+
+        def seal(version: int) -> bytes:
+            raise RuntimeError("no key")
+
+        with pytest.raises(RuntimeError):
+            await store.put("k", seal, expected_version=v1)
+        with pytest.raises(RuntimeError):
+            await store.put("new", seal, expected_version=0)
+        assert await store.get("k") == StoredRow(v1, b"one")
+        assert await store.get("new") is None
+        v2 = await store.put("k", lambda v: b"two", expected_version=v1)
+        assert await store.get("k") == StoredRow(v2, b"two")
+        with pytest.raises(ConfigurationError):
+            await store.put("k", lambda v: "text", expected_version=v2)  # type: ignore[arg-type,return-value]
+        assert await store.get("k") == StoredRow(v2, b"two")
+
+    async def test_racing_sealed_writers_one_wins_sealed_for_its_version(
+        self, store_factory: StoreFactory
+    ) -> None:
+        handles = [store_factory() for _ in range(3)]
+        version = await handles[0].put("k", b"start", expected_version=0)
+        wins: list[int] = []
+
+        async def writer(i: int) -> None:
+            with suppress(VersionConflict):
+                wins.append(
+                    await handles[i % 3].put(
+                        "k", lambda v: f"w{i}@{v}".encode(), expected_version=version
+                    )
+                )
+
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(writer, i)
+        assert len(wins) == 1
+        row = await handles[1].get("k")
+        assert row is not None
+        assert row.version == wins[0]
+        assert row.blob.decode().endswith(f"@{wins[0]}")
 
     async def test_blob_bytes_exact(self, store: VaultStore) -> None:
         data = bytes(range(256)) * 40

@@ -1,6 +1,7 @@
 """The token vault: grants per tenant, user and connection, encrypted at rest.
 
-- :class:`TokenVault`: cached, compare-and-swap access to encrypted grants, leases for
+- :class:`TokenVault`: cached, compare-and-swap access to encrypted grants, rollback
+  detection, short leases renewed while held (:data:`DEFAULT_LEASE_TTL`) for
   single-flight refresh, key rotation (:mod:`agent_identity.vault.vault`).
 - :class:`GrantKey`, :class:`GrantRecord`, :class:`CachedToken`, :class:`VersionedGrant`:
   what is stored (:mod:`agent_identity.vault.records`).
@@ -30,9 +31,10 @@ from agent_identity.vault.records import (
 )
 from agent_identity.vault.sqlite import SQLiteStore, default_sqlite_path
 from agent_identity.vault.store import MemoryStore, StoredRow, VaultStore
-from agent_identity.vault.vault import TokenVault, VersionedBlob
+from agent_identity.vault.vault import DEFAULT_LEASE_TTL, TokenVault, VersionedBlob
 
 __all__ = [
+    "DEFAULT_LEASE_TTL",
     "CachedToken",
     "Cipher",
     "GrantKey",

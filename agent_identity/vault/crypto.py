@@ -6,11 +6,27 @@ fewer than 2**32 rows, far more than a token vault writes between rotations) and
 storage key as associated data, so a row copied under another tenant, user or connection
 fails to authenticate (security item 26).
 
-Blob format, version ``AIV1``::
+Blob formats::
 
+    AIV2 (rows the vault writes, :meth:`Cipher.seal`):
+    b"AIV2" | key-id length (1 byte, 1..64) | key id (ASCII) | version (8, big-endian)
+            | nonce (12) | ciphertext+tag (>=16)
+    associated data: b"AIV2" | storage-key length (4, big-endian) | storage key (UTF-8)
+            | version (8, big-endian)
+
+    AIV1 (rows written before AIV2, and :meth:`Cipher.encrypt` with caller-chosen data):
     b"AIV1" | key-id length (1 byte, 1..64) | key id (ASCII) | nonce (12) | ciphertext+tag (>=16)
+    associated data: the storage key (UTF-8)
 
-Errors: a blob that is not in this format, or whose tag does not verify (tampered,
+An AIV2 row is bound to its storage key *and* to the store version it was written at
+(the version the store assigns to that write, see :mod:`agent_identity.vault.store`): the
+vault compares that sealed version with the row's version column and with the newest
+version it has seen of the row, which detects a replayed older ciphertext (rollback; see
+:class:`~agent_identity.vault.vault.TokenVault` and ``docs/vault.md``). AIV1 rows still
+open (:meth:`Cipher.unseal` reports them as unbound) and are rewritten as AIV2 on their next
+write or by :meth:`TokenVault.rotate_keys`.
+
+Errors: a blob that is not in one of these formats, or whose tag does not verify (tampered,
 truncated, swapped to another row, or sealed under a *different* key that carries the same
 key id), raises :class:`~agent_identity.errors.VaultCorrupted`; a blob whose key id the
 :class:`KeyProvider` does not know raises :class:`~agent_identity.errors.VaultKeyError`
@@ -61,7 +77,12 @@ logger = logging.getLogger("agent_identity.vault")
 ENV_VAR: Final = "AGENT_IDENTITY_VAULT_KEYS"
 KEY_FILE_NAME: Final = "vault-keys.json"
 
+#: Blobs bound to their storage key only (:meth:`Cipher.encrypt`, rows of earlier releases).
 MAGIC: Final = b"AIV1"
+#: Blobs bound to their storage key and store version (:meth:`Cipher.seal`).
+MAGIC_BOUND: Final = b"AIV2"
+VERSION_SIZE: Final = 8
+MAX_VERSION: Final = (1 << 63) - 1  # the stores keep versions in signed 64-bit integers
 NONCE_SIZE: Final = 12
 TAG_SIZE: Final = 16
 KEY_SIZE: Final = 32
@@ -205,7 +226,10 @@ class Keyring:
 
 
 def default_keyring(
-    data_dir: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+    data_dir: str | os.PathLike[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    database: str | os.PathLike[str] | None = None,
 ) -> Keyring:
     """The keyring of the embedded vault when none is configured.
 
@@ -215,13 +239,24 @@ def default_keyring(
     if another process got there first, so processes starting together agree on one key.
     A key file next to the database only protects against leaked database copies and
     backups; production should set ``AGENT_IDENTITY_VAULT_KEYS`` or pass a KMS provider.
+
+    ``database`` names the vault file these keys are for. If it already exists, the vault
+    was created with other keys (a vault that made its key file here made it before its
+    database), so a missing key file raises :class:`ConfigurationError` saying how to
+    configure the keys, instead of creating a key that cannot open its rows. The database
+    is looked at before the key file: a process that sees the database of a vault being
+    created next to it also sees that vault's key file.
     """
     env = os.environ if environ is None else environ
     if env.get(ENV_VAR, "").strip():
         return Keyring.from_env(environ=env)
     directory = Path(data_dir)
     path = directory / KEY_FILE_NAME
+    existing = database is not None and os.path.lexists(database)
     if not path.exists():
+        if existing:
+            assert database is not None
+            raise ConfigurationError(_no_keys_message(Path(database), path))
         _create_key_file(directory, path)
     # A concurrent creator on a platform without hard links may still be writing: retry.
     deadline = time.monotonic() + 2.0
@@ -232,6 +267,18 @@ def default_keyring(
             if time.monotonic() >= deadline or not _maybe_partial(path):
                 raise
             time.sleep(0.01)
+
+
+def _no_keys_message(database: Path, key_file: Path) -> str:
+    return (
+        f"the vault database {str(database)!r} exists but no vault keys are configured and "
+        f"there is no key file at {str(key_file)!r}: a new key could not open its rows. "
+        f"Configure the keys it was created with: set {ENV_VAR}=kid:BASE64[,kid:BASE64...] "
+        "(the first key is current), pass keys= (for example "
+        "TokenVault.sqlite(path, keys=Keyring.from_file(...))), or put its key file back at "
+        f"{str(key_file)!r}. For a new vault, choose a new database path; "
+        "`agent-identity vault generate-key` prints a new key."
+    )
 
 
 def _maybe_partial(path: Path) -> bool:
@@ -330,7 +377,8 @@ class Cipher:
         return self._keys.current()[0]
 
     def encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
-        """Seal ``plaintext`` under the current key, bound to ``aad`` (the storage key)."""
+        """Seal ``plaintext`` under the current key, bound to ``aad`` only (format AIV1;
+        vault rows use :meth:`seal`)."""
         key_id, key = self._keys.current()
         kid = _check_key_id(key_id).encode("ascii")
         nonce = os.urandom(NONCE_SIZE)
@@ -338,8 +386,11 @@ class Cipher:
         return b"".join((MAGIC, bytes((len(kid),)), kid, nonce, sealed))
 
     def decrypt(self, blob: bytes, aad: bytes) -> bytes:
-        """Open ``blob``; see the module docstring for the errors."""
-        key_id, nonce, sealed = _split(blob)
+        """Open an AIV1 ``blob`` sealed by :meth:`encrypt` with ``aad``; see the module
+        docstring for the errors (an AIV2 blob is opened with :meth:`unseal`)."""
+        key_id, stamp, nonce, sealed = _split(blob)
+        if stamp is not None:
+            raise VaultCorrupted("vault blob is bound to a row version: open it with unseal()")
         key = self._keys.get(key_id)
         if key is None:
             raise VaultKeyError(f"no vault key with id {key_id!r}")
@@ -353,21 +404,72 @@ class Cipher:
                 "(tampered, moved to another key, or the wrong key for this id)"
             ) from None
 
+    def seal(self, plaintext: bytes, storage_key: str, version: int) -> bytes:
+        """Seal ``plaintext`` as the row ``storage_key`` at store ``version`` (format AIV2):
+        it opens only under that storage key, and :meth:`unseal` reports ``version``."""
+        key_id, key = self._keys.current()
+        kid = _check_key_id(key_id).encode("ascii")
+        stamp = _version_bytes(version)
+        nonce = os.urandom(NONCE_SIZE)
+        sealed = self._aead(key_id, key).encrypt(nonce, plaintext, _bound_aad(storage_key, stamp))
+        return b"".join((MAGIC_BOUND, bytes((len(kid),)), kid, stamp, nonce, sealed))
+
+    def unseal(self, blob: bytes, storage_key: str) -> tuple[bytes, int | None]:
+        """Open a row of ``storage_key``: ``(plaintext, sealed version)``, the version
+        ``None`` for an AIV1 blob (bound to its storage key only). The caller compares the
+        sealed version with the row's version. Errors as for :meth:`decrypt`."""
+        key_id, stamp, nonce, sealed = _split(blob)
+        key = self._keys.get(key_id)
+        if key is None:
+            raise VaultKeyError(f"no vault key with id {key_id!r}")
+        from cryptography.exceptions import InvalidTag
+
+        aad = storage_key.encode("utf-8") if stamp is None else _bound_aad(storage_key, stamp)
+        try:
+            plaintext = self._aead(key_id, key).decrypt(nonce, sealed, aad)
+        except InvalidTag:
+            raise VaultCorrupted(
+                f"vault row does not authenticate under key {key_id!r} "
+                "(tampered, moved to another key, or the wrong key for this id)"
+            ) from None
+        return plaintext, None if stamp is None else int.from_bytes(stamp, "big")
+
     @staticmethod
     def key_id_of(blob: bytes) -> str:
         """The key id a blob was sealed under (no decryption)."""
         return _split(blob)[0]
 
+    @staticmethod
+    def sealed_version_of(blob: bytes) -> int | None:
+        """The store version an AIV2 blob claims to be sealed at, ``None`` for AIV1 (no
+        decryption: the claim is authenticated only by :meth:`unseal`)."""
+        stamp = _split(blob)[1]
+        return None if stamp is None else int.from_bytes(stamp, "big")
 
-def _split(blob: bytes) -> tuple[str, bytes, bytes]:
+
+def _version_bytes(version: int) -> bytes:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+        raise VaultCorrupted("the vault store issued an invalid row version")
+    return version.to_bytes(VERSION_SIZE, "big")
+
+
+def _bound_aad(storage_key: str, stamp: bytes) -> bytes:
+    key = storage_key.encode("utf-8")
+    return b"".join((MAGIC_BOUND, len(key).to_bytes(4, "big"), key, stamp))
+
+
+def _split(blob: bytes) -> tuple[str, bytes | None, bytes, bytes]:
+    """``(key id, version stamp or None for AIV1, nonce, ciphertext+tag)``."""
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise VaultCorrupted("vault blob is not bytes")
     blob = bytes(blob)
-    if len(blob) < len(MAGIC) + 1 or blob[: len(MAGIC)] != MAGIC:
+    magic = blob[: len(MAGIC)]
+    if len(blob) < len(MAGIC) + 1 or magic not in (MAGIC, MAGIC_BOUND):
         raise VaultCorrupted("vault blob has an unknown format")
+    stamp_size = VERSION_SIZE if magic == MAGIC_BOUND else 0
     kid_len = blob[len(MAGIC)]
     start = len(MAGIC) + 1
-    if not 1 <= kid_len <= 64 or len(blob) < start + kid_len + NONCE_SIZE + TAG_SIZE:
+    if not 1 <= kid_len <= 64 or len(blob) < start + kid_len + stamp_size + NONCE_SIZE + TAG_SIZE:
         raise VaultCorrupted("vault blob is truncated or malformed")
     try:
         key_id = blob[start : start + kid_len].decode("ascii")
@@ -375,5 +477,7 @@ def _split(blob: bytes) -> tuple[str, bytes, bytes]:
         raise VaultCorrupted("vault blob has an invalid key id") from None
     if _KEY_ID.fullmatch(key_id) is None:
         raise VaultCorrupted("vault blob has an invalid key id")
-    nonce_at = start + kid_len
-    return key_id, blob[nonce_at : nonce_at + NONCE_SIZE], blob[nonce_at + NONCE_SIZE :]
+    stamp_at = start + kid_len
+    stamp = blob[stamp_at : stamp_at + stamp_size] if stamp_size else None
+    nonce_at = stamp_at + stamp_size
+    return key_id, stamp, blob[nonce_at : nonce_at + NONCE_SIZE], blob[nonce_at + NONCE_SIZE :]

@@ -17,7 +17,10 @@ Design:
   ``statement_timeout`` bounds, so a write is committed or rolled back as a whole.
 - **Statements.** Connections are in autocommit mode and every operation is ONE statement,
   atomic on its own: compare-and-swap is ``UPDATE ... WHERE key = $1 AND version = $2``
-  (``INSERT ... ON CONFLICT DO NOTHING`` for ``expected_version=0``). Under READ COMMITTED
+  (``INSERT ... ON CONFLICT DO NOTHING`` for ``expected_version=0``). A row the vault seals
+  for its version (a sealer as ``blob``) takes two: ``nextval`` first (with the row's
+  current version, so a lost race stops there), then the compare-and-swap with that
+  version. Under READ COMMITTED
   a concurrent updater waits for the row lock and re-checks the ``WHERE`` clause on the new
   row, so exactly one of N racing writers wins (RFC 6749 §10.4: a rotated refresh token
   must replace its predecessor exactly once; security item 25).
@@ -84,11 +87,13 @@ from agent_identity.errors import (
     VersionConflict,
 )
 from agent_identity.vault.store import (
+    Sealer,
     StoredRow,
-    check_blob,
+    blob_for,
     check_expected,
     check_key,
     check_prefix,
+    check_put_blob,
     check_ttl,
     prefix_successor,
 )
@@ -147,6 +152,13 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             " WITH (fillfactor = 80)",
         ),
     ),
+    Migration(
+        2,
+        "rows sealed for their version (AIV2 blobs, rollback detection); earlier releases "
+        "cannot read them",
+        True,
+        (),
+    ),
 )
 #: The schema version this code writes and reads.
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
@@ -172,6 +184,11 @@ _QUERIES: Final = {
     "insert": "INSERT INTO {s}.entries (key, version, blob) VALUES (%s, nextval({seq}), %s)"
     " ON CONFLICT (key) DO NOTHING RETURNING version",
     "update": "UPDATE {s}.entries SET version = nextval({seq}), blob = %s, updated_at = now()"
+    " WHERE key = %s AND version = %s RETURNING version",
+    "reserve": "SELECT nextval({seq}), (SELECT version FROM {s}.entries WHERE key = %s)",
+    "insert_at": "INSERT INTO {s}.entries (key, version, blob) VALUES (%s, %s, %s)"
+    " ON CONFLICT (key) DO NOTHING RETURNING version",
+    "update_at": "UPDATE {s}.entries SET version = %s, blob = %s, updated_at = now()"
     " WHERE key = %s AND version = %s RETURNING version",
     "delete": "DELETE FROM {s}.entries WHERE key = %s RETURNING version",
     "delete_at": "DELETE FROM {s}.entries WHERE key = %s AND version = %s RETURNING version",
@@ -226,6 +243,13 @@ def _map_error(exc: psycopg.Error) -> AgentIdentityError:
         return VaultUnavailable(f"the vault database connection failed or was lost ({name})")
     suffix = f", {state}" if state else ""
     return VaultUnavailable(f"the vault database cannot be used ({name}{suffix})")
+
+
+def _conflict(expected: int, found: int | None = None) -> VersionConflict:
+    if expected == 0:
+        return VersionConflict("vault row changed: expected no row, found one")
+    what = "another version or no row" if found is None else str(found)
+    return VersionConflict(f"vault row changed: expected version {expected}, found {what}")
 
 
 def _storable(text: str) -> bool:
@@ -533,24 +557,42 @@ class PostgresStore:
 
         return await self._run(op, safe=True)
 
-    async def put(self, key: str, blob: bytes, *, expected_version: int) -> int:
+    async def put(self, key: str, blob: bytes | Sealer, *, expected_version: int) -> int:
         check_key(key)
-        data = check_blob(blob)
+        source = check_put_blob(blob)
         check_expected(expected_version)
         _require_storable(key, "key")
 
         def op(conn: psycopg.Connection[Any]) -> int:
+            if callable(source):
+                return sealed(conn, source)
             if expected_version == 0:
-                row = conn.execute(self._q["insert"], (key, data)).fetchone()
-                if row is None:
-                    raise VersionConflict("vault row changed: expected no row, found one")
+                row = conn.execute(self._q["insert"], (key, source)).fetchone()
             else:
-                row = conn.execute(self._q["update"], (data, key, expected_version)).fetchone()
-                if row is None:
-                    raise VersionConflict(
-                        f"vault row changed: expected version {expected_version}, found "
-                        "another version or no row"
-                    )
+                row = conn.execute(self._q["update"], (source, key, expected_version)).fetchone()
+            if row is None:
+                raise _conflict(expected_version)
+            return int(row[0])
+
+        def sealed(conn: psycopg.Connection[Any], seal: Sealer) -> int:
+            # The blob depends on the new version: take it from the sequence first (one
+            # round trip that also reads the current version, so a lost race ends here),
+            # then compare-and-swap with it. nextval() is issued after the caller learned
+            # expected_version, so the new version is greater; an unused one is a gap.
+            reserved = conn.execute(self._q["reserve"], (key,)).fetchone()
+            assert reserved is not None
+            new, current = int(reserved[0]), reserved[1]
+            if (current or 0) != expected_version:
+                raise _conflict(expected_version, current or 0)
+            data = blob_for(seal, new)
+            if expected_version == 0:
+                row = conn.execute(self._q["insert_at"], (key, new, data)).fetchone()
+            else:
+                row = conn.execute(
+                    self._q["update_at"], (new, data, key, expected_version)
+                ).fetchone()
+            if row is None:
+                raise _conflict(expected_version)
             return int(row[0])
 
         return await self._run(op, safe=False)

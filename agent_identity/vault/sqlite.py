@@ -14,7 +14,8 @@ Design (the contract is in :mod:`agent_identity.vault.store`):
   past it, :class:`~agent_identity.errors.VaultUnavailable`.
 - every write is one ``BEGIN IMMEDIATE`` transaction; compare-and-swap is
   ``UPDATE ... WHERE key = ? AND version = ?`` inside it; versions come from a store-wide
-  counter in the same transaction (never reused, see the store contract).
+  counter in the same transaction (never reused, see the store contract), and a sealer
+  passed as ``blob`` runs inside it too, once the new version is known.
 - prefix listing is a range scan (``key >= prefix AND key < successor``), never ``LIKE``
   with user data.
 - schema version in ``PRAGMA user_version``, upgraded by :data:`MIGRATIONS` in one
@@ -54,11 +55,13 @@ from agent_identity.errors import (
 )
 from agent_identity.vault.crypto import make_private_dir
 from agent_identity.vault.store import (
+    Sealer,
     StoredRow,
-    check_blob,
+    blob_for,
     check_expected,
     check_key,
     check_prefix,
+    check_put_blob,
     check_ttl,
     prefix_successor,
 )
@@ -90,6 +93,10 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
             "INSERT INTO meta (name, value) VALUES ('version_seq', 0)",
         ),
     ),
+    # Rows are sealed for their version (format AIV2, rollback detection): no table
+    # changes, but earlier releases cannot read such rows, so they must refuse the file
+    # (they do for a user_version above theirs) instead of failing row by row.
+    (2, ()),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
@@ -316,9 +323,9 @@ class SQLiteStore:
 
         return await self._read(op)
 
-    async def put(self, key: str, blob: bytes, *, expected_version: int) -> int:
+    async def put(self, key: str, blob: bytes | Sealer, *, expected_version: int) -> int:
         check_key(key)
-        data = check_blob(blob)
+        source = check_put_blob(blob)
         check_expected(expected_version)
 
         def body(conn: sqlite3.Connection) -> int:
@@ -332,6 +339,7 @@ class SQLiteStore:
             new = int(
                 conn.execute("SELECT value FROM meta WHERE name = 'version_seq'").fetchone()[0]
             )
+            data = blob_for(source, new)  # sealed for its version, inside the transaction
             if row is None:
                 conn.execute(
                     "INSERT INTO entries (key, version, blob, updated_at) VALUES (?, ?, ?, ?)",

@@ -11,6 +11,12 @@ passes ``tests/vault_store_suite.py``):
   any row of this store* (a store-wide counter). So a row that is deleted and created again
   never gets back a version someone cached: "same version" always means "same content",
   which is what lets the vault revalidate its cache with :meth:`VaultStore.version` alone.
+- **Sealing at the new version.** ``put``'s ``blob`` is either the bytes to store or a
+  function of the new version that returns them (:data:`Sealer`). The store calls it once
+  per attempt that passed the version check, inside the write, with the version it is
+  about to give the row, and stores what it returns; if it raises, nothing is written and
+  the exception propagates. The vault seals each row *for* its version this way
+  (rollback detection, see :mod:`agent_identity.vault.crypto`).
 - **Delete.** ``delete(key)`` removes the row if present and says whether it did;
   ``delete(key, expected_version=v)`` also raises ``VersionConflict`` when the row exists at
   another version (a missing row returns ``False``: it is gone either way).
@@ -31,14 +37,18 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import NamedTuple, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import NamedTuple, Protocol, TypeAlias, runtime_checkable
 
 from anyio.lowlevel import checkpoint
 
 from agent_identity.clock import Clock
 from agent_identity.errors import ConfigurationError, VaultUnavailable, VersionConflict
 
-__all__ = ["MemoryStore", "StoredRow", "VaultStore"]
+__all__ = ["MemoryStore", "Sealer", "StoredRow", "VaultStore"]
+
+#: ``put``'s ``blob`` as a function of the version the row is about to get.
+Sealer: TypeAlias = Callable[[int], bytes]
 
 
 class StoredRow(NamedTuple):
@@ -56,7 +66,7 @@ class VaultStore(Protocol):
 
     async def version(self, key: str) -> int | None: ...
 
-    async def put(self, key: str, blob: bytes, *, expected_version: int) -> int: ...
+    async def put(self, key: str, blob: bytes | Sealer, *, expected_version: int) -> int: ...
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> bool: ...
 
@@ -93,6 +103,16 @@ def check_blob(blob: bytes) -> bytes:
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise ConfigurationError("vault rows hold bytes")
     return bytes(blob)
+
+
+def check_put_blob(blob: bytes | Sealer) -> bytes | Sealer:
+    """``put``'s ``blob``: bytes (copied) or a :data:`Sealer`."""
+    return blob if callable(blob) else check_blob(blob)
+
+
+def blob_for(blob: bytes | Sealer, version: int) -> bytes:
+    """The bytes to store at ``version``: ``blob`` itself, or what the sealer returns."""
+    return check_blob(blob(version)) if callable(blob) else blob
 
 
 def check_expected(expected_version: int | None, *, optional: bool = False) -> None:
@@ -163,9 +183,9 @@ class MemoryStore:
             row = self._rows.get(key)
             return None if row is None else row.version
 
-    async def put(self, key: str, blob: bytes, *, expected_version: int) -> int:
+    async def put(self, key: str, blob: bytes | Sealer, *, expected_version: int) -> int:
         check_key(key)
-        data = check_blob(blob)
+        data = check_put_blob(blob)
         check_expected(expected_version)
         await checkpoint()
         with self._lock:
@@ -176,8 +196,8 @@ class MemoryStore:
                 raise VersionConflict(
                     f"vault row changed: expected version {expected_version}, found {current}"
                 )
-            self._seq += 1
-            self._rows[key] = StoredRow(self._seq, data)
+            self._seq += 1  # consumed even if the sealer fails: never issued twice
+            self._rows[key] = StoredRow(self._seq, blob_for(data, self._seq))
             return self._seq
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> bool:

@@ -2,7 +2,8 @@
 
 :class:`TokenVault` puts :class:`~agent_identity.vault.records.GrantRecord` s into a
 :class:`~agent_identity.vault.store.VaultStore`, sealed with AES-256-GCM
-(:mod:`agent_identity.vault.crypto`) under their storage key as associated data.
+(:mod:`agent_identity.vault.crypto`) with their storage key and the store version they are
+written at as associated data.
 
 Consistency model:
 
@@ -14,9 +15,19 @@ Consistency model:
   store for the row's version only and re-reads and decrypts only if it changed. A
   revocation or disconnect in another process is therefore seen within ``cache_ttl``.
   ``peek`` is the synchronous, I/O-free hot path over the same cache.
+- Rollback: every row is sealed for the version the store gives it, and a vault remembers
+  the newest version it has read or written of each row (also after a delete). A row at
+  an older version than that, or at another version than it was sealed for, raises
+  :class:`~agent_identity.errors.VaultRollback` and is never returned. Reads and writes
+  compare with what was known when they *started*, so a read that raced with a newer
+  write of this process is not a rollback. What this does and does not detect (a replay
+  seen only by a process that never saw the newer row, a restarted process, a whole
+  database restore) is in ``docs/vault.md``.
 - Anything that must not run twice at once (a refresh with a rotating refresh token,
   security item 25) runs under :meth:`TokenVault.lease`, a named lease in the store that
-  works across processes and hosts; inside it, read with ``load(fresh=True)``.
+  works across processes and hosts; inside it, read with ``load(fresh=True)``. The lease
+  is short (``ttl``, default :data:`DEFAULT_LEASE_TTL`) and renewed by a heartbeat every
+  ``ttl / 3`` while the body runs, so a crashed holder is overtaken within ``ttl``.
 - Keys rotate without downtime: make a new key current, keep the old one for decryption,
   run :meth:`TokenVault.rotate_keys`, then remove the old key.
 """
@@ -43,6 +54,7 @@ from agent_identity.errors import (
     ConfigurationError,
     VaultCorrupted,
     VaultError,
+    VaultRollback,
     VaultUnavailable,
     VersionConflict,
 )
@@ -54,9 +66,15 @@ from agent_identity.vault.records import (
     VersionedGrant,
     grant_prefix,
 )
-from agent_identity.vault.store import MemoryStore, VaultStore, check_key, check_ttl
+from agent_identity.vault.store import (
+    MemoryStore,
+    StoredRow,
+    VaultStore,
+    check_key,
+    check_ttl,
+)
 
-__all__ = ["TokenVault", "VersionedBlob"]
+__all__ = ["DEFAULT_LEASE_TTL", "TokenVault", "VersionedBlob"]
 
 logger = logging.getLogger("agent_identity.vault")
 
@@ -64,6 +82,12 @@ _KIND: Final = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _ROTATE_ATTEMPTS: Final = 10
 _POLL_MIN: Final = 0.01
 _POLL_MAX: Final = 0.05
+#: The default time to live of a lease, in seconds: the heartbeat renews it every third of
+#: that while the body runs, and a holder that died is overtaken at most this long after
+#: its last renewal.
+DEFAULT_LEASE_TTL: Final = 10.0
+_RENEW_EVERY: Final = 1 / 3  # of the ttl
+_RETRY_EVERY: Final = 1 / 10  # of the ttl, after a renewal that failed
 
 
 class VersionedBlob(NamedTuple):
@@ -78,6 +102,31 @@ class VersionedBlob(NamedTuple):
 class _Entry:
     grant: VersionedGrant
     validated_at: float
+
+
+class _Seen(NamedTuple):
+    """What a vault knows of one row: the newest version it has read, written or deleted,
+    and whether it has seen the row deleted or absent since (then that version is gone
+    for good: only a newer one may appear)."""
+
+    version: int
+    gone: bool
+
+    @property
+    def floor(self) -> int:
+        """The oldest version a row read now may have."""
+        return self.version + 1 if self.gone else self.version
+
+
+_UNSEEN: Final = _Seen(0, False)
+
+
+@dataclass(slots=True)
+class _Hold:
+    """A lease held by one task of this vault: nesting depth, and whether it was lost."""
+
+    depth: int
+    lost: bool = False
 
 
 def _check_grant_key(key: GrantKey) -> str:
@@ -118,7 +167,9 @@ class TokenVault:
         self._cache: dict[GrantKey, _Entry] = {}
         self._epoch = 0  # bumped by every invalidation; stale reads do not re-enter the cache
         self._instance = secrets.token_hex(8)
-        self._held: dict[tuple[str, str], int] = {}
+        self._held: dict[tuple[str, str], _Hold] = {}
+        # storage key -> what this vault knows of the row's versions (rollback detection)
+        self._seen: dict[str, _Seen] = {}
 
     def __repr__(self) -> str:
         return f"TokenVault(store={self._store!r}, cache_ttl={self._ttl!r})"
@@ -143,9 +194,11 @@ class TokenVault:
         """A vault in the SQLite file ``path`` (default: the user data directory, see
         :func:`~agent_identity.vault.sqlite.default_sqlite_path`).
 
-        Without ``keys``: ``AGENT_IDENTITY_VAULT_KEYS`` if set, else a key file next to the
-        database (:func:`~agent_identity.vault.crypto.default_keyring`); for
-        ``":memory:"`` a random ephemeral key.
+        Without ``keys``: ``AGENT_IDENTITY_VAULT_KEYS`` if set, else the key file next to the
+        database (:func:`~agent_identity.vault.crypto.default_keyring`), created only for a
+        new vault: if the database exists and its key file does not, this raises
+        :class:`~agent_identity.errors.ConfigurationError` instead of making up a key that
+        cannot open its rows. For ``":memory:"`` a random ephemeral key.
         """
         from agent_identity.vault.sqlite import MEMORY, SQLiteStore, default_sqlite_path
 
@@ -154,7 +207,8 @@ class TokenVault:
             if str(location) == MEMORY:
                 keys = Keyring.ephemeral()
             else:
-                keys = default_keyring(Path(location).expanduser().parent)
+                database = Path(location).expanduser()
+                keys = default_keyring(database.parent, database=database)
         # Leases coordinate processes: the store keeps real wall-clock time, not ``clock``.
         store = SQLiteStore(location, busy_timeout=busy_timeout)
         return cls(store, keys, cache_ttl=cache_ttl, clock=clock)
@@ -241,7 +295,8 @@ class TokenVault:
         ``fresh=True`` always reads and decrypts the row.
 
         Raises :class:`~agent_identity.errors.VaultCorrupted` (or ``VaultKeyError``) if
-        the row does not decrypt or parse; the row is left in place.
+        the row does not decrypt or parse, :class:`~agent_identity.errors.VaultRollback` if
+        it is an older copy (see the module docstring); the row is left in place.
         """
         storage_key = _check_grant_key(key)
         entry = self._cache.get(key)
@@ -249,6 +304,7 @@ class TokenVault:
         if entry is not None and not fresh and started - entry.validated_at < self._ttl:
             return entry.grant
         epoch = self._epoch
+        before = self._seen.get(storage_key, _UNSEEN)
         if entry is not None and not fresh:
             version = await self._store.version(storage_key)
             if version == entry.grant.version:
@@ -257,13 +313,15 @@ class TokenVault:
                 return entry.grant
             if version is None:
                 self._forget(key, entry)
+                self._absent(storage_key, before)
                 return None
         row = await self._store.get(storage_key)
         if row is None:
             if entry is not None:
                 self._forget(key, entry)
+            self._absent(storage_key, before)
             return None
-        record = GrantRecord.from_bytes(self._cipher.decrypt(row.blob, storage_key.encode()))
+        record = GrantRecord.from_bytes(self._unseal(storage_key, row, before))
         grant = VersionedGrant(record, row.version)
         self._remember(key, grant, epoch, started)
         return grant
@@ -277,12 +335,12 @@ class TokenVault:
         storage_key = _check_grant_key(key)
         if not isinstance(record, GrantRecord):
             raise ConfigurationError("the vault stores GrantRecord values")
-        blob = self._cipher.encrypt(record.to_bytes(), storage_key.encode())
+        plaintext = record.to_bytes()
         self.invalidate(key)  # a failed or cancelled write leaves no stale entry behind
         started = self._clock.monotonic()
         epoch = self._epoch
         try:
-            version = await self._store.put(storage_key, blob, expected_version=expected_version)
+            version = await self._put(storage_key, plaintext, expected_version)
         except BaseException:
             self.invalidate(key)
             raise
@@ -296,7 +354,7 @@ class TokenVault:
         storage_key = _check_grant_key(key)
         self.invalidate(key)
         try:
-            return await self._store.delete(storage_key, expected_version=expected_version)
+            return await self._delete(storage_key, expected_version)
         finally:
             self.invalidate(key)
 
@@ -333,6 +391,74 @@ class TokenVault:
         if self._cache.get(key) is entry:
             del self._cache[key]
 
+    # -- sealing and rollback ------------------------------------------------------------------
+
+    async def _put(self, storage_key: str, plaintext: bytes, expected_version: int) -> int:
+        """Seal ``plaintext`` for the version the store gives the write, and write it."""
+        before = self._seen.get(storage_key, _UNSEEN)
+        cipher = self._cipher
+
+        def seal(version: int) -> bytes:
+            return cipher.seal(plaintext, storage_key, version)
+
+        version = await self._store.put(storage_key, seal, expected_version=expected_version)
+        if version <= before.version:
+            # Versions are never reissued: every version seen before this write started is
+            # older than the one it got, unless the store's counter went back.
+            raise VaultRollback(
+                f"the vault store gave row {storage_key!r} version {version}, not newer than "
+                f"version {before.version} already seen: its version counter went back (a "
+                "restored backup or tampering); restart the processes after a deliberate "
+                "restore"
+            )
+        self._saw(storage_key, version)
+        return version
+
+    async def _delete(self, storage_key: str, expected_version: int | None) -> bool:
+        before = self._seen.get(storage_key, _UNSEEN)
+        deleted = await self._store.delete(storage_key, expected_version=expected_version)
+        if deleted and expected_version is not None:
+            # the row at expected_version is gone: only a newer version may appear
+            current = self._seen.get(storage_key, _UNSEEN)
+            if expected_version >= current.version:
+                self._seen[storage_key] = _Seen(expected_version, True)
+        else:
+            self._absent(storage_key, before)
+        return deleted
+
+    def _unseal(self, storage_key: str, row: StoredRow, before: _Seen) -> bytes:
+        """Decrypt ``row`` of ``storage_key``, read by a call that started when ``before``
+        was what this vault knew of the row; refuse a replayed copy (VaultRollback). A row
+        older than what was known *before* the read started cannot come from a store that
+        keeps its contract; one older than what was learnt *during* the read can (a
+        concurrent newer write of this process), so that is not checked."""
+        plaintext, sealed = self._cipher.unseal(row.blob, storage_key)
+        if sealed is not None and sealed != row.version:
+            raise VaultRollback(
+                f"vault row {storage_key!r} is stored at version {row.version} but was sealed "
+                f"for version {sealed}: a copy was written back or its version was edited"
+            )
+        if row.version < before.floor:
+            what = "deleted" if row.version == before.version else "already seen"
+            raise VaultRollback(
+                f"vault row {storage_key!r} is at version {row.version}, not newer than "
+                f"version {before.version} {what}: an older copy was written back"
+            )
+        self._saw(storage_key, row.version)
+        return plaintext
+
+    def _saw(self, storage_key: str, version: int) -> None:
+        if version > self._seen.get(storage_key, _UNSEEN).version:
+            self._seen[storage_key] = _Seen(version, False)
+
+    def _absent(self, storage_key: str, before: _Seen) -> None:
+        """The row was absent at a moment after ``before`` was what this vault knew of it:
+        the versions known then are gone (a row that appears later is newer). Not if a
+        newer version was learnt meanwhile (that row may have come after the absence)."""
+        current = self._seen.get(storage_key)
+        if current is not None and current.version == before.version and not current.gone:
+            self._seen[storage_key] = _Seen(current.version, True)
+
     # -- generic encrypted rows ---------------------------------------------------------------
 
     @staticmethod
@@ -348,10 +474,12 @@ class TokenVault:
         """Decrypt the ``kind`` row ``name`` (e.g. ``"ciba"``, an ``auth_req_id``).
         Not cached."""
         storage_key = self._blob_key(kind, name)
+        before = self._seen.get(storage_key, _UNSEEN)
         row = await self._store.get(storage_key)
         if row is None:
+            self._absent(storage_key, before)
             return None
-        return VersionedBlob(row.version, self._cipher.decrypt(row.blob, storage_key.encode()))
+        return VersionedBlob(row.version, self._unseal(storage_key, row, before))
 
     async def put_blob(self, kind: str, name: str, data: bytes, *, expected_version: int) -> int:
         """Encrypt and compare-and-swap ``data`` into the ``kind`` row ``name``; returns the
@@ -359,15 +487,14 @@ class TokenVault:
         storage_key = self._blob_key(kind, name)
         if not isinstance(data, bytes | bytearray | memoryview):
             raise ConfigurationError("put_blob stores bytes")
-        blob = self._cipher.encrypt(bytes(data), storage_key.encode())
-        return await self._store.put(storage_key, blob, expected_version=expected_version)
+        return await self._put(storage_key, bytes(data), expected_version)
 
     async def delete_blob(
         self, kind: str, name: str, *, expected_version: int | None = None
     ) -> bool:
         """Delete the ``kind`` row ``name``; ``True`` if a row was deleted."""
         storage_key = self._blob_key(kind, name)
-        return await self._store.delete(storage_key, expected_version=expected_version)
+        return await self._delete(storage_key, expected_version)
 
     async def blob_names(self, kind: str, prefix: str = "") -> list[str]:
         """Names of the ``kind`` rows that start with ``prefix``, sorted."""
@@ -379,20 +506,37 @@ class TokenVault:
     # -- leases ------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def lease(self, name: str, *, ttl: float, wait: float) -> AsyncIterator[None]:
+    async def lease(
+        self, name: str, *, wait: float, ttl: float = DEFAULT_LEASE_TTL
+    ) -> AsyncIterator[None]:
         """Hold the named lease for the ``async with`` body, across tasks, processes and hosts
         that share the store::
 
-            async with vault.lease(f"refresh:{key.storage_key}", ttl=30, wait=35):
+            async with vault.lease(f"refresh:{key.storage_key}", wait=45):
                 grant = await vault.load(key, fresh=True)
                 ...
 
-        Polls every 10-50 ms until ``wait`` seconds have passed, then raises
-        :class:`~agent_identity.errors.VaultUnavailable`. Released on exit, also on error
-        and cancellation; a crashed holder's lease expires ``ttl`` seconds after it was
-        taken, so ``ttl`` must exceed the time the body can take. Re-entrant within one task
-        (the holder is this vault instance and the current task); not shared with child
-        tasks.
+        **Waiting.** Polls every 10-50 ms until ``wait`` seconds have passed, then raises
+        :class:`~agent_identity.errors.VaultUnavailable`.
+
+        **Holding.** The lease is taken for ``ttl`` seconds (default
+        :data:`DEFAULT_LEASE_TTL`) and renewed by a heartbeat task every ``ttl / 3`` while
+        the body runs, so the body may take as long as it needs, and a holder that died
+        (crash, SIGKILL, lost host) is overtaken at most ``ttl`` after its last renewal. The
+        heartbeat is shielded from the caller's cancellation: a body that finishes a
+        shielded section after its caller was cancelled keeps the lease until it exits.
+        A failed renewal (store unreachable) is retried every ``ttl / 10``.
+
+        **Losing it.** If a renewal finds the lease taken by another holder, or no renewal
+        succeeded for ``ttl`` seconds (so another holder may have taken it), the body is
+        cancelled (at its next checkpoint; shielded sections finish first) and
+        ``async with`` raises ``VaultUnavailable``. Work the body finished before that
+        stands; writes are compare-and-swap, so an overtaking holder's writes are never
+        silently overwritten.
+
+        Released on exit, also on error and cancellation, once the heartbeat has stopped.
+        Re-entrant within one task (the holder is this vault instance and the current task;
+        the outer hold's ``ttl`` and heartbeat apply); not shared with child tasks.
         """
         check_key(name, "lease name")
         seconds = check_ttl(ttl)
@@ -400,27 +544,96 @@ class TokenVault:
             raise ConfigurationError("lease wait must be a number of seconds >= 0")
         holder = f"{self._instance}:{anyio.get_current_task().id}"
         slot = (name, holder)
-        if slot in self._held:  # re-entry: extend our own lease
-            if not await self._store.acquire_lease(name, holder, seconds):
-                raise VaultUnavailable(f"the vault lease {name!r} expired while held")
-        else:
-            await self._acquire(name, holder, seconds, float(wait))
-        self._held[slot] = self._held.get(slot, 0) + 1
+        hold = self._held.get(slot)
+        if hold is not None:  # re-entry: the outer hold's heartbeat keeps the lease
+            if hold.lost:
+                raise VaultUnavailable(f"the vault lease {name!r} was lost while held")
+            hold.depth += 1
+            try:
+                yield
+            finally:
+                hold.depth -= 1
+            return
+        taken_at = await self._acquire(name, holder, seconds, float(wait))
+        hold = self._held[slot] = _Hold(1)
         try:
-            yield
+            # The body runs in ``body``, whose deadline the heartbeat moves on with every
+            # renewal: when renewals stop succeeding, the body is cancelled when the lease
+            # may lapse, even if a renewal call is stuck.
+            body = anyio.CancelScope(deadline=taken_at + seconds)
+            beat = anyio.CancelScope(shield=True)
+            error: BaseException | None = None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._heartbeat, name, holder, seconds, hold, body, beat)
+                try:
+                    with body:
+                        yield
+                except BaseException as exc:
+                    # Re-raised outside the task group, which would wrap it in a group.
+                    error = exc
+                finally:
+                    overdue = anyio.current_time() >= body.deadline
+                    beat.cancel()
+            if body.cancel_called or overdue:
+                hold.lost = True
+            if error is not None:
+                raise error
+            if hold.lost:
+                raise VaultUnavailable(
+                    f"the vault lease {name!r} was lost while held (taken by another holder, "
+                    "or not renewed for its ttl): the body was cancelled"
+                )
         finally:
-            depth = self._held[slot] - 1
-            if depth:
-                self._held[slot] = depth
-            else:
-                del self._held[slot]
-                await self._release(name, holder)
+            del self._held[slot]
+            await self._release(name, holder)
 
-    async def _acquire(self, name: str, holder: str, ttl: float, wait: float) -> None:
+    async def _heartbeat(
+        self,
+        name: str,
+        holder: str,
+        ttl: float,
+        hold: _Hold,
+        body: anyio.CancelScope,
+        beat: anyio.CancelScope,
+    ) -> None:
+        """Renew the lease every ``ttl / 3`` until ``beat`` is cancelled (the body ended)."""
+        with beat:
+            renewed = body.deadline - ttl  # when the last successful acquire call started
+            next_at = renewed + ttl * _RENEW_EVERY
+            while True:
+                await anyio.sleep(max(0.0, next_at - anyio.current_time()))
+                started = anyio.current_time()
+                if started >= body.deadline:
+                    return  # the lease may have lapsed: the body's deadline cancels it
+                try:
+                    held = await self._store.acquire_lease(name, holder, ttl)
+                except VaultError as exc:
+                    logger.warning("could not renew the vault lease %r (%s); retrying", name, exc)
+                    next_at = started + ttl * _RETRY_EVERY
+                    continue
+                if not held:
+                    hold.lost = True
+                    logger.warning(
+                        "the vault lease %r was taken by another holder; cancelling its body",
+                        name,
+                    )
+                    body.cancel()
+                    return
+                if anyio.current_time() >= body.deadline:
+                    return  # renewed too late: another holder may have come and gone
+                body.deadline = started + ttl
+                next_at = started + ttl * _RENEW_EVERY
+
+    async def _acquire(self, name: str, holder: str, ttl: float, wait: float) -> float:
+        """Take the lease (waiting up to ``wait`` s); returns when the successful attempt
+        started (``anyio.current_time()``): the lease lasts at least ``ttl`` from then."""
         deadline = anyio.current_time() + wait
         delay = _POLL_MIN
         try:
-            while not await self._store.acquire_lease(name, holder, ttl):
+            while True:
+                attempt = anyio.current_time()
+                if await self._store.acquire_lease(name, holder, ttl):
+                    return attempt
                 remaining = deadline - anyio.current_time()
                 if remaining <= 0:
                     raise VaultUnavailable(
@@ -448,36 +661,40 @@ class TokenVault:
     # -- maintenance -------------------------------------------------------------------------
 
     async def rotate_keys(self) -> int:
-        """Re-encrypt every row not sealed under the current key; returns how many were.
+        """Re-encrypt every row not sealed under the current key, or not sealed for its
+        version (rows written before rollback detection); returns how many were.
 
         Each row is rewritten by compare-and-swap; a row written meanwhile is re-read and
         retried (a concurrent writer seals under the current key anyway), so nothing written
         concurrently is lost. Old keys must stay in the key provider until this returns.
         Raises :class:`~agent_identity.errors.VaultCorrupted` after the pass if some rows
-        could not be decrypted (they are left as they are, and named in the log), or
-        ``VersionConflict`` if a row kept changing.
+        could not be decrypted or are replayed copies (they are left as they are, and named
+        in the log: re-sealing would launder a rollback), or ``VersionConflict`` if a row
+        kept changing.
         """
         current = self._cipher.current_key_id
         rotated = 0
         corrupted: list[str] = []
         contended: list[str] = []
         for storage_key in await self._store.keys():
-            aad = storage_key.encode()
             for _attempt in range(_ROTATE_ATTEMPTS):
+                before = self._seen.get(storage_key, _UNSEEN)
                 row = await self._store.get(storage_key)
                 if row is None:
                     break
                 try:
-                    if Cipher.key_id_of(row.blob) == current:
+                    if (
+                        Cipher.key_id_of(row.blob) == current
+                        and Cipher.sealed_version_of(row.blob) == row.version
+                    ):
                         break
-                    plaintext = self._cipher.decrypt(row.blob, aad)
+                    plaintext = self._unseal(storage_key, row, before)
                 except VaultCorrupted as exc:
                     logger.warning("vault row %r cannot be re-encrypted: %s", storage_key, exc)
                     corrupted.append(storage_key)
                     break
-                blob = self._cipher.encrypt(plaintext, aad)
                 try:
-                    version = await self._store.put(storage_key, blob, expected_version=row.version)
+                    version = await self._put(storage_key, plaintext, row.version)
                 except VersionConflict:
                     continue
                 rotated += 1

@@ -17,6 +17,9 @@ Modes:
   ``--interval`` seconds until a call fails or returns another token:
   ``{"event": "changed", "at", "fingerprint", "error"}`` (exit 3 on an error, 0 on a new
   token), or ``{"event": "unchanged"}`` after ``--deadline`` seconds (exit 4).
+- ``hold``: no authorization server: take the vault lease ``--lease`` (``--lease-ttl``,
+  default the vault's), print ``{"event": "held", "at"}`` and hold it (heartbeat running)
+  until killed; ``--deadline`` seconds at most.
 
 The vault key comes from ``--key`` (base64, 32 bytes) or, better (it keeps the key out of
 the process list), from ``AGENT_IDENTITY_VAULT_KEYS`` (``kid:BASE64``). Consent is never
@@ -112,9 +115,58 @@ def worker_command(
     return argv
 
 
+def hold_command(
+    *,
+    lease: str,
+    db: Path | str | None = None,
+    url: str | None = None,
+    lease_ttl: float | None = None,
+    deadline: float = 60.0,
+    python: str | None = None,
+) -> list[str]:
+    """The argv of a worker that takes the vault lease ``lease`` and holds it until
+    killed (mode ``hold``)."""
+    if (db is None) == (url is None):
+        raise ValueError("pass exactly one of db= and url=")
+    argv = [
+        python or sys.executable,
+        str(WORKER),
+        *(["--db", str(db)] if db is not None else ["--url", str(url)]),
+        "--mode",
+        "hold",
+        "--lease",
+        lease,
+        "--deadline",
+        str(deadline),
+    ]
+    if lease_ttl is not None:
+        argv += ["--lease-ttl", str(lease_ttl)]
+    return argv
+
+
 def worker_env(key_id: str, key_b64: str) -> dict[str, str]:
     """The environment of a worker: this one plus the vault key."""
     return {**os.environ, "AGENT_IDENTITY_VAULT_KEYS": f"{key_id}:{key_b64}"}
+
+
+async def expire_token(vault: Any, key: Any, token_key: Any) -> None:
+    """Make the stored token ``token_key`` (resource, scopes) of the grant ``key`` in
+    ``vault`` expired, as if issued 10 minutes ago, so that the next ``token()`` refreshes."""
+    from agent_identity.vault import CachedToken
+
+    current = await vault.load(key, fresh=True)
+    assert current is not None
+    old = current.record.tokens[token_key]
+    now = time.time()
+    expired = CachedToken(
+        resource=old.resource,
+        scopes=old.scopes,
+        value=old.value,
+        token_type=old.token_type,
+        expires_at=now - 300,
+        issued_at=now - 600,
+    )
+    await vault.save(key, current.record.with_token(expired), expected_version=current.version)
 
 
 class Worker:
@@ -207,16 +259,34 @@ async def _barrier(args: argparse.Namespace) -> None:
             await anyio.sleep(delay)
 
 
-async def _run(args: argparse.Namespace) -> int:
-    from agent_identity import AgentIdentityError, IdentityClient
-    from agent_identity.devidp import DEV_CLIENTS
+def _vault(args: argparse.Namespace) -> Any:
     from agent_identity.vault import Keyring, TokenVault
 
     keys = Keyring({"k1": args.key}, "k1") if args.key is not None else Keyring.from_env()
     if args.url is not None:
-        vault = TokenVault.from_url(args.url, keys=keys, cache_ttl=args.cache_ttl)
-    else:
-        vault = TokenVault.sqlite(args.db, keys=keys, cache_ttl=args.cache_ttl)
+        return TokenVault.from_url(args.url, keys=keys, cache_ttl=args.cache_ttl)
+    return TokenVault.sqlite(args.db, keys=keys, cache_ttl=args.cache_ttl)
+
+
+async def _hold(args: argparse.Namespace) -> int:
+    if args.lease is None:
+        raise SystemExit("--lease is required in hold mode")
+    options = {} if args.lease_ttl is None else {"ttl": args.lease_ttl}
+    async with _vault(args) as vault, vault.lease(args.lease, wait=30, **options):
+        _emit(event="held", at=time.time(), pid=os.getpid())
+        await anyio.sleep(args.deadline)
+    return UNCHANGED_EXIT
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from agent_identity import AgentIdentityError, IdentityClient
+    from agent_identity.devidp import DEV_CLIENTS
+
+    if args.mode == "hold":
+        return await _hold(args)
+    if args.issuer is None or args.resource is None:
+        raise SystemExit("--issuer and --resource are required in this mode")
+    vault = _vault(args)
     secret = DEV_CLIENTS[args.client_id][0]
     scopes = args.scopes.split()
     try:
@@ -284,7 +354,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="token vault worker (tests and benchmarks)")
-    parser.add_argument("--issuer", required=True)
+    parser.add_argument("--issuer", default=None, help="required unless --mode hold")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--db", help="the SQLite vault file")
     where.add_argument("--url", help="a vault URL (postgresql://..., sqlite:///...)")
@@ -292,9 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--client-id", default="agent-confidential")
     parser.add_argument("--tenant", default="default")
     parser.add_argument("--user", default="alice")
-    parser.add_argument("--resource", required=True)
+    parser.add_argument("--resource", default=None, help="required unless --mode hold")
     parser.add_argument("--scopes", default="", help="space-separated")
-    parser.add_argument("--mode", choices=["token", "watch"], default="token")
+    parser.add_argument("--mode", choices=["token", "watch", "hold"], default="token")
+    parser.add_argument("--lease", default=None, help="hold: the lease name")
     parser.add_argument("--start-file", default=None, help="start once this file exists")
     parser.add_argument("--start-at", type=float, default=None, help="start at this epoch")
     parser.add_argument("--lease-ttl", type=float, default=None)

@@ -4,18 +4,14 @@ Worker processes (``_vault_worker.py --url postgresql://...``), each with its ow
 connection pool, share one PostgreSQL vault (a schema of this test's own, see
 ``tests/_postgres.py``) and one grant: they refresh it once between them through the
 store's lease (security item 25), and a worker SIGKILLed while it holds the refresh lease
-blocks the others only until the lease's ttl, leaving the row intact.
+(past the lease's ttl: its heartbeat renewed it) blocks the others only until the ttl
+after its last renewal, leaving the row intact.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import os
-import secrets
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,89 +19,34 @@ import _postgres
 import anyio
 import pytest
 from _postgres import pg_schema
-from _vault_worker import Worker, fingerprint, worker_command, worker_env
+from _vault_fixtures import (
+    grant_key,
+    key_b64,
+    keys,
+    one_refresh_for_all,
+    spawned,
+    start_gated,
+    vault_client,
+)
+from _vault_worker import Worker, expire_token, fingerprint
 
-from agent_identity import ConsentRequired, IdentityClient, LoopbackConsent, VaultUnavailable
-from agent_identity.consent.base import ConsentFlow
-from agent_identity.devidp import DEV_CLIENTS, DevBrowser, DevIdP
+from agent_identity import VaultUnavailable
+from agent_identity.devidp import DevIdP
 from agent_identity.oauth.jwt import peek_claims
-from agent_identity.vault import CachedToken, GrantKey, Keyring, TokenVault
+from agent_identity.vault import Keyring, TokenVault
 
-__all__ = ["pg_schema"]
+__all__ = ["key_b64", "keys", "pg_schema", "spawned"]
 
 pytestmark = [pytest.mark.anyio, pytest.mark.idp]
 
 CALENDAR = "https://calendar.example/api"
 READ = ["calendar.read"]
 TOKEN_KEY = (CALENDAR, frozenset(READ))
-KEY_ID = "test-pg"
-
-
-@pytest.fixture
-def key_b64() -> str:
-    return base64.b64encode(secrets.token_bytes(32)).decode()
-
-
-@pytest.fixture
-def keys(key_b64: str) -> Keyring:
-    return Keyring({KEY_ID: key_b64}, KEY_ID)
 
 
 @pytest.fixture
 def url(pg_schema: str) -> str:
     return _postgres.url(pg_schema)
-
-
-@pytest.fixture
-def spawned() -> Iterator[list[Worker]]:
-    """Workers started by a test; any still running at the end is killed (by its pid)."""
-    workers: list[Worker] = []
-    yield workers
-    for worker in workers:
-        if worker.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker.pid, signal.SIGKILL)
-
-
-class FailingConsent:
-    """A consent handler that must not be called."""
-
-    async def obtain_consent(self, flow: ConsentFlow) -> None:
-        raise ConsentRequired("no consent expected here", scopes=flow.scopes)
-
-
-def _client(idp: DevIdP, vault: TokenVault, **kwargs: Any) -> IdentityClient:
-    kwargs.setdefault("consent", LoopbackConsent(browser=DevBrowser("alice")))
-    return IdentityClient(
-        idp.issuer,
-        client_id="agent-confidential",
-        client_secret=DEV_CLIENTS["agent-confidential"][0],
-        allow_insecure_loopback=True,
-        vault=vault,
-        **kwargs,
-    )
-
-
-
-def _key(tenant: str, idp: DevIdP) -> GrantKey:
-    """Where alice's grant of the confidential dev client lives."""
-    return GrantKey(tenant, "alice", idp.issuer, "agent-confidential")
-
-async def _expire(vault: TokenVault, key: GrantKey) -> None:
-    """Make the stored token for TOKEN_KEY expired (as if issued 10 minutes ago)."""
-    current = await vault.load(key, fresh=True)
-    assert current is not None
-    old = current.record.tokens[TOKEN_KEY]
-    now = time.time()
-    expired = CachedToken(
-        resource=old.resource,
-        scopes=old.scopes,
-        value=old.value,
-        token_type=old.token_type,
-        expires_at=now - 300,
-        issued_at=now - 600,
-    )
-    await vault.save(key, current.record.with_token(expired), expected_version=current.version)
 
 
 def _lease_held(schema: str, name: str) -> bool:
@@ -116,16 +57,6 @@ def _lease_held(schema: str, name: str) -> bool:
             (name,),
         ).fetchone()
     return row is not None
-
-
-async def _start(spawned: list[Worker], tmp_path: Path, key_b64: str, **options: Any) -> Worker:
-    worker = await Worker.start(
-        worker_command(**options),
-        worker_env(KEY_ID, key_b64),
-        tmp_path / f"worker-{len(spawned)}.stderr",
-    )
-    spawned.append(worker)
-    return worker
 
 
 async def test_sec_25_eight_processes_one_refresh_on_postgres(
@@ -141,44 +72,32 @@ async def test_sec_25_eight_processes_one_refresh_on_postgres(
     rotated refresh token and make oidc-provider revoke the grant), and all eight get the
     same valid token, the one now in the vault."""
     tenant = "pg-sec25"
-    key = _key(tenant, dev_idp)
-    async with TokenVault.from_url(url, keys=keys) as vault, _client(dev_idp, vault) as identity:
+    key = grant_key(tenant, dev_idp)
+    async with (
+        TokenVault.from_url(url, keys=keys) as vault,
+        vault_client(dev_idp, vault) as identity,
+    ):
         alice = identity.user("alice", tenant=tenant)
         await alice.consent(scopes=["openid", *READ], resource=CALENDAR)
         old = await alice.token(resource=CALENDAR, scopes=READ)
-        await _expire(vault, key)
+        await expire_token(vault, key, TOKEN_KEY)
         before = await vault.load(key, fresh=True)
         assert before is not None
     await dev_idp.clear_requests()
 
-    start = tmp_path / "go"
-    workers = [
-        await _start(
-            spawned,
-            tmp_path,
-            key_b64,
-            issuer=dev_idp.issuer,
-            url=url,
-            tenant=tenant,
-            user="alice",
-            resource=CALENDAR,
-            scopes=READ,
-            start_file=start,
-        )
-        for _ in range(8)
-    ]
-    for worker in workers:
-        await worker.expect("ready")
-    start.touch()  # all eight are past discovery, their pools are open
-    results = [await worker.expect("result") for worker in workers]
-    codes = [await worker.wait() for worker in workers]
-
-    assert codes == [0] * 8, [w.stderr_tail() for w in workers]
-    assert all(r["ok"] for r in results), results
-    refreshes = await dev_idp.token_requests("refresh_token")
-    assert len(refreshes) == 1, refreshes
-    assert refreshes[0]["status"] == 200
-    assert len({r["fingerprint"] for r in results}) == 1
+    results = await one_refresh_for_all(
+        dev_idp,
+        spawned,
+        tmp_path,
+        key_b64,
+        8,
+        issuer=dev_idp.issuer,
+        url=url,
+        tenant=tenant,
+        user="alice",
+        resource=CALENDAR,
+        scopes=READ,
+    )
     assert results[0]["fingerprint"] != fingerprint(old.value.get_secret_value())
 
     async with TokenVault.from_url(url, keys=keys) as vault:
@@ -202,15 +121,16 @@ async def test_sigkilled_lease_holder_is_taken_over_after_the_lease_ttl(
     key_b64: str,
     spawned: list[Worker],
 ) -> None:
-    """Worker A takes the refresh lease and sends its refresh (the server holds every
-    refresh 2 s); A is SIGKILLed. Worker B, released at once, waits for A's lease to expire
-    (its ttl, 2 s), then refreshes with the stored refresh token, which A's dropped request
-    never rotated. The row was never torn: same version and refresh token until B wrote."""
+    """Worker A takes the refresh lease (ttl 2 s) and sends its refresh (the server holds
+    every refresh 5 s); 3 s in, A still holds the lease (its heartbeat renews it) and is
+    SIGKILLed. The lease is free again at most its ttl after A's last renewal; then worker
+    B refreshes with the stored refresh token, which A's dropped request never rotated.
+    The row was never torn: same version and refresh token until B wrote."""
     lease_ttl = 2.0
     tenant = "pg-sigkill"
-    idp: DevIdP = dev_idp_factory(refresh_delay=2)
-    key = _key(tenant, idp)
-    async with TokenVault.from_url(url, keys=keys) as vault, _client(idp, vault) as identity:
+    idp: DevIdP = dev_idp_factory(refresh_delay=5)
+    key = grant_key(tenant, idp)
+    async with TokenVault.from_url(url, keys=keys) as vault, vault_client(idp, vault) as identity:
         alice = identity.user("alice", tenant=tenant)
         await alice.consent(scopes=["openid", "calendar.read", "calendar.write"], resource=CALENDAR)
     await idp.clear_requests()
@@ -224,11 +144,7 @@ async def test_sigkilled_lease_holder_is_taken_over_after_the_lease_ttl(
         "scopes": READ,
         "lease_ttl": lease_ttl,
     }
-    go_a, go_b = tmp_path / "go-a", tmp_path / "go-b"
-    a = await _start(spawned, tmp_path, key_b64, start_file=go_a, **options)
-    b = await _start(spawned, tmp_path, key_b64, start_file=go_b, **options)
-    await a.expect("ready")
-    await b.expect("ready")
+    (a, go_a), (b, go_b) = await start_gated(spawned, tmp_path, key_b64, 2, **options)
 
     async with TokenVault.from_url(url, keys=keys) as vault:
         before = await vault.load(key, fresh=True)
@@ -242,11 +158,13 @@ async def test_sigkilled_lease_holder_is_taken_over_after_the_lease_ttl(
             while not _lease_held(pg_schema, lease):  # noqa: ASYNC110 - another process
                 await anyio.sleep(0.01)
         taken = time.monotonic()
-        await anyio.sleep(0.3)  # A's refresh request is in flight, held by the server
+        # past its ttl, A still holds the lease: its refresh request is in flight
+        await anyio.sleep(max(0.0, taken + 1.5 * lease_ttl - time.monotonic()))
         with pytest.raises(VaultUnavailable):
             async with vault.lease(lease, ttl=1, wait=0):
                 pass
         a.process.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
         assert await a.wait() == -signal.SIGKILL
 
         after = await vault.load(key, fresh=True)  # nothing written, nothing torn
@@ -258,12 +176,15 @@ async def test_sigkilled_lease_holder_is_taken_over_after_the_lease_ttl(
             == before.record.refresh_token.get_secret_value()
         )
 
+        # the dead holder's lease blocks at most its ttl after its last renewal
+        async with vault.lease(lease, ttl=1, wait=lease_ttl + 5):
+            waited = time.monotonic() - killed
+        assert waited <= lease_ttl + 0.5, waited
+
         go_b.touch()
         result = await b.expect("result", within=20)
         assert await b.wait() == 0, b.stderr_tail()
         assert result["ok"], result
-        waited = time.monotonic() - taken
-        assert waited >= lease_ttl - 0.5, waited  # B waited for the dead holder's lease
 
         current = await vault.load(key, fresh=True)
         assert current is not None

@@ -1,50 +1,48 @@
 """The token vault across processes, against the real local authorization server.
 
 Several OS processes (``_vault_worker.py``) share one SQLite vault file and one grant:
-they must refresh it once between them (security item 25), survive a refresh holder
-killed mid-flight without a torn vault, see a revocation made by another process within
-the vault's ``cache_ttl``, and a restarted client must use the persisted grant with its
-persisted expiry (pain point 4). Every vault here is an explicit SQLite file under
-``tmp_path`` with a fixed test key; the workers get the same file and key.
+they must refresh it once between them (security item 25), also when the refresh takes
+longer than the lease's ttl (the heartbeat keeps a live holder's lease), survive a refresh
+holder killed mid-flight without a torn vault and be overtaken within the lease's ttl,
+see a revocation made by another process within the vault's ``cache_ttl``, and a
+restarted client must use the persisted grant with its persisted expiry (pain point 4).
+Every vault here is an explicit SQLite file under ``tmp_path`` with a fixed test key; the
+workers get the same file and key.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import os
-import secrets
 import signal
+import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from _vault_worker import TYPED_ERROR_EXIT, Worker, fingerprint, worker_command, worker_env
+from _vault_fixtures import (
+    FailingConsent,
+    grant_key,
+    key_b64,
+    keys,
+    one_refresh_for_all,
+    spawned,
+    start_gated,
+    start_worker,
+    vault_client,
+)
+from _vault_worker import TYPED_ERROR_EXIT, Worker, fingerprint
 
-from agent_identity import ConsentRequired, IdentityClient, LoopbackConsent, VaultUnavailable
-from agent_identity.consent.base import ConsentFlow
-from agent_identity.devidp import DEV_CLIENTS, DevBrowser, DevIdP
+from agent_identity.devidp import DevIdP
 from agent_identity.oauth.jwt import peek_claims
-from agent_identity.vault import GrantKey, Keyring, TokenVault
+from agent_identity.vault import Keyring, TokenVault
+
+__all__ = ["key_b64", "keys", "spawned"]
 
 pytestmark = [pytest.mark.anyio, pytest.mark.idp]
 
 CALENDAR = "https://calendar.example/api"
 READ = ["calendar.read"]
-KEY_ID = "test-k1"
-
-
-@pytest.fixture
-def key_b64() -> str:
-    return base64.b64encode(secrets.token_bytes(32)).decode()
-
-
-@pytest.fixture
-def keys(key_b64: str) -> Keyring:
-    return Keyring({KEY_ID: key_b64}, KEY_ID)
 
 
 @pytest.fixture
@@ -52,50 +50,11 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "vault.sqlite3"
 
 
-@pytest.fixture
-def spawned() -> Iterator[list[Worker]]:
-    """Workers started by a test; any still running at the end is killed (by its pid)."""
-    workers: list[Worker] = []
-    yield workers
-    for worker in workers:
-        if worker.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker.pid, signal.SIGKILL)
-
-
-class FailingConsent:
-    """A consent handler that must not be called: it counts calls and refuses."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def obtain_consent(self, flow: ConsentFlow) -> None:
-        self.calls += 1
-        raise ConsentRequired("no consent expected here", scopes=flow.scopes)
-
-
-def _client(idp: DevIdP, vault: TokenVault, **kwargs: Any) -> IdentityClient:
-    kwargs.setdefault("consent", LoopbackConsent(browser=DevBrowser("alice")))
-    return IdentityClient(
-        idp.issuer,
-        client_id="agent-confidential",
-        client_secret=DEV_CLIENTS["agent-confidential"][0],
-        allow_insecure_loopback=True,
-        vault=vault,
-        **kwargs,
-    )
-
-
-
-def _key(tenant: str, idp: DevIdP) -> GrantKey:
-    """Where alice's grant of the confidential dev client lives."""
-    return GrantKey(tenant, "alice", idp.issuer, "agent-confidential")
-
 async def _consent(idp: DevIdP, db: Path, keys: Keyring, tenant: str, scopes: list[str]) -> None:
     """alice consents once, in the test process, into the SQLite vault ``db``."""
     async with (
         TokenVault.sqlite(db, keys=keys) as vault,
-        _client(idp, vault) as identity,
+        vault_client(idp, vault) as identity,
     ):
         grant = await identity.user("alice", tenant=tenant).consent(
             scopes=scopes, resource=CALENDAR
@@ -103,15 +62,24 @@ async def _consent(idp: DevIdP, db: Path, keys: Keyring, tenant: str, scopes: li
         assert grant.has_refresh_token
 
 
-async def _start(spawned: list[Worker], tmp_path: Path, key_b64: str, **options: Any) -> Worker:
-    index = len(spawned)
-    worker = await Worker.start(
-        worker_command(**options),
-        worker_env(KEY_ID, key_b64),
-        tmp_path / f"worker-{index}.stderr",
-    )
-    spawned.append(worker)
-    return worker
+def _lease_held(db: Path, name: str) -> bool:
+    """Whether someone holds the lease ``name`` (read from the file, not taken)."""
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        row = conn.execute(
+            "SELECT 1 FROM leases WHERE name = ? AND expires_at > ?", (name, time.time())
+        ).fetchone()
+    finally:
+        conn.close()
+    return row is not None
+
+
+async def _until_held(db: Path, name: str) -> float:
+    """Wait until another process holds the lease ``name``; returns when it was seen."""
+    with anyio.fail_after(10):
+        while not _lease_held(db, name):  # noqa: ASYNC110 - another process
+            await anyio.sleep(0.01)
+    return time.monotonic()
 
 
 async def test_sec_25_eight_processes_one_refresh(
@@ -129,38 +97,23 @@ async def test_sec_25_eight_processes_one_refresh(
     tenant = "sec25-procs"
     await _consent(dev_idp, db, keys, tenant, ["openid", "calendar.read", "calendar.write"])
     await dev_idp.clear_requests()
-    start = tmp_path / "go"
-    workers = [
-        await _start(
-            spawned,
-            tmp_path,
-            key_b64,
-            issuer=dev_idp.issuer,
-            db=db,
-            tenant=tenant,
-            user="alice",
-            resource=CALENDAR,
-            scopes=READ,
-            start_file=start,
-        )
-        for _ in range(8)
-    ]
-    for worker in workers:
-        await worker.expect("ready")
-    start.touch()  # the barrier: all eight are past discovery and waiting for this
-    results = [await worker.expect("result") for worker in workers]
-    codes = [await worker.wait() for worker in workers]
-
-    assert codes == [0] * 8, [w.stderr_tail() for w in workers]
-    assert all(r["ok"] for r in results), results
-    refreshes = await dev_idp.token_requests("refresh_token")
-    assert len(refreshes) == 1, refreshes
-    assert refreshes[0]["status"] == 200
-    assert len({r["fingerprint"] for r in results}) == 1
+    results = await one_refresh_for_all(
+        dev_idp,
+        spawned,
+        tmp_path,
+        key_b64,
+        8,
+        issuer=dev_idp.issuer,
+        db=db,
+        tenant=tenant,
+        user="alice",
+        resource=CALENDAR,
+        scopes=READ,
+    )
 
     # the token they share is the one in the vault, and it is what was asked for
     async with TokenVault.sqlite(db, keys=keys) as vault:
-        current = await vault.load(_key(tenant, dev_idp), fresh=True)
+        current = await vault.load(grant_key(tenant, dev_idp), fresh=True)
         assert current is not None
         stored = current.record.tokens[(CALENDAR, frozenset(READ))]
         value = stored.value.get_secret_value()
@@ -180,7 +133,7 @@ async def test_sec_25_thousand_concurrent_callers_one_refresh(
     idp: DevIdP = dev_idp_factory(access_token_ttl=4)
     async with (
         TokenVault.sqlite(db, keys=keys) as vault,
-        _client(idp, vault) as identity,
+        vault_client(idp, vault) as identity,
     ):
         alice = identity.user("alice", tenant="sec25-tasks")
         await alice.consent(scopes=["openid", *READ], resource=CALENDAR)
@@ -223,11 +176,11 @@ async def test_sigkill_during_refresh_leaves_vault_consistent(
 ) -> None:
     """A worker is SIGKILLed while its refresh request is in flight.
 
-    The server holds every refresh 5 s (``refresh_delay``) and drops it unprocessed when
-    the client has gone away, so the killed refresh never happened. Afterwards the vault
-    row is intact (same version, same refresh token), the dead worker's lease blocks
-    others at most its ``lease_ttl`` (3 s here; short only to keep the test short: a real
-    lease must outlive the slowest refresh), and the next ``token()`` refreshes once.
+    The server holds every refresh 6 s (``refresh_delay``) and drops it unprocessed when
+    the client has gone away, so the killed refresh never happened. The worker's refresh
+    lease has a 2 s ttl: it still holds it 3 s in (its heartbeat renews it every ttl / 3).
+    Once it is killed, its lease blocks others at most the ttl; the vault row is intact
+    (same version, same refresh token), and the next ``token()`` refreshes once.
 
     Real-world caveat: had the authorization server processed the killed refresh, it would
     have rotated the refresh token, and the new one died with the worker (nothing is
@@ -235,11 +188,11 @@ async def test_sigkill_during_refresh_leaves_vault_consistent(
     then gets ``invalid_grant`` and the caller a typed ``ReauthorizationRequired`` (the
     user must consent again): never a torn or half-written vault row.
     """
-    lease_ttl = 3.0
+    lease_ttl = 2.0
     tenant = "sigkill"
-    idp: DevIdP = dev_idp_factory(refresh_delay=5)
+    idp: DevIdP = dev_idp_factory(refresh_delay=6)
     await _consent(idp, db, keys, tenant, ["openid", "calendar.read", "calendar.write"])
-    key = _key(tenant, idp)
+    key = grant_key(tenant, idp)
     async with TokenVault.sqlite(db, keys=keys) as vault:
         before = await vault.load(key, fresh=True)
         assert before is not None
@@ -248,7 +201,7 @@ async def test_sigkill_during_refresh_leaves_vault_consistent(
 
         await idp.clear_requests()
         start = tmp_path / "go"
-        worker = await _start(
+        worker = await start_worker(
             spawned,
             tmp_path,
             key_b64,
@@ -263,15 +216,15 @@ async def test_sigkill_during_refresh_leaves_vault_consistent(
         )
         await worker.expect("ready")
         start.touch()
-        released = time.monotonic()
-        await anyio.sleep(1.0)
         lease = f"refresh:{key.storage_key}"
-        # the worker holds the refresh lease: it is waiting for the server's answer
-        with pytest.raises(VaultUnavailable):
-            async with vault.lease(lease, ttl=1, wait=0):
-                pass
+        taken = await _until_held(db, lease)
+        # past its ttl, the worker still holds the lease (renewed while it waits for the
+        # server's answer)
+        await anyio.sleep(max(0.0, taken + 1.5 * lease_ttl - time.monotonic()))
+        assert _lease_held(db, lease)
         assert worker.process.returncode is None
         worker.process.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
         assert await worker.wait() == -signal.SIGKILL
 
         # the row still loads and decrypts, unchanged
@@ -285,14 +238,14 @@ async def test_sigkill_during_refresh_leaves_vault_consistent(
         )
         assert after.record.tokens.keys() == before.record.tokens.keys()
 
-        # the dead holder's lease blocks until its ttl runs out, not longer
-        async with vault.lease(lease, ttl=1, wait=lease_ttl + 2):
-            waited = time.monotonic() - released
-        assert lease_ttl - 0.5 <= waited <= lease_ttl + 1.0, waited
+        # the dead holder's lease blocks at most its ttl after its last renewal
+        async with vault.lease(lease, ttl=1, wait=lease_ttl + 5):
+            waited = time.monotonic() - killed
+        assert waited <= lease_ttl + 0.5, waited
 
     async with (
         TokenVault.sqlite(db, keys=keys) as vault,
-        _client(idp, vault, consent=FailingConsent()) as identity,
+        vault_client(idp, vault, consent=FailingConsent()) as identity,
     ):
         alice = identity.user("alice", tenant=tenant)
         with anyio.fail_after(15):
@@ -316,6 +269,46 @@ async def test_sigkill_during_refresh_leaves_vault_consistent(
     assert statuses == [400, 200], refreshes
 
 
+async def test_sec_25_refresh_longer_than_the_lease_ttl_still_runs_once(
+    dev_idp_factory: Any,
+    tmp_path: Path,
+    db: Path,
+    keys: Keyring,
+    key_b64: str,
+    spawned: list[Worker],
+) -> None:
+    """The server takes 4 s to answer a refresh, the refresh lease lives 1.5 s: worker A's
+    heartbeat renews it while A waits, so worker B, started once A holds it, waits for A
+    instead of overtaking it (B's refresh would reuse A's refresh token, and
+    oidc-provider would revoke the grant). One refresh request; both get its token."""
+    lease_ttl = 1.5
+    tenant = "slow-refresh"
+    idp: DevIdP = dev_idp_factory(refresh_delay=4)
+    await _consent(idp, db, keys, tenant, ["openid", "calendar.read", "calendar.write"])
+    key = grant_key(tenant, idp)
+    await idp.clear_requests()
+    options: dict[str, Any] = {
+        "issuer": idp.issuer,
+        "db": db,
+        "tenant": tenant,
+        "user": "alice",
+        "resource": CALENDAR,
+        "scopes": READ,
+        "lease_ttl": lease_ttl,
+    }
+    (a, go_a), (b, go_b) = await start_gated(spawned, tmp_path, key_b64, 2, **options)
+    go_a.touch()
+    await _until_held(db, f"refresh:{key.storage_key}")
+    go_b.touch()
+    results = [await a.expect("result"), await b.expect("result")]
+    assert [await a.wait(), await b.wait()] == [0, 0], [a.stderr_tail(), b.stderr_tail()]
+    assert all(r["ok"] for r in results), results
+    assert results[0]["fingerprint"] == results[1]["fingerprint"]
+    assert results[1]["finished_at"] - results[1]["started_at"] > lease_ttl  # B waited
+    refreshes = await idp.token_requests("refresh_token")
+    assert [r["status"] for r in refreshes] == [200], refreshes
+
+
 async def test_revocation_in_one_process_honoured_by_another_within_cache_ttl(
     dev_idp: DevIdP,
     tmp_path: Path,
@@ -335,7 +328,7 @@ async def test_revocation_in_one_process_honoured_by_another_within_cache_ttl(
     cache_ttl = 0.5
     tenant = "revocation"
     await _consent(dev_idp, db, keys, tenant, ["openid", *READ])
-    worker = await _start(
+    worker = await start_worker(
         spawned,
         tmp_path,
         key_b64,
@@ -356,13 +349,13 @@ async def test_revocation_in_one_process_honoured_by_another_within_cache_ttl(
 
     async with (
         TokenVault.sqlite(db, keys=keys) as vault,
-        _client(dev_idp, vault) as identity,
+        vault_client(dev_idp, vault) as identity,
     ):
         await anyio.sleep(0.3)  # the worker is serving from its hot path now
         before = time.time()
         await identity.user("alice", tenant=tenant).disconnect()
         gone = time.time()
-        assert await vault.load(_key(tenant, dev_idp), fresh=True) is None
+        assert await vault.load(grant_key(tenant, dev_idp), fresh=True) is None
 
     changed = await worker.expect("changed")
     assert await worker.wait() == TYPED_ERROR_EXIT
@@ -382,7 +375,7 @@ async def test_restart_uses_persisted_grant(dev_idp_factory: Any, db: Path, keys
     tenant = "restart"
     async with (
         TokenVault.sqlite(db, keys=keys) as vault,
-        _client(idp, vault) as identity,
+        vault_client(idp, vault) as identity,
     ):
         alice = identity.user("alice", tenant=tenant)
         await alice.consent(scopes=["openid", *READ], resource=CALENDAR)
@@ -398,7 +391,7 @@ async def test_restart_uses_persisted_grant(dev_idp_factory: Any, db: Path, keys
     handler = FailingConsent()
     async with (
         TokenVault.sqlite(db, keys=keys) as vault,
-        _client(idp, vault, consent=handler) as identity,
+        vault_client(idp, vault, consent=handler) as identity,
     ):
         again = await identity.user("alice", tenant=tenant).token(resource=CALENDAR, scopes=READ)
         assert again.value.get_secret_value() == first_value
@@ -412,7 +405,7 @@ async def test_restart_uses_persisted_grant(dev_idp_factory: Any, db: Path, keys
     await anyio.sleep(max(0.0, cached.issued_at + 3.2 - time.time()))
     async with (
         TokenVault.sqlite(db, keys=keys) as vault,
-        _client(idp, vault, consent=handler) as identity,
+        vault_client(idp, vault, consent=handler) as identity,
     ):
         fresh = await identity.user("alice", tenant=tenant).token(resource=CALENDAR, scopes=READ)
         assert fresh.value.get_secret_value() != first_value

@@ -83,6 +83,7 @@ EXPECTED = {
     "VaultCorrupted",
     "VaultError",
     "VaultKeyError",
+    "VaultRollback",
     "VaultUnavailable",
     "VersionConflict",
     "__version__",

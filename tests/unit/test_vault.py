@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from agent_identity.errors import (
     VersionConflict,
 )
 from agent_identity.vault import (
+    DEFAULT_LEASE_TTL,
     CachedToken,
     Cipher,
     GrantKey,
@@ -30,6 +34,7 @@ from agent_identity.vault import (
     TokenVault,
     VersionedGrant,
 )
+from agent_identity.vault.crypto import ENV_VAR, KEY_FILE_NAME
 
 pytestmark = pytest.mark.anyio
 
@@ -468,6 +473,144 @@ async def test_lease_of_crashed_holder_expires(make_vault: VaultMaker) -> None:
         assert anyio.current_time() - start >= 0.05
 
 
+async def test_lease_default_ttl_is_short() -> None:
+    store = MemoryStore()
+    vault = TokenVault(store, old_keys())
+    async with vault.lease("n", wait=0):
+        _holder, expires = store._leases["n"]
+        assert abs(expires - time.time() - DEFAULT_LEASE_TTL) < 1
+    assert DEFAULT_LEASE_TTL <= 10
+
+
+async def test_lease_heartbeat_keeps_a_body_longer_than_the_ttl_exclusive(
+    make_vault: VaultMaker,
+) -> None:
+    holder, other = make_vault(), make_vault()
+    attempts: list[bool] = []
+
+    async def contender() -> None:
+        for at in (0.5, 0.9):  # past the 0.3 s ttl, twice
+            await anyio.sleep(at - (anyio.current_time() - start))
+            try:
+                async with other.lease("n", ttl=0.3, wait=0):
+                    attempts.append(True)
+            except VaultUnavailable:
+                attempts.append(False)
+
+    start = anyio.current_time()
+    async with anyio.create_task_group() as tg, holder.lease("n", ttl=0.3, wait=0):
+        tg.start_soon(contender)
+        await anyio.sleep(1.2)
+    assert attempts == [False, False]
+    async with other.lease("n", ttl=0.3, wait=0):  # released on exit
+        pass
+
+
+async def test_lease_taken_by_another_holder_cancels_the_body() -> None:
+    store = MemoryStore()
+    vault = TokenVault(store, old_keys())
+    reached: list[bool] = []
+
+    async def body() -> None:
+        async with vault.lease("n", ttl=0.3, wait=0):
+            # another holder has it now (as after an expiry this holder did not notice)
+            store._leases["n"] = ("intruder", time.time() + 60)
+            await anyio.sleep(5)
+            reached.append(True)
+
+    start = anyio.current_time()
+    with pytest.raises(VaultUnavailable, match="lost"):
+        await body()
+    assert not reached
+    assert anyio.current_time() - start < 0.3 + 0.2  # at the next renewal (every ttl / 3)
+    assert store._leases["n"][0] == "intruder"  # ours was not released over theirs
+
+
+class FlakyLeaseStore(MemoryStore):
+    """Renewals (acquire by the current holder) fail with VaultUnavailable while
+    ``failing`` is positive (each failure decrements it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = 0
+        self.failures = 0
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        held = self._leases.get(name)
+        if self.failing and held is not None and held[0] == holder:
+            self.failing -= 1
+            self.failures += 1
+            raise VaultUnavailable("store down")
+        return await super().acquire_lease(name, holder, ttl)
+
+
+async def test_lease_not_renewed_for_its_ttl_cancels_the_body() -> None:
+    store = FlakyLeaseStore()
+    vault = TokenVault(store, old_keys())
+    store.failing = 1000
+    start = anyio.current_time()
+    with pytest.raises(VaultUnavailable, match="lost"):
+        async with vault.lease("n", ttl=0.4, wait=0):
+            await anyio.sleep(5)
+    elapsed = anyio.current_time() - start
+    assert 0.35 <= elapsed < 0.8, elapsed  # when the lease may lapse, not later
+    assert store.failures >= 2  # retried every ttl / 10 meanwhile
+
+
+async def test_lease_survives_a_failed_renewal() -> None:
+    store = FlakyLeaseStore()
+    vault, other = TokenVault(store, old_keys()), TokenVault(store, old_keys())
+    store.failing = 1
+    async with vault.lease("n", ttl=0.3, wait=0):
+        await anyio.sleep(0.5)
+        with pytest.raises(VaultUnavailable):
+            async with other.lease("n", ttl=0.3, wait=0):
+                pass
+        await anyio.sleep(0.3)
+    assert store.failures == 1
+
+
+async def test_lease_heartbeat_outlives_the_callers_cancellation_in_a_shielded_body(
+    make_vault: VaultMaker,
+) -> None:
+    """A caller is cancelled while its body finishes a shielded section (a refresh whose
+    result must be stored): the lease stays held, renewed, until the body exits."""
+    holder, other = make_vault(), make_vault()
+    seen: list[bool] = []
+
+    async def contender() -> None:
+        await anyio.sleep(0.7)  # > 2 ttl after the caller's cancellation
+        try:
+            async with other.lease("n", ttl=0.3, wait=0):
+                seen.append(False)
+        except VaultUnavailable:
+            seen.append(True)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(contender)
+        with anyio.move_on_after(0.05) as scope:
+            async with holder.lease("n", ttl=0.3, wait=0):
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(1.0)
+                pytest.fail("cancelled at the end of the shielded section")
+        assert scope.cancelled_caught
+    assert seen == [True]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_lease_errors_are_not_wrapped_in_exception_groups() -> None:
+    vault = TokenVault.memory()
+    with pytest.raises(KeyError):
+        async with vault.lease("n", ttl=1, wait=0):
+            raise KeyError("body error")
+    with anyio.move_on_after(0.05) as scope:
+        async with vault.lease("n", ttl=1, wait=0):
+            await anyio.sleep(1)
+    assert scope.cancelled_caught
+    async with vault.lease("n", ttl=1, wait=0):  # released each time
+        pass
+
+
 async def test_lease_arguments() -> None:
     vault = TokenVault.memory()
     for kw in ({"ttl": 0, "wait": 1}, {"ttl": 1, "wait": -1}, {"ttl": float("inf"), "wait": 1}):
@@ -629,3 +772,73 @@ async def test_versioned_grant_is_frozen() -> None:
     grant = VersionedGrant(record(), 1)
     with pytest.raises(AttributeError):
         grant.version = 2  # type: ignore[misc]
+
+
+# -- keys of an embedded vault (issue 12, item 6) ------------------------------------------
+
+
+async def test_sqlite_vault_without_keys_refuses_an_existing_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    database = tmp_path / "vault.sqlite3"
+    async with TokenVault.sqlite(database, keys=old_keys()) as vault:  # keys given in code
+        await vault.save(KEY, record(), expected_version=0)
+    with pytest.raises(ConfigurationError, match=ENV_VAR):
+        TokenVault.sqlite(database)
+    with pytest.raises(ConfigurationError, match="keys="):
+        TokenVault.from_url(f"sqlite://{database}")
+    assert not (tmp_path / KEY_FILE_NAME).exists()  # no stray key for later processes
+    async with TokenVault.sqlite(database, keys=old_keys()) as vault:
+        assert await vault.load(KEY) is not None
+
+    # a new vault still makes its key file (once), and opens with it again
+    fresh = tmp_path / "new" / "vault.sqlite3"
+    async with TokenVault.sqlite(fresh) as vault:
+        await vault.save(KEY, record(), expected_version=0)
+    async with TokenVault.sqlite(fresh) as vault:
+        assert await vault.load(KEY) is not None
+
+
+_NEW_VAULT = """
+import sys, time
+import anyio
+from agent_identity.vault import TokenVault
+
+async def main() -> None:
+    async with TokenVault.sqlite(sys.argv[1]) as vault:
+        await vault.put_blob("race", sys.argv[2], sys.argv[2].encode(), expected_version=0)
+
+time.sleep(max(0.0, float(sys.argv[3]) - time.time()))
+anyio.run(main)
+"""
+
+
+async def test_processes_creating_a_new_sqlite_vault_together_agree_on_one_key(
+    tmp_path: Path,
+) -> None:
+    """Six processes without configured keys open the same NEW vault at the same moment:
+    none is refused, they make one key file between them, and every row opens with it."""
+    database = tmp_path / "data" / "vault.sqlite3"
+    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
+    start_at = time.time() + 2.0  # all imported by then
+    names = [f"p{i}" for i in range(6)]
+
+    async def run(name: str) -> None:
+        await anyio.run_process(
+            [sys.executable, "-c", _NEW_VAULT, str(database), name, str(start_at)],
+            env=env,
+            check=True,
+        )
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for name in names:
+                tg.start_soon(run, name)
+    assert sorted(p.name for p in database.parent.glob("vault-keys*")) == [KEY_FILE_NAME]
+    ring = Keyring.from_file(database.parent / KEY_FILE_NAME)
+    async with TokenVault.sqlite(database, keys=ring) as vault:
+        for name in names:
+            row = await vault.get_blob("race", name)
+            assert row is not None
+            assert row.data == name.encode()

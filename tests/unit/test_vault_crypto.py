@@ -19,6 +19,7 @@ from agent_identity.errors import ConfigurationError, VaultCorrupted, VaultKeyEr
 from agent_identity.vault.crypto import (
     ENV_VAR,
     MAGIC,
+    MAGIC_BOUND,
     Cipher,
     KeyProvider,
     Keyring,
@@ -107,6 +108,70 @@ def test_decrypt_arbitrary_bytes_only_typed_errors(data: bytes) -> None:
     for blob in (data, MAGIC + data, MAGIC + b"\x02k1" + data):
         with contextlib.suppress(VaultCorrupted):  # includes VaultKeyError
             c.decrypt(blob, AAD)
+
+
+# -- rows sealed for their version (AIV2) ------------------------------------------------------
+
+ROW = 'grant:["t","u","c"]'
+
+
+def test_seal_round_trip_and_format() -> None:
+    c = cipher()
+    blob = c.seal(PLAIN, ROW, 42)
+    assert blob.startswith(MAGIC_BOUND + bytes([2]) + b"k1" + (42).to_bytes(8, "big"))
+    assert len(blob) == 4 + 1 + 2 + 8 + 12 + len(PLAIN) + 16
+    assert PLAIN not in blob
+    assert c.unseal(blob, ROW) == (PLAIN, 42)
+    assert Cipher.key_id_of(blob) == "k1"
+    assert Cipher.sealed_version_of(blob) == 42
+    # the AIV1 format still opens, reported as not bound to a version
+    legacy = c.encrypt(PLAIN, ROW.encode())
+    assert c.unseal(legacy, ROW) == (PLAIN, None)
+    assert Cipher.sealed_version_of(legacy) is None
+
+
+def test_sealed_version_is_authenticated() -> None:
+    """The version in the header is associated data: editing it (to make an old row look
+    current) breaks the tag, whatever byte of the blob is changed."""
+    c = cipher()
+    blob = c.seal(PLAIN, ROW, 7)
+    forged = blob.replace((7).to_bytes(8, "big"), (9).to_bytes(8, "big"), 1)
+    assert Cipher.sealed_version_of(forged) == 9
+    with pytest.raises(VaultCorrupted):
+        c.unseal(forged, ROW)
+    for i in range(len(blob)):
+        tampered = bytearray(blob)
+        tampered[i] ^= 0x01
+        with pytest.raises(VaultCorrupted):
+            c.unseal(bytes(tampered), ROW)
+
+
+def test_sealed_row_is_bound_to_its_storage_key() -> None:
+    c = cipher()
+    blob = c.seal(PLAIN, ROW, 7)
+    with pytest.raises(VaultCorrupted) as info:
+        c.unseal(blob, 'grant:["t","other","c"]')
+    assert not isinstance(info.value, VaultKeyError)
+    with pytest.raises(VaultCorrupted):  # a sealed row is not an AIV1 blob
+        c.decrypt(blob, ROW.encode())
+
+
+def test_seal_refuses_versions_a_store_cannot_issue() -> None:
+    c = cipher()
+    for version in (0, -1, 1 << 63, True):
+        with pytest.raises(VaultCorrupted):
+            c.seal(PLAIN, ROW, version)
+
+
+@given(st.binary(max_size=140))
+@settings(max_examples=400)
+def test_unseal_arbitrary_bytes_only_typed_errors(data: bytes) -> None:
+    c = cipher()
+    for blob in (data, MAGIC_BOUND + data, MAGIC_BOUND + b"\x02k1" + data):
+        with contextlib.suppress(VaultCorrupted):
+            c.unseal(blob, ROW)
+        with contextlib.suppress(VaultCorrupted):
+            Cipher.sealed_version_of(blob)
 
 
 # -- Keyring ---------------------------------------------------------------------------------
@@ -242,3 +307,54 @@ def test_default_keyring_concurrent_creation_agrees(tmp_path: Path) -> None:
         assert not errors
         assert len(results) == 8
         assert len(set(results)) == 1
+
+
+# -- a vault that exists is never given a made-up key (issue 12, item 6) ---------------------
+
+
+def test_default_keyring_refuses_an_existing_database_without_its_key_file(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "vault.sqlite3"
+    database.write_bytes(b"SQLite format 3\x00")  # made with keys given some other way
+    key_file = tmp_path / "vault-keys.json"
+    with pytest.raises(ConfigurationError) as info:
+        default_keyring(tmp_path, environ={}, database=database)
+    message = str(info.value)
+    for hint in (ENV_VAR, "keys=", str(key_file), str(database), "vault generate-key"):
+        assert hint in message, hint
+    assert not key_file.exists()
+    assert list(tmp_path.iterdir()) == [database]  # no temporary file either
+    # the keys it was made with still work
+    key = generate_key()
+    assert default_keyring(tmp_path, environ={ENV_VAR: f"e1:{key}"}, database=database)
+    # and so does its own key file, once it is back
+    made = default_keyring(tmp_path / "new", environ={}, database=tmp_path / "new" / "v.db")
+    key_file.write_bytes((tmp_path / "new" / "vault-keys.json").read_bytes())
+    key_file.chmod(0o600)
+    assert default_keyring(tmp_path, environ={}, database=database).current() == made.current()
+
+
+def test_default_keyring_of_a_vault_created_next_to_us_is_used_not_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process creates a new vault in the same directory while this one looks:
+    it writes its key file, then its database, right after this process found no key file.
+    This process must end up with that key, not refuse (nor make a second one)."""
+    database = tmp_path / "vault.sqlite3"
+    key_file = tmp_path / "vault-keys.json"
+    theirs: list[tuple[str, bytes]] = []
+    real_exists = Path.exists
+
+    def exists(self: Path, **kwargs: bool) -> bool:
+        found = real_exists(self, **kwargs)
+        if self == key_file and not found and not theirs:
+            theirs.append(("busy", b""))
+            theirs[0] = default_keyring(tmp_path, environ={}, database=database).current()
+            database.write_bytes(b"")  # the other process opens its new database
+        return found
+
+    monkeypatch.setattr(Path, "exists", exists)
+    ours = default_keyring(tmp_path, environ={}, database=database)
+    assert ours.current() == theirs[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vault-keys.json", "vault.sqlite3"]
