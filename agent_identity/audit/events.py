@@ -205,7 +205,7 @@ class AuditEvent(BaseModel):
     @classmethod
     def _trace_context(cls, data: Any) -> Any:
         if isinstance(data, dict) and "trace_id" not in data and "span_id" not in data:
-            from agent_identity.audit.otel import current_span_ids
+            from agent_identity.audit.spans import current_span_ids
 
             trace_id, span_id = current_span_ids()
             if trace_id is not None:

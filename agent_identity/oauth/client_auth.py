@@ -31,6 +31,7 @@ from urllib.parse import quote_plus
 from pydantic import SecretStr
 
 from agent_identity.errors import ConfigurationError
+from agent_identity.oauth._ids import CLIENT_ASSERTION_TYPE, require_client_id
 
 if TYPE_CHECKING:
     from agent_identity.oauth.private_key_jwt import (
@@ -49,10 +50,6 @@ __all__ = [
     "choose_client_auth",
     "generate_private_key",
 ]
-
-#: RFC 7523 §2.2 ``client_assertion_type`` for a JWT bearer client assertion.
-CLIENT_ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-
 
 @runtime_checkable
 class ClientAuthentication(Protocol):
@@ -87,11 +84,6 @@ class ClientAuthentication(Protocol):
         ...
 
 
-def _require_client_id(client_id: object) -> None:
-    if not isinstance(client_id, str) or not client_id:
-        raise ConfigurationError("client_id must be a non-empty string")
-
-
 def _require_secret(secret: object) -> None:
     if not isinstance(secret, SecretStr) or not secret.get_secret_value():
         raise ConfigurationError("client_secret must be a non-empty SecretStr")
@@ -105,7 +97,7 @@ class NoClientAuth:
     method: ClassVar[str] = "none"
 
     def __post_init__(self) -> None:
-        _require_client_id(self.client_id)
+        require_client_id(self.client_id)
 
     def apply(
         self,
@@ -137,7 +129,7 @@ class ClientSecretBasic:
     method: ClassVar[str] = "client_secret_basic"
 
     def __post_init__(self) -> None:
-        _require_client_id(self.client_id)
+        require_client_id(self.client_id)
         _require_secret(self.client_secret)
 
     def apply(
@@ -170,7 +162,7 @@ class ClientSecretPost:
     method: ClassVar[str] = "client_secret_post"
 
     def __post_init__(self) -> None:
-        _require_client_id(self.client_id)
+        require_client_id(self.client_id)
         _require_secret(self.client_secret)
 
     def apply(
@@ -221,7 +213,7 @@ def choose_client_auth(
     :raises ConfigurationError: both a secret and a key were given, or the AS does not
         support the method the configured credential needs.
     """
-    _require_client_id(client_id)
+    require_client_id(client_id)
     if isinstance(supported_methods, str) or isinstance(signing_algorithms, str):
         raise ConfigurationError("supported methods and algorithms are lists, not strings")
     if client_secret is not None and private_key is not None:
@@ -245,13 +237,13 @@ def choose_client_auth(
             raise ConfigurationError("the authorization server does not support private_key_jwt")
         from agent_identity.oauth.private_key_jwt import (
             PrivateKeyJWT,
-            _load_private_key,
-            _pick_algorithm,
+            load_private_key,
+            pick_algorithm,
         )
 
         algorithm: str | None = None
         if signing_algorithms is not None:
-            algorithm = _pick_algorithm(_load_private_key(private_key), signing_algorithms)
+            algorithm = pick_algorithm(load_private_key(private_key), signing_algorithms)
         audience: str | None = None
         if assertion_audience == "token_endpoint":
             if not token_endpoint:

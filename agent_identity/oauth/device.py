@@ -29,7 +29,7 @@ from agent_identity.oauth._json import parse_json_object
 from agent_identity.oauth._message import HttpRequest, HttpResponse
 from agent_identity.oauth.client_auth import ClientAuthentication
 from agent_identity.oauth.token import (
-    _invalid_fields,
+    invalid_fields,
     parse_oauth_error,
     parse_token_response,
     token_request,
@@ -79,7 +79,7 @@ def parse_device_authorization(response: HttpResponse) -> DeviceAuthorization:
     if response.status_code != 200:
         raise parse_oauth_error(response)
     data = parse_json_object(response.content, what="device authorization response")
-    fields = _invalid_fields(DeviceAuthorization, data)
+    fields = invalid_fields(DeviceAuthorization, data)
     if fields is None:
         return DeviceAuthorization.model_validate(data)
     raise InvalidResponse(

@@ -32,7 +32,7 @@ from agent_identity.errors import (
 from agent_identity.models import ServerMetadata
 from agent_identity.oauth._json import parse_json_object
 from agent_identity.oauth._message import HttpRequest, HttpResponse
-from agent_identity.oauth.token import _invalid_fields
+from agent_identity.oauth.token import invalid_fields
 from agent_identity.oauth.urls import check_endpoint_url
 
 __all__ = [
@@ -101,7 +101,7 @@ def parse_metadata(
     if response.status_code != 200:
         raise InvalidResponse(f"metadata request answered HTTP {response.status_code}")
     body: dict[str, Any] = parse_json_object(response.content, what="metadata")
-    fields = _invalid_fields(ServerMetadata, body)
+    fields = invalid_fields(ServerMetadata, body)
     if fields is not None:
         raise InvalidResponse(f"metadata has invalid members: {', '.join(fields)}")
     metadata = ServerMetadata.model_validate(body)

@@ -100,7 +100,7 @@ _ACCEPTED_TYP: Final = frozenset({"jwt", "application/jwt"})
 _MIN_RSA_BITS: Final = 2048  # RFC 7518 §3.3
 _MAX_TOKEN_LENGTH: Final = 64 * 1024
 _B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
-_FOREIGN_ERRORS: Final = (
+FOREIGN_ERRORS: Final = (
     JoseError,
     ValueError,
     TypeError,
@@ -128,7 +128,7 @@ class _Registry(JWSRegistry):
         return self.algorithms[name]
 
 
-def _registry(alg: str) -> JWSRegistry:
+def jws_registry(alg: str) -> JWSRegistry:
     return _Registry(algorithms=[alg], strict_check_header=False)
 
 
@@ -207,7 +207,7 @@ def _import_public_jwk(entry: Mapping[str, Any]) -> Key | None:
         return None  # RFC 7518 §3.3; checked before import, which would only warn
     try:
         return _KEY_CLASSES[kty].import_key(dict(entry))
-    except _FOREIGN_ERRORS:
+    except FOREIGN_ERRORS:
         return None
 
 
@@ -287,10 +287,10 @@ def _usable_for(key: Key, alg: str) -> bool:
 def _verify(token: str, key: Key, alg: str) -> bytes | None:
     """Verify one candidate key with joserfc; ``None`` when it does not verify."""
     try:
-        obj = deserialize_compact(token, key, registry=_registry(alg))
+        obj = deserialize_compact(token, key, registry=jws_registry(alg))
     except BadSignatureError:
         return None
-    except _FOREIGN_ERRORS:
+    except FOREIGN_ERRORS:
         return None
     return obj.payload
 

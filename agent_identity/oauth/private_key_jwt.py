@@ -19,8 +19,8 @@ from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey, Key, OctKey, OKPKey, RSAKey, import_key
 
 from agent_identity.errors import ConfigurationError
-from agent_identity.oauth.client_auth import CLIENT_ASSERTION_TYPE, _require_client_id
-from agent_identity.oauth.jwt import _FOREIGN_ERRORS, _registry
+from agent_identity.oauth._ids import CLIENT_ASSERTION_TYPE, require_client_id
+from agent_identity.oauth.jwt import FOREIGN_ERRORS, jws_registry
 
 __all__ = ["PrivateKeyInput", "PrivateKeyJWT", "generate_private_key"]
 
@@ -37,7 +37,7 @@ PrivateKeyInput = Key | Mapping[str, Any] | bytes | str
 """A signing key: a joserfc key, a private JWK (dict) or an unencrypted PEM private key."""
 
 
-def _load_private_key(key: PrivateKeyInput) -> Key:
+def load_private_key(key: PrivateKeyInput) -> Key:
     """Normalise ``key`` to a private asymmetric joserfc key. Errors never echo the key."""
     loaded: Key
     if isinstance(key, RSAKey | ECKey | OKPKey | OctKey):
@@ -47,13 +47,13 @@ def _load_private_key(key: PrivateKeyInput) -> Key:
             raise ConfigurationError("symmetric keys cannot be used for private_key_jwt")
         try:
             loaded = import_key(dict(key))
-        except _FOREIGN_ERRORS:
+        except FOREIGN_ERRORS:
             raise ConfigurationError("private_key is not a valid JWK") from None
     elif isinstance(key, bytes | str):
         data = key.encode("utf-8") if isinstance(key, str) else key
         try:
             native = load_pem_private_key(data, password=None)
-        except (ValueError, TypeError, *_FOREIGN_ERRORS):
+        except (ValueError, TypeError, *FOREIGN_ERRORS):
             raise ConfigurationError("private_key is not an unencrypted PEM private key") from None
         kty: Literal["RSA", "EC", "OKP"]
         if isinstance(native, rsa.RSAPrivateKey):
@@ -66,7 +66,7 @@ def _load_private_key(key: PrivateKeyInput) -> Key:
             raise ConfigurationError("unsupported PEM private key type for private_key_jwt")
         try:
             loaded = import_key(data, kty)
-        except _FOREIGN_ERRORS:
+        except FOREIGN_ERRORS:
             raise ConfigurationError("private_key could not be imported") from None
     else:
         raise ConfigurationError("private_key must be a joserfc key, a JWK dict or PEM")
@@ -144,12 +144,12 @@ class PrivateKeyJWT:
         explicit_typ: bool = False,
         audience: str | None = None,
     ) -> None:
-        _require_client_id(client_id)
+        require_client_id(client_id)
         if audience is not None and (not isinstance(audience, str) or not audience):
             raise ConfigurationError("audience must be a non-empty string")
         if isinstance(lifetime, bool) or not isinstance(lifetime, int) or lifetime <= 0:
             raise ConfigurationError("lifetime must be a positive number of seconds")
-        loaded = _load_private_key(key)
+        loaded = load_private_key(key)
         alg = _algorithm_for(loaded, algorithm or loaded.alg)
         if kid is not None and (not isinstance(kid, str) or not kid):
             raise ConfigurationError("kid must be a non-empty string")
@@ -188,7 +188,7 @@ class PrivateKeyJWT:
         }
         if self.kid is not None:
             header["kid"] = self.kid
-        return jose_jwt.encode(header, claims, self.key, registry=_registry(self.algorithm))
+        return jose_jwt.encode(header, claims, self.key, registry=jws_registry(self.algorithm))
 
     def apply(
         self,
@@ -216,7 +216,7 @@ class PrivateKeyJWT:
         return {"keys": [public]}
 
 
-def _pick_algorithm(key: Key, supported: Sequence[str]) -> str:
+def pick_algorithm(key: Key, supported: Sequence[str]) -> str:
     if isinstance(key, RSAKey):
         for candidate in ("RS256", "PS256", "RS384", "PS384", "RS512", "PS512"):
             if candidate in supported:

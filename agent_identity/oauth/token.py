@@ -128,7 +128,7 @@ def device_code_request(
     return token_request(endpoint, form, client_auth, issuer=issuer, now=now)
 
 
-def _invalid_fields(model: type[BaseModel], data: Mapping[str, Any]) -> list[str] | None:
+def invalid_fields(model: type[BaseModel], data: Mapping[str, Any]) -> list[str] | None:
     """The names of the members of ``data`` that ``model`` refuses, or ``None`` if valid.
 
     The caller raises *outside* any ``except`` block, so pydantic's error (which quotes
@@ -173,7 +173,7 @@ def parse_token_response(response: HttpResponse) -> TokenResponse:
             body = None
         raise parse_oauth_error(response, body if body is not None else {})
     data = parse_json_object(response.content, what="token response")
-    fields = _invalid_fields(TokenResponse, data)
+    fields = invalid_fields(TokenResponse, data)
     if fields is not None:
         raise InvalidResponse(
             f"token response is missing or has invalid members: {', '.join(fields)}"
