@@ -273,7 +273,7 @@ class AuthorizationServer:
         self._metadata: ServerMetadata | None = None
         self._client_auth: ClientAuthentication | None = None
         self._jwks: Any = None
-        self._jwks_fetched_at: float | None = None
+        self._jwks_forced_at: float | None = None
         self._jwks_lock = anyio.Lock(fast_acquire=True)
         self._discover_lock = anyio.Lock(fast_acquire=True)
         self.pending = authz.PendingAuthorizations()
@@ -754,18 +754,22 @@ class AuthorizationServer:
 
     async def _current_jwks(self, *, stale: Any = None) -> Any:
         """The cached JWK Set; fetched when absent, or again when ``stale`` is the cached
-        one and the last fetch is older than the refresh interval."""
+        one (a token named a key it lacks) and no such forced fetch happened within the
+        refresh interval (a stream of tokens with made-up key ids cannot make us hammer
+        the server)."""
         async with self._jwks_lock:
             now = self.clock.monotonic()
             if self._jwks is not None and (
                 stale is None
                 or self._jwks is not stale
                 or (
-                    self._jwks_fetched_at is not None
-                    and now - self._jwks_fetched_at < self._jwks_interval
+                    self._jwks_forced_at is not None
+                    and now - self._jwks_forced_at < self._jwks_interval
                 )
             ):
                 return self._jwks
+            if stale is not None:
+                self._jwks_forced_at = now
             from agent_identity.oauth import jwt
 
             jwks_uri = self._require(self.metadata.jwks_uri, "jwks_uri")
@@ -773,7 +777,6 @@ class AuthorizationServer:
             if response.status_code != 200:
                 raise InvalidResponse(f"jwks_uri answered HTTP {response.status_code}")
             self._jwks = jwt.parse_jwks(response.content)
-            self._jwks_fetched_at = self.clock.monotonic()
             if stale is not None:
                 logger.info("fetched the JWK Set of %s again (unknown key id)", self.issuer)
             return self._jwks
