@@ -406,6 +406,7 @@ class IdentityClient:
 
         server = self._server()
         await server.discover()
+        server.require_token_exchange()
         wanted = words(scopes, "scopes")
         canonical = canonical_resource_uri(resource) if resource is not None else None
         subject = subject_token.value if isinstance(subject_token, AccessToken) else subject_token

@@ -56,6 +56,7 @@ from agent_identity.errors import (
     ConsentRequired,
     InvalidGrant,
     InvalidScope,
+    InvalidTarget,
     ReauthorizationRequired,
     TokenPolicyError,
     VaultCorrupted,
@@ -646,17 +647,28 @@ class UserGrant:
             # The response was malformed but the server rotated the refresh token: keep the
             # new one, or the grant is lost at the next refresh.
             await self._save_refresh_token(current, record.refresh_token, refreshed)
-        if isinstance(error, InvalidScope) and tk[1] and tk[1] <= set(record.scopes):
-            # The grant held these scopes, yet its refresh token no longer covers them: the
-            # server bound an earlier rotated refresh token to a narrowed scope (RFC 6749
-            # §6 forbids it; oauthlib-based servers do it). Stop narrowing at this server,
-            # record what the grant has lost, and let the caller ask for it again.
-            await self._forget_scopes(current, tk[1])
+        lost_scopes = isinstance(error, InvalidScope) and tk[1] and tk[1] <= set(record.scopes)
+        lost_resource = (
+            isinstance(error, InvalidTarget)
+            and resource is not None
+            and resource in record.resources
+        )
+        if lost_scopes or lost_resource:
+            # The grant held these scopes (this resource), yet its refresh token no longer
+            # covers them: the server bound a refresh token to what an earlier token
+            # request narrowed to (RFC 6749 §6 and RFC 8707 §2.2 say it must not; servers
+            # built on oauthlib, such as django-oauth-toolkit, do). Stop narrowing at this
+            # server, record what the grant has lost, and let the caller ask for it again.
+            await self._forget(
+                current,
+                scopes=tk[1] if lost_scopes else frozenset(),
+                resource=resource if lost_resource else None,
+            )
             if self._server.narrow_refresh:
                 self._server.narrow_refresh = False
                 logger.warning(
-                    "%s narrows the grant when a refresh is narrowed (RFC 6749 §6); "
-                    "refreshes now ask for the whole grant",
+                    "%s narrows the grant itself when a token request is narrowed; "
+                    "token requests there now ask for the whole grant",
                     self._server.issuer,
                 )
             raise _GrantShrank(
@@ -795,10 +807,13 @@ class UserGrant:
     ) -> None:
         await report_used_token(self._context, token, wanted, resource, self.audit_event)
 
-    async def _forget_scopes(self, current: VersionedGrant, lost: frozenset[str]) -> None:
+    async def _forget(
+        self, current: VersionedGrant, *, scopes: frozenset[str], resource: str | None
+    ) -> None:
         record = current.record
         updated = record.replace(
-            scopes=tuple(s for s in record.scopes if s not in lost),
+            scopes=tuple(s for s in record.scopes if s not in scopes),
+            resources=tuple(r for r in record.resources if r != resource),
             updated_at=self._context.clock.time(),
         )
         with contextlib.suppress(VersionConflict):
@@ -938,9 +953,11 @@ class UserGrant:
         from agent_identity.oauth.exchange import ACCESS_TOKEN_TYPE
 
         wanted = words(scopes, "scopes")
+        server = self._server
+        await server.discover()
+        server.require_token_exchange()  # before any token is fetched for it
         subject = await self.token(resource=subject_resource or resource, scopes=wanted)
         canonical = canonical_resource_uri(resource)
-        server = self._server
         if actor and actor_token is None:
             actor_token = await self._agent_tokens.token()
         response = await server.token_exchange(

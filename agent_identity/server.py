@@ -255,9 +255,11 @@ class AuthorizationServer:
         self._private_key = private_key
         self._assertion_audience: AssertionAudience = assertion_audience
         self._auth_method = token_endpoint_auth_method
-        #: ``False`` once the server is known to bind a rotated refresh token to a
-        #: narrowed scope (RFC 6749 §6 says it must not): refreshes then ask for the whole
-        #: grant and tokens are labelled with what they carry.
+        #: ``False`` once the server is known to bind the refresh token it issues to the
+        #: scope or resource a token request narrowed to (RFC 6749 §6 says a rotated
+        #: refresh token keeps the original scope; RFC 8707 §2.2 binds it to the
+        #: authorization request's resources): code redemption and refreshes then ask for
+        #: the whole grant, and tokens are labelled with what they carry.
         self.narrow_refresh = self.profile.narrow_refresh
         self._http = http
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -534,7 +536,9 @@ class AuthorizationServer:
             "redirect_uri": pending.redirect_uri,
             "code_verifier": pending.code_verifier.get_secret_value(),
         }
-        param = self.resource_param(resource)
+        # Unnarrowed servers (see narrow_refresh) get no resource here: the tokens then
+        # cover every resource of the authorization request.
+        param = self.resource_param(resource) if self.narrow_refresh else None
         if param is not None:
             form["resource"] = param
         request = self.token_request(form, endpoint=pending.token_endpoint)
@@ -560,8 +564,10 @@ class AuthorizationServer:
         Returns a :class:`Refreshed`: errors are returned rather than raised so that the
         caller can first store a rotated refresh token salvaged from a malformed success.
         Transport errors and cancellation still raise."""
-        narrowed = scopes if self.narrow_refresh else ()
-        wire_resource, wire_scopes = self.wire_scopes(resource, narrowed)
+        if self.narrow_refresh:
+            wire_resource, wire_scopes = self.wire_scopes(resource, scopes)
+        else:  # the whole grant: every scope and resource of its authorization request
+            wire_resource, wire_scopes = None, ()
         form: dict[str, Any] = {
             "grant_type": "refresh_token",
             "refresh_token": refresh_token.get_secret_value(),
@@ -612,12 +618,7 @@ class AuthorizationServer:
             token_exchange_request,
         )
 
-        if self.supports_grant(TOKEN_EXCHANGE_GRANT) is False:
-            raise UnsupportedGrantType(
-                "unsupported_grant_type",
-                "the authorization server does not list token exchange (RFC 8693) in "
-                "grant_types_supported; no request was sent",
-            )
+        self.require_token_exchange()
         metadata = self.metadata
         request = token_exchange_request(
             self._require(metadata.token_endpoint, "token_endpoint"),
@@ -639,6 +640,16 @@ class AuthorizationServer:
                 response, grant_type=TOKEN_EXCHANGE_GRANT, aliases=self.profile.error_aliases
             )
         return parse_token_exchange_response(response)
+
+    def require_token_exchange(self) -> None:
+        """Raise :class:`~agent_identity.errors.UnsupportedGrantType` when the metadata
+        lists grant types without token exchange (RFC 8693): nothing is sent then."""
+        if self.supports_grant(TOKEN_EXCHANGE_GRANT) is False:
+            raise UnsupportedGrantType(
+                "unsupported_grant_type",
+                "the authorization server does not list token exchange (RFC 8693) in "
+                "grant_types_supported; no request was sent",
+            )
 
     async def revoke(self, token: SecretStr, *, token_type_hint: str | None = None) -> None:
         """RFC 7009 revocation: returns once the server confirmed (security item 28)."""

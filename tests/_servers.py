@@ -288,6 +288,14 @@ class DotServerUnderTest(_Base):
         "iss_parameter": "COMPLIANT_BCP_RFC9700_AUTHZ_RESPONSE_ISS enabled",
         "refresh_reuse_detection": "REFRESH_TOKEN_REUSE_PROTECTION enabled",
         "device": "no ID token and no RFC 8707 resource binding in the device grant",
+        "resource_indicators": (
+            "binds a refresh token to the scope and resources of the token request that "
+            "issued it (not of the authorization request): the SDK detects it at the first "
+            "invalid_scope/invalid_target for what the grant holds, asks once more, and no "
+            "longer narrows token requests there (tokens then cover the whole grant, and "
+            "say so)"
+        ),
+        "refresh_rotation": "revokes the previous access token of the chain at each refresh",
     }
     _KINDS: Final = {
         "basic": "agent-confidential",

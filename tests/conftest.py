@@ -6,6 +6,8 @@ from _dot import dot_server, dot_server_factory, dot_template_database
 from _idp import dev_browser, dev_idp, dev_idp_factory
 from _servers import server
 
+pytest_plugins = ["_interop_matrix"]
+
 __all__ = [
     "dev_browser",
     "dev_idp",

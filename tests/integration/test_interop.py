@@ -459,3 +459,86 @@ async def test_private_key_jwt_token_endpoint_audience(
     (code_request,) = await token_requests(server, "authorization_code")
     assert code_request["assertion_audience"] == token_endpoint
     assert code_request["status"] == 200
+
+
+# --------------------------------------------------------------------------- seam features
+
+
+async def test_static_metadata_instead_of_discovery(server: ServerUnderTest) -> None:
+    """``IdentityClient(metadata=...)`` for servers without discovery: the same flows with
+    the metadata given statically (here: the server's own document, fetched beforehand)."""
+    async with server.client("basic") as discovered:
+        document = discovered.metadata.model_dump(exclude_none=True)
+    kwargs = server.client_kwargs("basic")
+    async with IdentityClient(
+        metadata=document, consent=LoopbackConsent(browser=server.browser()), **kwargs
+    ) as identity:
+        assert identity.issuer == server.issuer
+        alice = identity.user("alice")
+        await alice.consent(scopes=["openid", "calendar.read"], resource=CALENDAR)
+        token = await alice.token(resource=CALENDAR, scopes=["calendar.read"])
+    assert (await server.token_facts(token.value.get_secret_value())).active
+
+
+async def test_consent_parameters_reach_the_server(server: ServerUnderTest) -> None:
+    """Several resources, a login hint from the client's hook and extra parameters, in
+    the front channel or through PAR alike; the grant covers both resources."""
+    server.require("resource_indicators")
+    consent = LoopbackConsent(browser=server.browser())
+    async with server.client(
+        "basic", consent=consent, login_hint=lambda user, tenant: user
+    ) as identity:
+        alice = identity.user("alice")
+        grant = await alice.consent(
+            scopes=["openid", "calendar.read", "mail.read"],
+            resource=CALENDAR,
+            resources=[MAIL],
+            extra_params={"ui_locales": "en"},
+        )
+        assert grant.resources == (CALENDAR, MAIL)
+        mail = await alice.token(resource=MAIL, scopes=["mail.read"])
+        # (django-oauth-toolkit revokes the previous access token of a refresh token
+        # chain at each refresh: look at each token before the next refresh)
+        assert MAIL in (await server.token_facts(mail.value.get_secret_value())).audience
+        calendar = await alice.token(resource=CALENDAR, scopes=["calendar.read"])
+        facts = await server.token_facts(calendar.value.get_secret_value())
+        assert CALENDAR in facts.audience
+        assert set(calendar.audience or facts.audience) == set(facts.audience)
+
+
+async def test_pushed_authorization_request(server: ServerUnderTest) -> None:
+    server.require("par")
+    async with server.client("basic", use_par=True) as identity:
+        grant = await identity.user("alice").consent(
+            scopes=["openid", "calendar.read"], resource=CALENDAR, resources=[MAIL]
+        )
+    assert grant.resources == (CALENDAR, MAIL)
+
+
+async def test_token_exchange_with_the_agent_as_actor(server: ServerUnderTest) -> None:
+    server.require("token_exchange")
+    async with server.client("basic") as identity:
+        alice = identity.user("alice")
+        await alice.consent(scopes=["openid", "calendar.read"], resource=CALENDAR)
+        exchanged = await alice.exchange(resource=CALENDAR, scopes=["calendar.read"])
+    assert exchanged.resource == CALENDAR
+    assert (await server.token_facts(exchanged.value.get_secret_value())).active
+
+
+async def test_token_exchange_refused_without_a_request_where_not_offered(
+    server: ServerUnderTest,
+) -> None:
+    """Issue 10, item 6: no token exchange request to a server whose metadata lists grant
+    types without it; ``UnsupportedGrantType`` at once."""
+    if "token_exchange" in server.capabilities:
+        pytest.skip("the server offers token exchange (see: token exchange with the agent as actor)")
+    from agent_identity import UnsupportedGrantType
+
+    async with server.client("basic") as identity:
+        alice = identity.user("alice")
+        await alice.consent(scopes=["openid", "calendar.read"], resource=CALENDAR)
+        await server.clear_requests()
+        with pytest.raises(UnsupportedGrantType):
+            await alice.exchange(resource=CALENDAR, scopes=["calendar.read"])
+    grant_types = [r["grant_type"] for r in await server.requests() if r["route"] == "token"]
+    assert "urn:ietf:params:oauth:grant-type:token-exchange" not in grant_types
