@@ -531,7 +531,7 @@ async def test_token_exchange_refused_without_a_request_where_not_offered(
     """Issue 10, item 6: no token exchange request to a server whose metadata lists grant
     types without it; ``UnsupportedGrantType`` at once."""
     if "token_exchange" in server.capabilities:
-        pytest.skip("the server offers token exchange (see: token exchange with the agent as actor)")
+        pytest.skip("offers token exchange (see: token exchange with the agent as actor)")
     from agent_identity import UnsupportedGrantType
 
     async with server.client("basic") as identity:
