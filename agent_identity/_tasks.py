@@ -25,6 +25,8 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
+from agent_identity.errors import TransportError
+
 __all__ = ["Detached", "point_of_no_return"]
 
 T = TypeVar("T")
@@ -82,8 +84,13 @@ class Detached:
             outcome.abandoned = True
             logger.debug("the caller left; a detached job goes on until it is done")
             raise
-        if outcome.error is not None:
-            raise outcome.error
+        error = outcome.error
+        if error is not None:
+            if isinstance(error, anyio.get_cancelled_exc_class()):
+                # The job's own task was cancelled (the event loop is shutting down): that
+                # is not the caller's cancellation, so it is reported as a typed error.
+                raise TransportError("the operation was cancelled before it completed")
+            raise error
         return outcome.value  # type: ignore[return-value]
 
     def _spawn(self, runner: Callable[[], Coroutine[Any, Any, None]]) -> None:
