@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from agent_identity._tasks import Detached, point_of_no_return
@@ -40,7 +41,7 @@ async def test_the_result_and_errors_reach_a_patient_caller() -> None:
     detached = Detached()
 
     async def ok() -> int:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return 7
 
     async def fails() -> int:
