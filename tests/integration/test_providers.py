@@ -247,13 +247,15 @@ async def test_github_dead_refresh_token_removes_the_grant() -> None:
     assert cause.error == "bad_refresh_token"
 
 
-async def test_github_device_flow_pending_in_200() -> None:
+@pytest.mark.parametrize("json_ignored", [False, True], ids=["json", "form-encoded"])
+async def test_github_device_flow_pending_in_200(json_ignored: bool) -> None:
     """GitHub Docs, "Authorizing OAuth apps", Device flow: ``POST /login/device/code`` with
-    ``client_id``; polling ``/login/oauth/access_token`` with the device ``grant_type``,
-    "GitHub will respond with a 200 status and an error" (``authorization_pending``) until
-    the user enters the code. No client secret (public client)."""
+    ``client_id`` answers ``device_code=...&expires_in=900&interval=5&...`` "by default"
+    (JSON when asked); polling ``/login/oauth/access_token`` with the device
+    ``grant_type``, "GitHub will respond with a 200 status and an error"
+    (``authorization_pending``) until the user enters the code. No client secret."""
     shown: list[DeviceAuthorization] = []
-    async with running(FakeGitHub()) as fake:
+    async with running(FakeGitHub(json_ignored=json_ignored)) as fake:
         consent = DeviceCodeConsent(prompt=shown.append)
         async with client(local(github(), fake.base), secret=None, consent=consent) as gh:
             alice = gh.user("alice")
@@ -604,6 +606,31 @@ async def test_slack_ok_false_errors_and_bot_only_answers() -> None:
                 await sl.user("alice").consent(scopes=["search:read"])
             assert await sl.user("alice").grant() is None
     assert bad.value.error == "bad_client_secret"
+
+
+async def test_slack_refusal_during_refresh_is_returned_not_raised() -> None:
+    """A refresh answered with no user token ("Installing with OAuth": bot tokens first) is
+    refused by the profile; the server returns it as the refresh's error (its contract: a
+    rotated refresh token could otherwise be lost), and the caller gets InvalidResponse."""
+
+    class BotRefresh(FakeSlack):
+        def handle(self, request: Any) -> Any:
+            from _provider_fakes import Response
+
+            if request.params.get("grant_type") == "refresh_token":
+                return Response.json(
+                    200, {"ok": True, "access_token": "xoxb-bot", "token_type": "bot"}
+                )
+            return super().handle(request)
+
+    async with running(BotRefresh()) as fake:
+        async with client(local(slack(), fake.base)) as sl:
+            await sl.discover()
+            assert sl.server is not None
+            refreshed = await sl.server.refresh(SecretStr("xoxe-1-x"), scopes=[], resource=None)
+    assert refreshed.response is None
+    assert isinstance(refreshed.error, InvalidResponse)
+    assert refreshed.salvaged_refresh_token is None
 
 
 # -- Atlassian -------------------------------------------------------------------------------------
