@@ -16,12 +16,19 @@ reproduces those documented responses, not against the live service. See
 
 The factories (``github``, ``google``, ``entra``, ``entra_multi_tenant``, ``slack``,
 ``atlassian``, ``notion``) are imported on first use (PEP 562), so importing this package
-costs only the profile type.
+costs only the profile type. Each lives in the module of its name
+(``agent_identity.providers.github``...); the package attribute of that name is always the
+factory, also after the module was imported (the import system would otherwise bind the
+module there): ``from agent_identity.providers import github`` gives the function, and
+``from agent_identity.providers.github import normalize_github_response`` the module's
+other names.
 """
 
 from __future__ import annotations
 
 import importlib as _importlib
+import sys as _sys
+import types as _types
 from typing import TYPE_CHECKING, Any
 
 from agent_identity.providers._profile import STANDARD, ProviderProfile
@@ -56,6 +63,19 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(_types.ModuleType):
+    """This package, where importing ``agent_identity.providers.<name>`` binds the factory
+    ``<name>``, not the module, to the package attribute ``<name>``."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, _types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [

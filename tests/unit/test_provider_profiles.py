@@ -465,6 +465,29 @@ def test_lazy_exports() -> None:
         providers.no_such_provider  # noqa: B018
 
 
+def test_package_attribute_is_the_factory_whatever_was_imported_first() -> None:
+    """Importing ``agent_identity.providers.entra`` (for ``entra_scopes_for``) binds, by the
+    import system's rule, the module to the package attribute ``entra``; the package keeps
+    the factory there instead. Run in a fresh interpreter: import order matters."""
+    import subprocess
+    import sys
+
+    code = (
+        "from agent_identity.providers import entra_multi_tenant\n"
+        "from agent_identity.providers.github import normalize_github_response\n"
+        "import agent_identity.providers as p\n"
+        "from agent_identity.providers import entra, github\n"
+        "assert callable(entra) and entra.__name__ == 'entra', entra\n"
+        "assert callable(github) and github.__name__ == 'github', github\n"
+        "print(entra('72f988bf-86f1-41af-91ab-2d7cd011db47').name, github().name)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["entra", "github"]
+
+
 def test_profiles_are_configuration_checked() -> None:
     with pytest.raises(InsecureURLError):
         github(base_url="http://github.example")
