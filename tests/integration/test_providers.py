@@ -19,6 +19,7 @@ the test opts in with ``allow_insecure_loopback=True``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -757,3 +758,89 @@ async def test_notion_rate_limit_is_temporarily_unavailable() -> None:
         with pytest.raises(TemporarilyUnavailable):
             await no.user("alice").token()
         assert await no.user("alice").grant() is not None
+
+
+# -- security item 40 ---------------------------------------------------------------------------
+
+
+def _sent_secrets(fake: FakeProvider) -> set[str]:
+    """Every secret the client sent the fake: codes, PKCE verifiers, refresh tokens, the
+    client secret, Authorization header values."""
+    found = {CLIENT_SECRET}
+    for request in fake.requests:
+        for name in ("code", "code_verifier", "refresh_token", "client_secret", "device_code"):
+            value = request.params.get(name) or request.query.get(name)
+            if isinstance(value, str) and len(value) > 6:
+                found.add(value)
+        if "authorization" in request.headers:
+            found.add(request.headers["authorization"])
+            found.add(request.headers["authorization"].split(" ", 1)[-1])
+    return found
+
+
+def _exception_texts(error: BaseException) -> list[str]:
+    texts: list[str] = []
+    seen: BaseException | None = error
+    while seen is not None and len(texts) < 20:
+        texts += [str(seen), repr(seen), *map(str, seen.args)]
+        seen = seen.__cause__ or seen.__context__
+    return texts
+
+
+async def test_sec_40_no_secret_in_logs_errors_or_reprs_of_profile_flows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Security item 40 for the profiles' rewritten responses and requests: GitHub (form
+    bodies, errors in 200), Slack (``ok: false``, ``authed_user``), Atlassian (JSON
+    bodies): no secret the client sent or received shows in any log record (DEBUG),
+    exception or ``repr``."""
+    caplog.set_level(logging.DEBUG)
+    emitted: list[str] = []
+    clock = Clock()
+    fakes: list[FakeProvider] = []
+    received: set[str] = set()
+    async with running(FakeGitHub(app=True, json_ignored=True)) as gh_fake:
+        fakes.append(gh_fake)
+        async with client(local(github(), gh_fake.base), clock=clock) as gh:
+            alice = gh.user("alice")
+            grant = await alice.consent(scopes=["repo"])
+            token = await alice.token(scopes=["repo"])
+            clock.advance(28800)
+            token2 = await alice.token(scopes=["repo"])
+            received |= {t.value.get_secret_value() for t in (token, token2)}
+            emitted += [repr(gh), repr(alice), repr(grant), repr(token), str(token)]
+            gh_fake.refresh_tokens.clear()
+            clock.advance(28800)
+            with pytest.raises(ReauthorizationRequired) as dead:
+                await alice.token(scopes=["repo"])
+            emitted += _exception_texts(dead.value)
+    async with running(FakeSlack()) as sl_fake:
+        fakes.append(sl_fake)
+        async with client(local(slack(), sl_fake.base), secret="wrong-slack-secret") as sl:
+            with pytest.raises(InvalidClient) as bad:
+                await sl.user("alice").consent(scopes=["search:read"])
+            emitted += _exception_texts(bad.value)
+    async with running(FakeAtlassian()) as at_fake:
+        fakes.append(at_fake)
+        seeded = at_fake.new_refresh_token("atl-", scope="read:jira-work")
+        async with client(local(atlassian(), at_fake.base)) as at:
+            await _seed(at, "alice", seeded, ("read:jira-work",))
+            first = await at.user("alice").token(scopes=["read:jira-work"])
+            received.add(first.value.get_secret_value())
+            emitted += [repr(first), repr(at.server)]
+            at_fake.refresh_tokens.clear()
+            with pytest.raises(ReauthorizationRequired) as gone:
+                await at.user("alice").refresh_after_rejection(first)
+            emitted += _exception_texts(gone.value)
+    for record in caplog.records:
+        emitted.append(record.getMessage())
+        if record.exc_info and record.exc_info[1] is not None:
+            emitted += _exception_texts(record.exc_info[1])
+    canaries = set(received) | {"wrong-slack-secret"}
+    for fake in fakes:
+        canaries |= _sent_secrets(fake)
+    assert len(canaries) > 10
+    text = "\n".join(emitted)
+    leaked = sorted(c for c in canaries if c in text)
+    where = [line for line in text.splitlines() if any(c in line for c in leaked)]
+    assert leaked == [], where[:5]
