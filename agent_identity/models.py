@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, SecretStr
 
 __all__ = [
     "AccessToken",
@@ -84,6 +84,21 @@ class TokenResponse(_Wire):
     scope: str | None = None
     id_token: SecretStr | None = None
     issued_token_type: str | None = None
+    # Set by the client, never from the wire: the provider documents its access tokens as
+    # opaque to clients, so they are never read for scopes or audience.
+    _opaque: bool = PrivateAttr(default=False)
+
+    @property
+    def access_token_opaque(self) -> bool:
+        """Whether the access token must not be read (the provider says it is opaque to
+        clients, e.g. Microsoft Entra): see :meth:`marked_opaque`."""
+        return self._opaque
+
+    def marked_opaque(self) -> TokenResponse:
+        """A copy whose access token is never read for scopes or audience."""
+        copy = self.model_copy()
+        copy._opaque = True
+        return copy
 
     @property
     def scopes(self) -> tuple[str, ...] | None:

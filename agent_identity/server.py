@@ -35,6 +35,7 @@ this class.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -350,6 +351,8 @@ class AuthorizationServer:
             return found
 
     def _set_metadata(self, metadata: ServerMetadata) -> None:
+        # documented facts the provider's document leaves out (a present member wins)
+        metadata = self.profile.complete_metadata(metadata)
         self._client_auth = choose_client_auth(
             client_id=self.client_id,
             client_secret=self._client_secret,
@@ -433,6 +436,18 @@ class AuthorizationServer:
         response = await self.send(self.token_request(form))
         return self.parse_token(response, grant_type=str(form.get("grant_type", "")))
 
+    def in_own_terms(self, response: TokenResponse, resource: str | None) -> TokenResponse:
+        """``response`` as the caller asked for it: its ``scope`` mapped back to the
+        caller's scope names (the profile's ``granted_scopes``, the inverse of
+        ``scopes_for``), and marked opaque when the provider documents access tokens as
+        opaque to clients (then never read for scopes or audience)."""
+        profile = self.profile
+        if response.scope is not None:
+            mapped = profile.granted_scopes(resource, response.scope)
+            if mapped != response.scope:
+                response = response.model_copy(update={"scope": mapped})
+        return response.marked_opaque() if profile.opaque_access_tokens else response
+
     def normalize(self, response: HttpResponse) -> HttpResponse:
         return self.profile.normalize_token_response(response)
 
@@ -469,8 +484,19 @@ class AuthorizationServer:
         With ``register=False`` the pending authorization is not kept in this object's
         in-memory registry (the caller persists it, e.g. for a web consent completed by
         another worker)."""
+        refusal = self.profile.authorization_code_refusal
+        if refusal is not None:
+            raise ConfigurationError(refusal)
         metadata = self.metadata
         endpoint = self._require(metadata.authorization_endpoint, "authorization_endpoint")
+        if len(resources) == 1:
+            # the provider's names for the scopes of the one resource asked for
+            # (Entra: ``https://graph.microsoft.com/User.Read``); several resources are
+            # ambiguous, their scopes are sent as given
+            _resource, mapped = self.profile.scopes_for(resources[0], scopes)
+            requested, scopes = tuple(scopes), mapped
+        else:
+            requested = tuple(scopes)
         explicit = {
             "prompt": prompt,
             "login_hint": login_hint,
@@ -505,8 +531,8 @@ class AuthorizationServer:
             extra=merged,
             scope_separator=self.profile.scope_separator,
         )
-        if wire_scopes is not scopes:
-            pending = dataclasses.replace(pending, scopes=tuple(scopes))
+        if tuple(pending.scopes) != requested:
+            pending = dataclasses.replace(pending, scopes=requested)
         if register:
             self.pending.add(pending, now=self.clock.monotonic())
         if self.par_wanted():
@@ -543,6 +569,7 @@ class AuthorizationServer:
             form["resource"] = param
         request = self.token_request(form, endpoint=pending.token_endpoint)
         response = self.parse_token(await self.send(request), grant_type="authorization_code")
+        response = self.in_own_terms(response, resource)
         claims: dict[str, object] = {}
         if response.id_token is not None:
             claims = await self.validate_id_token(
@@ -579,13 +606,12 @@ class AuthorizationServer:
         try:
             parsed = self.parse_token(response, grant_type="refresh_token")
         except (OAuthError, ProtocolViolation) as exc:
-            salvaged = (
-                salvage_refresh_token(self.normalize(response))
-                if isinstance(exc, ProtocolViolation)
-                else None
-            )
+            salvaged = None
+            if isinstance(exc, ProtocolViolation):
+                with contextlib.suppress(ProtocolViolation):  # a profile may refuse it
+                    salvaged = salvage_refresh_token(self.normalize(response))
             return Refreshed(None, exc, salvaged)
-        return Refreshed(parsed)
+        return Refreshed(self.in_own_terms(parsed, resource))
 
     async def client_credentials(
         self, *, scopes: Sequence[str], resource: str | None
@@ -596,7 +622,7 @@ class AuthorizationServer:
         self._form_scopes(form, wire_scopes)
         if wire_resource is not None:
             form["resource"] = wire_resource
-        return await self.token_call(form)
+        return self.in_own_terms(await self.token_call(form), resource)
 
     async def token_exchange(
         self,
@@ -690,7 +716,10 @@ class AuthorizationServer:
             scopes=scopes,
             resources=wanted,
         )
-        return parse_device_authorization(await self.send(request))
+        # the device authorization endpoint answers like the token endpoint (RFC 8628
+        # §3.2), with the same provider deviations (GitHub: form-encoded by default)
+        response = await self.send(self.profile.prepare_token_request(request))
+        return parse_device_authorization(self.normalize(response))
 
     async def poll_device(
         self, authorization: DeviceAuthorization, handle: Callable[[HttpResponse], Any]
@@ -828,8 +857,9 @@ def token_facts(
     ``scope`` (RFC 6749 §5.1), else the ``scope``/``scp`` claim of a readable JWT access
     token (RFC 9068 §2.2.3), else ``requested`` unverified. The audience is the JWT's
     ``aud`` when readable, else ``None``. The token is only read, never trusted for more
-    than labelling it (security item 24)."""
-    claims = _readable_claims(response.access_token)
+    than labelling it (security item 24); a token the provider documents as opaque to
+    clients (:attr:`TokenResponse.access_token_opaque`) is not read at all."""
+    claims = None if response.access_token_opaque else _readable_claims(response.access_token)
     if response.scopes is not None:
         scopes, verified = tuple(response.scopes), True
     else:

@@ -18,7 +18,18 @@ special case in the core:
 - ``error_aliases``: provider error codes that mean a standard one (the raw code is kept
   on the typed error);
 - ``id_token_issuer``: the expected ``iss`` of an ID token when the issuer is a template
-  (Entra's multi-tenant ``{tenantid}``).
+  (Entra's multi-tenant ``{tenantid}``);
+- ``metadata_defaults``: documented facts that a provider's discovery document leaves out
+  (Entra lists no ``code_challenge_methods_supported`` although it documents PKCE S256);
+  members the discovered document does carry always win;
+- ``granted_scopes``: map the ``scope`` of a token response back to the names the caller
+  asked for (the inverse of ``scopes_for``: Entra answers
+  ``https://graph.microsoft.com/User.Read`` for ``User.Read``);
+- ``opaque_access_tokens``: the provider tells clients not to read its access tokens
+  (Entra): scopes and audience come from the token response only, never from a JWT;
+- ``authorization_code_refusal``: why the authorization code flow is refused at this
+  provider (it documents no PKCE S256, security item 10); consent then fails with
+  :class:`~agent_identity.errors.ConfigurationError` before any request.
 
 A profile is a frozen dataclass: ``dataclasses.replace(profile, ...)`` adapts one.
 """
@@ -46,6 +57,10 @@ def _same_response(response: HttpResponse) -> HttpResponse:
 
 def _no_mapping(resource: str | None, scopes: Sequence[str]) -> tuple[str | None, tuple[str, ...]]:
     return resource, tuple(scopes)
+
+
+def _same_scope(resource: str | None, scope: str) -> str:
+    return scope
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,12 +97,36 @@ class ProviderProfile:
     #: scope (losing the rest of the grant): tokens are then as broad as the grant and
     #: labelled with what they carry.
     narrow_refresh: bool = True
+    #: Metadata members filled in when discovery leaves them out (a discovered member
+    #: always wins): documented facts such as ``code_challenge_methods_supported``.
+    metadata_defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: ``(resource, scope) -> scope``: the response's ``scope`` in the caller's names.
+    granted_scopes: Callable[[str | None, str], str] = _same_scope
+    #: Access tokens are never read by the client (no ``scope``/``scp``/``aud`` from a
+    #: JWT): the provider documents them as opaque to clients.
+    opaque_access_tokens: bool = False
+    #: When set, the authorization code flow is refused with this explanation
+    #: (``ConfigurationError``), before any request: the provider documents no PKCE S256.
+    authorization_code_refusal: str | None = None
 
     def __repr__(self) -> str:
         return f"ProviderProfile(name={self.name!r}, issuer={self.issuer!r})"
 
     def join_scopes(self, scopes: Sequence[str]) -> str:
         return self.scope_separator.join(scopes)
+
+    def complete_metadata(self, metadata: ServerMetadata) -> ServerMetadata:
+        """``metadata`` with :attr:`metadata_defaults` filled in where it is silent."""
+        missing = {
+            name: value
+            for name, value in self.metadata_defaults.items()
+            if name not in metadata.model_fields_set
+        }
+        if not missing:
+            return metadata
+        from agent_identity.models import ServerMetadata
+
+        return ServerMetadata.model_validate({**metadata.model_dump(), **missing})
 
 
 #: Standards only: what every compliant authorization server gets.
