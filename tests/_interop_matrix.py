@@ -14,6 +14,7 @@ skipped with its reason (a flow the target does not offer), or failed.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -53,7 +54,8 @@ once, against that target:
 - **pass**: the flow ran end to end through the public API and the server agreed (its
   request log, introspection or the token's claims);
 - **n/a**: the target does not offer the flow; the note says why;
-- **FAIL**: the flow failed (this file is then not what a green run produces).
+- **FAIL**: the flow failed (this file is then not what a green run produces);
+- blank: no test exercises that flow against that target.
 
 The two authorization servers are real, independent implementations started by the test
 suite: oidc-provider (OpenID Certified, the bundled dev server) and django-oauth-toolkit
@@ -64,48 +66,69 @@ conformance client in `tests/mcp_conformance/`.
 """
 
 
+TABLES = {
+    "servers": "Authorization servers",
+    "providers": "Provider profiles (against local servers reproducing their documented responses)",
+    "mcp": "MCP: the official conformance suite's client scenarios",
+}
+
+
 @dataclass
 class Matrix:
-    cells: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    #: (table, flow, target) -> (outcome, note)
+    cells: dict[tuple[str, str, str], tuple[str, str]] = field(default_factory=dict)
     #: Remarks on what a target supports (ServerUnderTest.notes), by target.
     target_notes: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    def record(self, flow: str, target: str, outcome: str, note: str = "") -> None:
-        previous = self.cells.get((flow, target))
+    def record(
+        self, flow: str, target: str, outcome: str, note: str = "", table: str = "servers"
+    ) -> None:
+        previous = self.cells.get((table, flow, target))
         if previous is not None and previous[0] == "FAIL":
             return  # a failing phase (setup, call, teardown) wins
-        self.cells[(flow, target)] = (outcome, note)
+        if previous is not None and previous[0] == "pass" and outcome == "pass":
+            return
+        self.cells[(table, flow, target)] = (outcome, note)
+
+    def targets(self) -> set[str]:
+        return {target for _table, _flow, target in self.cells}
 
     def render(self) -> str:
-        targets = sorted(
-            {t for _, t in self.cells},
-            key=lambda t: (TARGET_ORDER.index(t) if t in TARGET_ORDER else 99, t),
-        )
-        flows = sorted({f for f, _ in self.cells})
         notes: dict[str, int] = {}
-        lines = [HEADER, "| flow | " + " | ".join(TARGET_TITLES.get(t, t) for t in targets) + " |"]
-        lines.append("|---|" + "---|" * len(targets))
-        for flow in flows:
-            row = []
-            for target in targets:
-                cell = self.cells.get((flow, target))
-                if cell is None:
-                    row.append("")
-                    continue
-                outcome, note = cell
-                if note:
-                    number = notes.setdefault(note, len(notes) + 1)
-                    row.append(f"{outcome} [{number}]")
-                else:
-                    row.append(outcome)
-            lines.append(f"| {flow} | " + " | ".join(row) + " |")
+        lines = [HEADER]
+        for table in [t for t in TABLES if any(c[0] == t for c in self.cells)]:
+            cells = {(f, t): v for (tb, f, t), v in self.cells.items() if tb == table}
+            targets = sorted(
+                {t for _, t in cells},
+                key=lambda t: (TARGET_ORDER.index(t) if t in TARGET_ORDER else 99, t),
+            )
+            flows = sorted({f for f, _ in cells})
+            lines.append(f"## {TABLES[table]}")
+            lines.append("")
+            lines.append("| flow | " + " | ".join(TARGET_TITLES.get(t, t) for t in targets) + " |")
+            lines.append("|---|" + "---|" * len(targets))
+            for flow in flows:
+                row = []
+                for target in targets:
+                    cell = cells.get((flow, target))
+                    if cell is None:
+                        row.append("")
+                        continue
+                    outcome, note = cell
+                    if note:
+                        number = notes.setdefault(note, len(notes) + 1)
+                        row.append(f"{outcome} [{number}]")
+                    else:
+                        row.append(outcome)
+                lines.append(f"| {flow} | " + " | ".join(row) + " |")
+            lines.append("")
         if notes:
             lines.append("")
             lines.append("Notes:")
             lines.append("")
             for note, number in notes.items():
                 lines.append(f"{number}. {note}")
-        for target in targets:
+        for target in sorted(self.target_notes):
             remarks = self.target_notes.get(target)
             if not remarks:
                 continue
@@ -128,19 +151,31 @@ def _flow_name(item: pytest.Item, drop: str | None) -> str:
     return f"{text} ({', '.join(parts)})" if parts else text
 
 
-def _target(item: pytest.Item) -> tuple[str, str] | None:
+@dataclass(frozen=True)
+class _Cell:
+    target: str
+    flow: str
+    table: str = "servers"
+    #: When the test passes, the cell reads n/a with this reason (a refusal proven).
+    na: str = ""
+
+
+def _target(item: pytest.Item) -> _Cell | None:
     marker = item.get_closest_marker("interop")
     if marker is not None:
-        target = str(marker.kwargs["target"])
-        flow = str(marker.kwargs.get("flow") or _flow_name(item, None))
-        return target, flow
+        return _Cell(
+            target=str(marker.kwargs["target"]),
+            flow=str(marker.kwargs.get("flow") or _flow_name(item, None)),
+            table=str(marker.kwargs.get("table", "servers")),
+            na=str(marker.kwargs.get("na", "")),
+        )
     callspec = getattr(item, "callspec", None)
     if callspec is not None and "server" in callspec.params:
         target = str(callspec.params["server"])
         server = getattr(item, "funcargs", {}).get("server")
         if server is not None and getattr(server, "notes", None):
             MATRIX.target_notes[target] = dict(server.notes)
-        return target, _flow_name(item, target)
+        return _Cell(target=target, flow=_flow_name(item, target))
     return None
 
 
@@ -161,20 +196,23 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
-    where = _target(item)
-    if where is None:
+    cell = _target(item)
+    if cell is None:
         return
-    target, flow = where
+    record = functools.partial(MATRIX.record, cell.flow, cell.target, table=cell.table)
     if report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         if hasattr(report, "wasxfail"):
-            MATRIX.record(flow, target, "FAIL", _clean(str(report.wasxfail)))
+            record("FAIL", _clean(str(report.wasxfail)))
         else:
-            MATRIX.record(flow, target, "n/a", _clean(str(reason)))
+            record("n/a", _clean(str(reason)))
     elif report.failed:
-        MATRIX.record(flow, target, "FAIL")
+        record("FAIL")
     elif report.when == "call":
-        MATRIX.record(flow, target, "pass")
+        if cell.na:
+            record("n/a", cell.na)
+        else:
+            record("pass")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

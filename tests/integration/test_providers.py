@@ -134,6 +134,7 @@ def query(url: str) -> dict[str, str]:
 # -- GitHub ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.interop(target="github", flow="consent (authorization code + PKCE)", table="providers")
 async def test_github_oauth_app_consent_json_and_comma_scopes() -> None:
     """GitHub Docs, "Authorizing OAuth apps", Web application flow: scopes requested
     space-delimited, the code exchanged with ``client_id``/``client_secret`` in the body,
@@ -178,6 +179,11 @@ async def test_github_form_encoded_default_response() -> None:
     assert token.token_type == "bearer"
 
 
+@pytest.mark.interop(
+    target="github",
+    flow="refresh (rotation where the provider rotates)",
+    table="providers",
+)
 async def test_github_app_expiring_tokens_rotate_on_refresh() -> None:
     """GitHub Docs, "Refreshing user access tokens": expiring user tokens come with
     ``expires_in`` 28800, ``refresh_token`` and ``refresh_token_expires_in``; "Once you use
@@ -208,6 +214,11 @@ async def test_github_app_expiring_tokens_rotate_on_refresh() -> None:
     assert all("scope" not in r.params for r in refreshes)
 
 
+@pytest.mark.interop(
+    target="github",
+    flow="errors mapped to typed errors, raw code kept",
+    table="providers",
+)
 async def test_github_errors_in_http_200_are_typed_errors() -> None:
     """GitHub Docs, "Troubleshooting OAuth app access token request errors": bodies with
     ``incorrect_client_credentials`` and ``bad_verification_code``, answered (here) with
@@ -228,6 +239,7 @@ async def test_github_errors_in_http_200_are_typed_errors() -> None:
     assert bad_code.value.error == "bad_verification_code"
 
 
+@pytest.mark.interop(target="github", flow="dead grant detected and removed", table="providers")
 async def test_github_dead_refresh_token_removes_the_grant() -> None:
     """A refresh token GitHub no longer accepts is answered ``bad_refresh_token`` (GitHub
     community discussion #24745; "Refreshing user access tokens": a used refresh token "will
@@ -249,6 +261,7 @@ async def test_github_dead_refresh_token_removes_the_grant() -> None:
 
 
 @pytest.mark.parametrize("json_ignored", [False, True], ids=["json", "form-encoded"])
+@pytest.mark.interop(target="github", flow="device flow (RFC 8628)", table="providers")
 async def test_github_device_flow_pending_in_200(json_ignored: bool) -> None:
     """GitHub Docs, "Authorizing OAuth apps", Device flow: ``POST /login/device/code`` with
     ``client_id`` answers ``device_code=...&expires_in=900&interval=5&...`` "by default"
@@ -273,6 +286,12 @@ async def test_github_device_flow_pending_in_200(json_ignored: bool) -> None:
     assert token.value.get_secret_value().startswith("gho_")
 
 
+@pytest.mark.interop(
+    target="github",
+    flow="revocation (RFC 7009)",
+    table="providers",
+    na="GitHub has no RFC 7009 revocation endpoint (none is invented)",
+)
 async def test_github_has_no_revocation_endpoint() -> None:
     """GitHub documents no RFC 7009 endpoint (revocation is a REST API call, "Authorizing
     OAuth apps" / REST "OAuth authorizations"): the profile invents none, so disconnecting a
@@ -289,6 +308,7 @@ async def test_github_has_no_revocation_endpoint() -> None:
 # -- Google ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.interop(target="google", flow="consent (authorization code + PKCE)", table="providers")
 async def test_google_consent_offline_access_type_and_id_token() -> None:
     """Google, "Using OAuth 2.0 for Web Server Applications", Step 1: ``access_type=offline``
     for a refresh token, ``prompt=consent`` to get it again; no ``offline_access`` scope and
@@ -316,6 +336,11 @@ async def test_google_consent_offline_access_type_and_id_token() -> None:
     assert fake.requests[0].path == "/.well-known/oauth-authorization-server"
 
 
+@pytest.mark.interop(
+    target="google",
+    flow="refresh (rotation where the provider rotates)",
+    table="providers",
+)
 async def test_google_refresh_keeps_the_unrotated_refresh_token() -> None:
     """Google, "Refreshing an access token (offline access)": the request carries
     ``client_id``, ``client_secret``, ``grant_type`` and ``refresh_token``; the answer has a
@@ -346,6 +371,7 @@ async def test_google_refresh_keeps_the_unrotated_refresh_token() -> None:
         ("https://login.microsoftonline.com/x/v2.0", False),
     ],
 )
+@pytest.mark.interop(target="google", flow="ID token validation", table="providers")
 async def test_google_id_token_issuer_modern_or_legacy_only(iss: str, accepted: bool) -> None:
     """Google OpenID Connect API Reference, Discovery Document, ``issuer``: "The modern
     value is https://accounts.google.com; however, accounts.google.com is also returned for
@@ -360,6 +386,7 @@ async def test_google_id_token_issuer_modern_or_legacy_only(iss: str, accepted: 
                 await alice.consent(scopes=["openid", CALENDAR])
 
 
+@pytest.mark.interop(target="google", flow="revocation (RFC 7009)", table="providers")
 async def test_google_revoked_grant_and_disconnect() -> None:
     """Google, "Refreshing an access token": a revoked refresh token gets ``400
     invalid_grant`` (the grant is removed); "Revoking a token": ``disconnect`` POSTs the
@@ -393,6 +420,7 @@ def _entra_local(profile: ProviderProfile, fake: FakeEntra) -> ProviderProfile:
     return moved
 
 
+@pytest.mark.interop(target="entra", flow="consent (authorization code + PKCE)", table="providers")
 async def test_entra_single_tenant_scopes_for_a_resource_and_opaque_tokens() -> None:
     """Microsoft identity platform, "OAuth 2.0 authorization code flow": ``scope`` names
     the resource (``https://graph.microsoft.com/User.Read``), ``offline_access`` for a
@@ -422,6 +450,11 @@ async def test_entra_single_tenant_scopes_for_a_resource_and_opaque_tokens() -> 
     assert token.audience is None  # never read from the (readable) JWT
 
 
+@pytest.mark.interop(
+    target="entra",
+    flow="refresh (rotation where the provider rotates)",
+    table="providers",
+)
 async def test_entra_refresh_names_one_resource_and_rotates() -> None:
     """ "Refresh the access token": ``scope`` of one resource; a new refresh token each
     time. ``{resource}/.default`` asks for every consented permission of the resource."""
@@ -447,6 +480,7 @@ async def test_entra_refresh_names_one_resource_and_rotates() -> None:
     assert set(everything.scopes) == {"User.Read", "Mail.Read"}
 
 
+@pytest.mark.interop(target="entra", flow="ID token validation", table="providers")
 async def test_entra_single_tenant_refuses_another_issuer() -> None:
     """OpenID Connect Core, as "Access tokens", Validate the issuer, Single tenant
     applications, quotes it: the issuer "MUST exactly match the value of the iss claim"."""
@@ -479,6 +513,11 @@ async def test_entra_discovered_document_gets_the_documented_s256() -> None:
     assert grant.has_refresh_token
 
 
+@pytest.mark.interop(
+    target="entra",
+    flow="errors mapped to typed errors, raw code kept",
+    table="providers",
+)
 async def test_entra_errors_keep_the_aadsts_description() -> None:
     """ "OAuth 2.0 authorization code flow", Error response: RFC 6749 codes with an AADSTS
     ``error_description`` and ``error_codes``; a bad secret is ``invalid_client``."""
@@ -500,6 +539,7 @@ async def test_entra_errors_keep_the_aadsts_description() -> None:
         (None, "not-a-guid", "https://login.microsoftonline.com/not-a-guid/v2.0", False),
     ],
 )
+@pytest.mark.interop(target="entra-multitenant", flow="ID token validation", table="providers")
 async def test_entra_multi_tenant_issuer_template(
     tenants: list[str] | None, user_tenant: str, iss: str | None, accepted: bool
 ) -> None:
@@ -537,6 +577,7 @@ def test_entra_factories_refuse_what_they_cannot_validate() -> None:
 # -- Slack -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.interop(target="slack", flow="consent (authorization code + PKCE)", table="providers")
 async def test_slack_user_token_from_authed_user() -> None:
     """Slack, "Installing with OAuth": ``user_scope`` (comma-separated) asks for a user
     token, returned under ``authed_user`` by ``oauth.v2.access``; HTTP Basic client
@@ -562,6 +603,11 @@ async def test_slack_user_token_from_authed_user() -> None:
     assert not grant.has_refresh_token
 
 
+@pytest.mark.interop(
+    target="slack",
+    flow="refresh (rotation where the provider rotates)",
+    table="providers",
+)
 async def test_slack_token_rotation() -> None:
     """Slack, "Using token rotation": tokens expire after 12 hours (``expires_in`` 43200)
     and come with a ``refresh_token``; ``oauth.v2.access`` with ``grant_type=refresh_token``
@@ -592,6 +638,11 @@ async def test_slack_token_rotation() -> None:
     assert cause.error == "invalid_refresh_token"
 
 
+@pytest.mark.interop(
+    target="slack",
+    flow="errors mapped to typed errors, raw code kept",
+    table="providers",
+)
 async def test_slack_ok_false_errors_and_bot_only_answers() -> None:
     """``oauth.v2.access`` reference, Errors: ``{"ok": false, "error": "bad_client_secret"}``
     with HTTP 200 is a typed ``InvalidClient`` (raw code kept); an answer with only a bot
@@ -653,6 +704,12 @@ async def _seed(
     await identity.vault.save(who.key, record, expected_version=0)
 
 
+@pytest.mark.interop(
+    target="atlassian",
+    flow="consent (authorization code + PKCE)",
+    table="providers",
+    na="Atlassian documents no PKCE: consent is refused before any request (security item 10)",
+)
 async def test_atlassian_consent_refused_without_documented_pkce() -> None:
     """Atlassian, "OAuth 2.0 (3LO) apps": the authorization URL's documented parameters
     include no ``code_challenge``; security item 10 refuses the flow without S256, with a
@@ -663,6 +720,11 @@ async def test_atlassian_consent_refused_without_documented_pkce() -> None:
     assert fake.requests == []
 
 
+@pytest.mark.interop(
+    target="atlassian",
+    flow="refresh (rotation where the provider rotates)",
+    table="providers",
+)
 async def test_atlassian_json_refresh_rotation_and_403_invalid_grant() -> None:
     """Atlassian, "Implementing the Refresh Token Flow": a JSON body with ``grant_type``,
     ``client_id``, ``client_secret``, ``refresh_token``; rotating refresh tokens; the
@@ -696,6 +758,12 @@ async def test_atlassian_json_refresh_rotation_and_403_invalid_grant() -> None:
 # -- Notion ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.interop(
+    target="notion",
+    flow="consent (authorization code + PKCE)",
+    table="providers",
+    na="Notion documents no PKCE: consent is refused before any request (security item 10)",
+)
 async def test_notion_consent_refused_without_documented_pkce() -> None:
     """Notion, "Authorization" (public connection auth flow): the authorization URL takes
     ``client_id``, ``redirect_uri``, ``response_type``, ``owner``, ``state`` — no PKCE; the
@@ -706,6 +774,11 @@ async def test_notion_consent_refused_without_documented_pkce() -> None:
     assert fake.requests == []
 
 
+@pytest.mark.interop(
+    target="notion",
+    flow="refresh (rotation where the provider rotates)",
+    table="providers",
+)
 async def test_notion_basic_json_refresh_no_expiry_and_api_errors() -> None:
     """Notion, "Refresh a token": HTTP Basic client authentication and a JSON body; the
     response has no ``scope`` and no ``expires_in`` (the token never expires by itself).
@@ -738,6 +811,11 @@ async def test_notion_basic_json_refresh_no_expiry_and_api_errors() -> None:
     assert bad.value.error == "unauthorized"
 
 
+@pytest.mark.interop(
+    target="notion",
+    flow="errors mapped to typed errors, raw code kept",
+    table="providers",
+)
 async def test_notion_rate_limit_is_temporarily_unavailable() -> None:
     """Notion, "Status codes": ``429 rate_limited`` is answered as
     ``temporarily_unavailable`` (the grant is kept)."""
