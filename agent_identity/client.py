@@ -137,7 +137,7 @@ class IdentityClient:
         client_secret: str | SecretStr | None = None,
         private_key: Any = None,
         metadata: ServerMetadata | Mapping[str, Any] | None = None,
-        assertion_audience: AssertionAudience = "issuer",
+        assertion_audience: AssertionAudience | None = None,
         token_endpoint_auth_method: str | None = None,
         consent: ConsentHandler | None = None,
         http_client: httpx2.AsyncClient | None = None,

@@ -990,10 +990,16 @@ class UserGrant:
 
     # -- revocation -----------------------------------------------------------------------
 
-    async def disconnect(self) -> None:
-        """Revoke this user's refresh token at the authorization server (RFC 7009), then
-        remove the grant from the vault, only after the server confirmed (security item
-        28). Other processes stop using it within the vault's ``cache_ttl``."""
+    async def disconnect(self, *, revoke: bool = True) -> None:
+        """Revoke this user's grant at the authorization server (RFC 7009), then remove it
+        from the vault, only after the server confirmed (security item 28). Other
+        processes stop using it within the vault's ``cache_ttl``.
+
+        The refresh token is revoked; a grant without one (providers whose tokens do not
+        expire) has its cached access tokens revoked instead. A server without a
+        revocation endpoint cannot be asked: :class:`~agent_identity.errors.ConfigurationError`
+        says so, and ``revoke=False`` forgets the grant here only (revoke the app's access
+        at the provider then)."""
         vault = self._context.vault
         async with self._refresh_lock:
             try:
@@ -1007,14 +1013,28 @@ class UserGrant:
                 return
             if current is None:
                 return
-            if current.record.refresh_token is not None:
-                await self._server.discover()
-                await self._server.revoke(
-                    current.record.refresh_token, token_type_hint="refresh_token"
-                )
+            if revoke:
+                await self._revoke_all(current.record)
             await vault.delete(self.key)
             self._hot.clear()
             await self.audit_event("revocation", scopes_granted=current.record.scopes)
+
+
+    async def _revoke_all(self, record: GrantRecord) -> None:
+        server = self._server
+        await server.discover()
+        if server.metadata.revocation_endpoint is None:
+            raise ConfigurationError(
+                f"{server.issuer} has no revocation endpoint (RFC 7009): the grant cannot be "
+                "revoked from here; revoke the app's access at the provider and call "
+                "disconnect(revoke=False) to forget it here"
+            )
+        if record.refresh_token is not None:
+            await server.revoke(record.refresh_token, token_type_hint="refresh_token")
+            return
+        # No refresh token: the access tokens are the grant (often without expiry).
+        for cached in record.tokens.values():
+            await server.revoke(cached.value, token_type_hint="access_token")
 
 
 class _GrantShrank(ConsentRequired):

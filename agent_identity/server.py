@@ -185,8 +185,9 @@ class AuthorizationServer:
         when both are given.
     :param profile: the provider's documented deviations (default: standards only).
     :param assertion_audience: the ``aud`` of ``private_key_jwt`` assertions: the issuer
-        (default, the current guidance) or the token endpoint URL (RFC 7523 §3, OpenID
-        Connect Core §9) for servers that accept only that.
+        (the default, the current guidance, unless the profile says otherwise) or the token
+        endpoint URL (RFC 7523 §3, OpenID Connect Core §9) for servers that accept only
+        that.
     :param token_endpoint_auth_method: the method the client is registered with (RFC 7591
         §2), e.g. ``client_secret_post``; default: chosen from the credential and the
         metadata (``private_key_jwt`` for a key, ``client_secret_basic`` for a secret).
@@ -214,7 +215,7 @@ class AuthorizationServer:
         private_key: Any = None,
         metadata: ServerMetadata | Mapping[str, Any] | None = None,
         profile: ProviderProfile | None = None,
-        assertion_audience: AssertionAudience = "issuer",
+        assertion_audience: AssertionAudience | None = None,
         token_endpoint_auth_method: str | None = None,
         http: HttpDriver,
         clock: Clock | None = None,
@@ -229,9 +230,11 @@ class AuthorizationServer:
             raise ConfigurationError("client_id is required")
         if client_secret is not None and private_key is not None:
             raise ConfigurationError("give either client_secret or private_key, not both")
+        self.profile: ProviderProfile = profile if profile is not None else STANDARD
+        if assertion_audience is None:
+            assertion_audience = self.profile.assertion_audience  # type: ignore[assignment]
         if assertion_audience not in ("issuer", "token_endpoint"):
             raise ConfigurationError("assertion_audience must be 'issuer' or 'token_endpoint'")
-        self.profile: ProviderProfile = profile if profile is not None else STANDARD
         static = _static_metadata(metadata, self.profile)
         if issuer is None:
             if static is not None:

@@ -163,9 +163,10 @@ class UserIdentity:
             resource=resource, scopes=scopes, actor=actor, subject_resource=subject_resource
         )
 
-    async def disconnect(self) -> None:
-        """Revoke the grant at the client's server (RFC 7009), then forget it."""
-        await self.main.disconnect()
+    async def disconnect(self, *, revoke: bool = True) -> None:
+        """Revoke the grant at the client's server (RFC 7009), then forget it; see
+        :meth:`UserGrant.disconnect <agent_identity.grant.UserGrant.disconnect>`."""
+        await self.main.disconnect(revoke=revoke)
 
     # -- human approval (CIBA) ---------------------------------------------------------------
 

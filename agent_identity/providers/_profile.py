@@ -97,6 +97,9 @@ class ProviderProfile:
     #: scope (losing the rest of the grant): tokens are then as broad as the grant and
     #: labelled with what they carry.
     narrow_refresh: bool = True
+    #: The ``aud`` of ``private_key_jwt`` assertions this provider accepts, when the
+    #: client does not choose (``"issuer"`` or ``"token_endpoint"``).
+    assertion_audience: str = "issuer"
     #: Metadata members filled in when discovery leaves them out (a discovered member
     #: always wins): documented facts such as ``code_challenge_methods_supported``.
     metadata_defaults: Mapping[str, Any] = field(default_factory=dict)

@@ -300,8 +300,11 @@ async def test_github_has_no_revocation_endpoint() -> None:
         alice = gh.user("alice")
         await alice.consent(scopes=["repo"])
         count = len(fake.requests)
-        with pytest.raises(ConfigurationError, match="revocation_endpoint"):
+        with pytest.raises(ConfigurationError, match="no revocation endpoint"):
             await alice.disconnect()
+        assert await alice.grant() is not None  # nothing forgotten by a refused disconnect
+        await alice.disconnect(revoke=False)  # forget it here, knowingly
+        assert await alice.grant() is None
     assert len(fake.requests) == count
 
 

@@ -270,3 +270,20 @@ async def test_a_refresh_after_a_failed_refresh_does_not_touch_broken_raw() -> N
         with pytest.raises(Exception, match="no longer accepts"):
             await read_token(user)
         assert await user.grant() is None
+
+
+async def test_disconnect_revokes_the_access_tokens_of_a_grant_without_refresh_token() -> None:
+    """Providers whose tokens do not expire issue no refresh token: the access tokens are
+    the grant, so they are what disconnect() revokes (RFC 7009 §2.1)."""
+    server = FakeAS(rotate=False)
+    async with connected(server) as setup:
+        user = setup.identity.user(USER, tenant=TENANT)
+        await user.consent(scopes=["calendar.read"], resource=CALENDAR)
+        stored = await setup.identity.vault.load(user.key, fresh=True)
+        assert stored is not None
+        without_rt = stored.record.replace(refresh_token=None)
+        await setup.identity.vault.save(user.key, without_rt, expected_version=stored.version)
+        await user.disconnect()
+        revoked = [seen.form for seen in server.to("/revoke")]
+        assert await user.grant() is None
+    assert [form["token_type_hint"] for form in revoked] == ["access_token"]
