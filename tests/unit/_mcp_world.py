@@ -160,6 +160,9 @@ class World:
         # the IdP's signing key
         self.idp_key = RSAKey.generate_key(2048, parameters={"kid": "idp-1"})
         self.id_token_ttl = 3600
+        #: ID tokens of refresh responses: another subject, or signed by another key
+        self.refresh_id_token_sub = "alice"
+        self.refresh_id_token_forged = False
 
     # -- setup ------------------------------------------------------------------------
 
@@ -190,7 +193,9 @@ class World:
         self.tokens[token] = Issued(issuer, client_id, tuple(scopes), acr)
         return token
 
-    def id_token(self, client_id: str, *, sub: str = "alice", nonce: str | None = None) -> str:
+    def id_token(
+        self, client_id: str, *, sub: str = "alice", nonce: str | None = None, forged: bool = False
+    ) -> str:
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": IDP,
@@ -201,7 +206,8 @@ class World:
         }
         if nonce is not None:
             claims["nonce"] = nonce
-        return jose_jwt.encode({"alg": "RS256", "kid": "idp-1"}, claims, self.idp_key)
+        key = RSAKey.generate_key(2048) if forged else self.idp_key
+        return jose_jwt.encode({"alg": "RS256", "kid": "idp-1"}, claims, key)
 
     def resolve_host(self, host: str) -> list[str]:
         found = self.addresses.get(host, (PUBLIC_IP,))
@@ -300,6 +306,9 @@ class World:
             return httpx2.Response(201, json={k: v for k, v in response.items() if v is not None})
         if seen.method == "POST" and url == metadata.get("token_endpoint"):
             return self._token(server, seen)
+        if seen.method == "POST" and url == metadata.get("revocation_endpoint"):
+            self.refresh_tokens.pop(seen.form.get("token", ""), None)
+            return httpx2.Response(200)
         return httpx2.Response(404)
 
     def _client_of(self, server: FakeAS, seen: Seen) -> str | None:
@@ -350,7 +359,9 @@ class World:
             self.refresh_tokens[refresh] = held
             body["refresh_token"] = refresh
             if "openid" in held["scopes"]:
-                body["id_token"] = self.id_token(client_id)
+                body["id_token"] = self.id_token(
+                    client_id, sub=self.refresh_id_token_sub, forged=self.refresh_id_token_forged
+                )
         elif grant == "client_credentials":
             pass
         elif grant == TOKEN_EXCHANGE:

@@ -32,6 +32,7 @@ from agent_identity import (
     ConfigurationError,
     ConsentRequired,
     IdentityClient,
+    InsecureURLError,
     InvalidResponse,
     MetadataError,
     SSRFBlockedError,
@@ -71,6 +72,7 @@ async def test_sec_14_registration_without_expiry_and_with_a_secret_for_none() -
             assert (await _call(http)).status_code == 200
     (registration,) = world.to(f"{AS}/register")
     assert registration.json["token_endpoint_auth_method"] == "none"
+    assert registration.json["application_type"] == "native"  # loopback redirect URIs
     (redeem,) = world.token_requests(AS, "authorization_code")
     assert redeem.basic is None
     assert "client_secret" not in redeem.form
@@ -203,6 +205,33 @@ async def test_sec_06_metadata_for_another_resource_is_refused(url: str, resourc
             with pytest.raises(MetadataError, match="9728"):
                 await _call(http)
     assert world.to(AS) == []  # the authorization server was never contacted
+
+
+# -- client id metadata documents (item 13) ------------------------------------------------
+
+
+async def test_sec_13_client_id_metadata_document_rules_on_the_mcp_path() -> None:
+    world = _world(overrides={"client_id_metadata_document_supported": True})
+    async with mcp_only(world) as identity:
+        alice = identity.user("alice")
+        for bad in (
+            "http://agent.example.com/client.json",
+            "https://agent.example.com/",
+            "https://agent.example.com/a/../client.json",
+            "https://agent.example.com/client.json#x",
+            "https://user@agent.example.com/client.json",
+        ):
+            with pytest.raises((ConfigurationError, InsecureURLError)):
+                alice.mcp_auth(MCP, client_id_metadata_url=bad)
+        cimd = "https://agent.example.com/oauth/client.json"
+        auth = alice.mcp_auth(MCP, client_id_metadata_url=cimd)
+        async with auth, wire(auth, world) as http:
+            assert (await _call(http)).status_code == 200
+        assert auth.registration == "client-id-metadata-document"
+    (redeem,) = world.token_requests(AS, "authorization_code")
+    assert redeem.form["client_id"] == cimd  # a public client: the URL is the client id
+    assert redeem.basic is None
+    assert world.to(f"{AS}/register") == []
 
 
 # -- a later challenge naming another metadata URL (item 7) -----------------------------------
@@ -530,7 +559,7 @@ async def test_agent_without_credentials_never_registers() -> None:
     assert world.to(AS, "POST") == []
 
 
-async def test_agent_step_up_gets_a_token_with_the_union_and_is_bounded() -> None:
+async def test_sec_29_agent_step_up_gets_a_token_with_the_union_and_is_bounded() -> None:
     world = _world()
     world.per_operation = {"tools/call admin": ("tools.read", "tools.admin")}
     clients = {MCP: {"client_id": "agent", "client_secret": SECRET}}
@@ -650,6 +679,39 @@ async def test_cross_app_access_uses_the_id_token_kept_from_the_sign_in() -> Non
         stored = await identity.vault.store.get(f"id-token:{alice.main.key.storage_key}")
         assert stored is not None
         assert kept.get_secret_value().encode() not in stored.blob
+
+
+@pytest.mark.parametrize("fault", ["another subject", "forged signature"])
+async def test_an_unacceptable_id_token_from_a_refresh_is_not_kept(fault: str) -> None:
+    """OpenID Connect Core §12.2: a refreshed ID token is validated and must name the same
+    subject; one that does not is dropped (the refresh itself stands)."""
+    world = _xaa_world()
+    async with _enterprise(world) as identity:
+        alice = identity.user("alice")
+        await alice.consent(scopes=["openid"])
+        kept = await alice.main.id_token()
+        if fault == "another subject":
+            world.refresh_id_token_sub = "mallory"
+        else:
+            world.refresh_id_token_forged = True
+        world.id_token_ttl = 4 * 3600
+        with pytest.raises(ConsentRequired, match="sign the user in again"):
+            await alice.main.id_token(min_ttl=7200)  # refreshed, but the new one is refused
+        assert len(world.token_requests(IDP, "refresh_token")) == 1
+        assert (await alice.main.id_token()).get_secret_value() == kept.get_secret_value()
+
+
+async def test_the_kept_id_token_is_forgotten_on_disconnect() -> None:
+    world = _xaa_world()
+    identity = _enterprise(world)
+    world.servers[IDP].overrides["revocation_endpoint"] = f"{IDP}/revoke"
+    async with identity:
+        alice = identity.user("alice")
+        await alice.consent(scopes=["openid"])
+        await alice.main.id_token()
+        await alice.disconnect()
+        with pytest.raises(ConsentRequired):
+            await alice.main.id_token()
 
 
 async def test_cross_app_access_needs_the_mcp_authorization_server_pinned() -> None:
