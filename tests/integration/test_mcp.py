@@ -530,4 +530,7 @@ def test_example_mcp_agent_runs_headless() -> None:
     assert "whoami: you are alice" in result.stdout
     assert "admin_tool: admin work done" in result.stdout
     assert "tools.read tools.admin" in result.stdout
+    # the agent as itself: client credentials with its own registration, no consent
+    assert "as the agent: called by client agent-confidential" in result.stdout
+    assert "agent registration: own" in result.stdout
     assert result.stdout.rstrip().endswith("Done.")
