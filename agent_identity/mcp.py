@@ -563,10 +563,12 @@ class McpAuth(httpx2.Auth):
     ) -> None:
         if not isinstance(max_step_ups, int) or max_step_ups < 0:
             raise ConfigurationError("max_step_ups must be an int >= 0")
-        if user is None and context is None:
+        if user is not None:
+            context = user.context
+        elif context is None:
             raise ConfigurationError("McpAuth needs a user, or the agent's context")
         self._user = user
-        self._context: AgentContext = user.context if user is not None else context  # type: ignore[assignment]
+        self._context: AgentContext = context
         self.mode: McpMode = "agent" if user is None else "user"
         self._main: UserGrant | None = None
         if cross_app_access:

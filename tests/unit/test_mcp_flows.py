@@ -39,6 +39,7 @@ from agent_identity import (
     StepUpLimitExceeded,
     TokenVault,
 )
+from agent_identity.audit import AuditTrail, MemorySink
 from agent_identity.oauth.client_auth import generate_private_key
 
 pytestmark = pytest.mark.anyio
@@ -629,7 +630,11 @@ async def test_cross_app_access_with_an_id_token_passed_in() -> None:
     world = _xaa_world()
     clients = {AS: {"client_id": "xaa-client", "client_secret": SECRET}}
     browser = ConsentBrowser(world)
-    async with _enterprise(world, consent=browser) as identity:
+    sink = MemorySink()
+    async with (
+        AuditTrail(sink) as audit,
+        _enterprise(world, consent=browser, audit=audit) as identity,
+    ):
         auth = identity.user("alice").mcp_auth(
             MCP, clients=clients, cross_app_access=True, id_token=SecretStr("id-token-1")
         )
@@ -651,6 +656,9 @@ async def test_cross_app_access_with_an_id_token_passed_in() -> None:
     assert bearer.basic == ("xaa-client", SECRET)
     assert bearer.form["resource"] == MCP
     assert browser.urls == []  # no consent screen
+    (event,) = [e for e in sink.events if e.kind == "token.exchanged"]
+    assert (event.issuer, event.resource, event.user) == (AS, MCP, "alice")
+    assert event.token_fingerprint is not None
 
 
 async def test_cross_app_access_uses_the_id_token_kept_from_the_sign_in() -> None:
