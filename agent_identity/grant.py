@@ -1031,7 +1031,11 @@ class UserGrant:
         if kept is not None:
             return _Secret(kept)
         current = await self._load(fresh=True)
-        if current is not None and current.record.refresh_token is not None:
+        if (
+            current is not None
+            and current.record.refresh_token is not None
+            and "openid" in current.record.scopes
+        ):
             tk: TokenKey = (None, frozenset())
             held = self._usable(current, tk)
             with contextlib.suppress(ConsentRequired, TokenPolicyError):

@@ -252,7 +252,7 @@ def mcp_options(defaults: dict[str, Any], options: dict[str, Any]) -> dict[str, 
     become ``shared_clients`` (entries for other MCP servers are expected there)."""
     merged = {**defaults, **options}
     if "clients" in defaults:
-        merged["shared_clients"] = defaults["clients"]
+        merged.setdefault("shared_clients", defaults["clients"])
         if "clients" not in options:
             del merged["clients"]
     return merged
