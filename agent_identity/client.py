@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     import httpx2
 
     from agent_identity.audit import AuditTrail
+    from agent_identity.mcp import McpAuth
     from agent_identity.oauth.client_auth import ClientAuthentication
     from agent_identity.vault import TokenVault
 
@@ -125,8 +126,9 @@ class IdentityClient:
         requests (default: none).
     :param ciba_login_hint: ``(user_id, tenant) -> str``: the CIBA ``login_hint`` (default:
         the user id; some servers want JSON such as ``{"username": "alice"}``).
-    :param mcp: default options of every :meth:`UserIdentity.mcp_auth
-        <agent_identity.UserIdentity.mcp_auth>` (e.g. ``clients=...``).
+    :param mcp: default options of every :meth:`mcp_auth` and :meth:`UserIdentity.mcp_auth
+        <agent_identity.UserIdentity.mcp_auth>` (e.g. ``clients=...``, shared by every MCP
+        server: an entry for another server is not an error).
     """
 
     def __init__(
@@ -349,6 +351,36 @@ class IdentityClient:
                 mcp_defaults=self._mcp_defaults,
             )
         return user
+
+    def mcp_auth(self, server_url: str, **options: Any) -> McpAuth:
+        """An ``httpx2.Auth`` for the MCP server at ``server_url`` as the agent itself:
+        OAuth client credentials (the MCP extension SEP-1046), no user and no consent.
+
+        Discovery is the same as for a user (RFC 9728, RFC 8414, or the 2025-03-26
+        fallback); the client must be pre-registered at the authorization server the MCP
+        server names: ``clients={server_url_or_issuer: {"client_id": ..., "client_secret":
+        ...}}`` (``client_secret_basic``, or ``client_secret_post`` where that is the only
+        method listed) or ``{"client_id": ..., "private_key": ...}`` (``private_key_jwt``).
+        When the MCP server names this client's own issuer, its own credentials serve.
+        Tokens are cached in memory per scope set until near expiry; a ``401`` gets a new
+        one, ``403 insufficient_scope`` one with the union of scopes, at most
+        ``max_step_ups`` times per operation. ``options`` are those of
+        :class:`~agent_identity.mcp.McpAuth`. See ``docs/mcp.md``."""
+        from agent_identity.mcp import McpAuth
+        from agent_identity.user import mcp_options
+
+        if options.get("cross_app_access"):
+            raise ConfigurationError(
+                "cross-app access acts for a user: use identity.user(...).mcp_auth(url, "
+                "cross_app_access=True)"
+            )
+        return McpAuth(
+            None,
+            server_url,
+            context=self.context,
+            own_server=self.server,
+            **mcp_options(self._mcp_defaults, options),
+        )
 
     # -- the agent's own tokens ----------------------------------------------------------
 

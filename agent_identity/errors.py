@@ -42,6 +42,9 @@ value itself.
     │                                   rotated away): run ``user.consent(...)`` again
     ├── TokenPolicyError                an issued token is broader than asked for or names
     │                                   another audience, and the policy says ``refuse``
+    ├── StepUpLimitExceeded             a resource kept answering ``insufficient_scope`` (or
+    │                                   ``insufficient_user_authentication``) to one
+    │                                   operation after ``max_step_ups`` step-ups
     ├── AuditError                      a strict audit trail could not write a record, or
     │                                   the trail is not running (never entered, closed):
     │                                   do not proceed with the audited action
@@ -99,6 +102,7 @@ __all__ = [
     "SSRFBlockedError",
     "ServerError",
     "StateMismatch",
+    "StepUpLimitExceeded",
     "TemporarilyUnavailable",
     "TokenPolicyError",
     "TransportError",
@@ -371,6 +375,38 @@ class TokenPolicyError(AgentIdentityError):
         self.requested = requested
         self.granted = granted
         self.resource = resource
+
+
+class StepUpLimitExceeded(AgentIdentityError):
+    """A protected resource kept refusing one operation for lack of scope (``403
+    insufficient_scope``) or of authentication (``401 insufficient_user_authentication``,
+    RFC 9470) after ``max_step_ups`` step-ups for that resource and operation (security
+    item 29). Nothing more is asked of the user for it; the last response was discarded.
+
+    ``resource`` is the protected resource, ``operation`` what was refused (for MCP the
+    JSON-RPC method and tool, prompt or resource name, e.g. ``"tools/call admin_tool"``),
+    ``scopes`` the scopes the last challenge asked for, ``error`` its error code,
+    ``status_code`` its HTTP status and ``step_ups`` how many step-ups were made.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        resource: str,
+        operation: str,
+        scopes: tuple[str, ...] = (),
+        error: str | None = None,
+        status_code: int | None = None,
+        step_ups: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.resource = resource
+        self.operation = operation
+        self.scopes = scopes
+        self.error = error
+        self.status_code = status_code
+        self.step_ups = step_ups
 
 
 class ApprovalError(AgentIdentityError):

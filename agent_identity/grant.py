@@ -24,6 +24,11 @@ security item 26) and talks to the server only through an
    good for all of them on servers that bind a refresh token to the resources of its own
    authorization request (RFC 8707 §2.2).
 
+The user's latest ID token (from a consent or a refresh that returned one, validated) is
+kept sealed in the vault next to the grant (blob kind ``id-token``):
+:meth:`UserGrant.id_token` hands it out as the subject token of cross-app access (MCP
+SEP-990), refreshing the grant when it is about to expire.
+
 A grant is only ever used at the issuer and by the client recorded in it (security items
 12, 23): a grant written by another server under the same connection name is never sent
 anywhere, and a new consent replaces it.
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +93,8 @@ __all__ = ["AgentContext", "TokenPolicy", "UserGrant", "scope_key", "words"]
 logger = logging.getLogger("agent_identity")
 
 TokenKey = tuple[str | None, frozenset[str]]
+#: Vault blob kind of the user's latest ID token at a grant (named by the grant's key).
+ID_TOKEN_KIND = "id-token"
 TokenPolicy = Literal["use", "refuse"]
 LoginHint = Callable[[str, str], "str | None"]
 
@@ -487,6 +495,8 @@ class UserGrant:
                 continue  # another process wrote meanwhile: merge with its version
             if token is not None:
                 self._remember(saved, token)
+            if response.id_token is not None and claims:
+                await self._keep_id_token(response.id_token, claims)
             return saved.record
         raise VersionConflict("the grant kept changing while the consent was stored")
 
@@ -584,13 +594,9 @@ class UserGrant:
                     return hot  # another task refreshed while we waited
             # The lease, the request and the write run as one job that survives the
             # caller's cancellation once the request is sent (security item 25).
-            return await self._context.detached.run(
-                lambda: self._refresh_under_lease(tk, rejected)
-            )
+            return await self._context.detached.run(lambda: self._refresh_under_lease(tk, rejected))
 
-    async def _refresh_under_lease(
-        self, tk: TokenKey, rejected: AccessToken | None
-    ) -> AccessToken:
+    async def _refresh_under_lease(self, tk: TokenKey, rejected: AccessToken | None) -> AccessToken:
         vault = self._context.vault
         server = self._server
         resource, wanted = tk
@@ -694,8 +700,10 @@ class UserGrant:
         vault = self._context.vault
         for _ in range(5):
             base = current.record
-            if base.refresh_token is None or sent is None or (
-                base.refresh_token.get_secret_value() != sent.get_secret_value()
+            if (
+                base.refresh_token is None
+                or sent is None
+                or (base.refresh_token.get_secret_value() != sent.get_secret_value())
             ):
                 return  # someone else stored a newer refresh token meanwhile
             updated = base.replace(
@@ -763,6 +771,8 @@ class UserGrant:
                     ) from None
                 current = latest
                 continue
+            if response.id_token is not None:
+                await self._keep_refreshed_id_token(response.id_token, saved.record.subject)
             if refused is not None:
                 await self._report_policy(refused, refused_token=True)
                 raise refused
@@ -1017,7 +1027,109 @@ class UserGrant:
                 await self._revoke_all(current.record)
             await vault.delete(self.key)
             self._hot.clear()
+            await self._forget_id_token()
             await self.audit_event("revocation", scopes_granted=current.record.scopes)
+
+    # -- the user's ID token ----------------------------------------------------------------
+
+    async def id_token(self, *, min_ttl: float = 60.0) -> SecretStr:
+        """The user's current ID token from this server (OpenID Connect): for example the
+        subject token of cross-app access (MCP SEP-990), which the enterprise IdP exchanges
+        for an identity assertion grant.
+
+        It is the ID token of the latest consent or refresh that returned one, validated
+        when it was received and kept sealed in the vault next to the grant. One that
+        expires within ``min_ttl`` seconds (wall clock) is replaced by refreshing the grant
+        once (OpenID providers issue a new ID token on refresh, OpenID Connect Core §12.2).
+        Raises :class:`~agent_identity.errors.ConsentRequired` (scopes ``openid``) when no
+        usable ID token can be had, and
+        :class:`~agent_identity.errors.ReauthorizationRequired` when the grant is gone:
+        sign the user in again with ``consent(scopes=["openid", ...])``."""
+        from pydantic import SecretStr as _Secret
+
+        kept = await self._kept_id_token(min_ttl)
+        if kept is not None:
+            return _Secret(kept)
+        current = await self._load(fresh=True)
+        if (
+            current is not None
+            and current.record.refresh_token is not None
+            and "openid" in current.record.scopes
+        ):
+            tk: TokenKey = (None, frozenset())
+            held = self._usable(current, tk)
+            with contextlib.suppress(ConsentRequired, TokenPolicyError):
+                await self._refresh(tk, rejected=held)  # a new ID token comes with it
+            kept = await self._kept_id_token(min_ttl)
+            if kept is not None:
+                return _Secret(kept)
+        raise ConsentRequired(
+            f"no valid ID token of this user from {self._server.issuer} is held; sign the "
+            "user in again (consent with the openid scope)",
+            scopes=("openid",),
+        )
+
+    async def _kept_id_token(self, min_ttl: float) -> str | None:
+        stored = await self._context.vault.get_blob(ID_TOKEN_KIND, self.key.storage_key)
+        if stored is None:
+            return None
+        try:
+            kept = json.loads(stored.data)
+            token, exp = kept["id_token"], float(kept["exp"])
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignoring an unreadable kept ID token")
+            return None
+        if not isinstance(token, str) or exp - self._context.clock.time() < min_ttl:
+            return None
+        return token
+
+    async def _keep_id_token(self, id_token: SecretStr, claims: dict[str, object]) -> None:
+        """Keep a validated ID token (sealed in the vault) for :meth:`id_token`."""
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            return
+        data = json.dumps(
+            {"id_token": id_token.get_secret_value(), "exp": exp, "sub": claims.get("sub")},
+            separators=(",", ":"),
+        ).encode()
+        vault = self._context.vault
+        name = self.key.storage_key
+        for _ in range(3):
+            stored = await vault.get_blob(ID_TOKEN_KIND, name)
+            try:
+                await vault.put_blob(
+                    ID_TOKEN_KIND,
+                    name,
+                    data,
+                    expected_version=stored.version if stored is not None else 0,
+                )
+                return
+            except VersionConflict:
+                continue
+
+    async def _keep_refreshed_id_token(self, id_token: SecretStr, subject: str | None) -> None:
+        """An ID token from a refresh response (OpenID Connect Core §12.2): validated (its
+        ``nonce``, if any, is not checked: it answers no front-channel request) and kept
+        when its ``sub`` is the grant's. A bad one is dropped; the refresh stands."""
+        from agent_identity.errors import AgentIdentityError
+        from agent_identity.oauth import jwt
+
+        try:
+            nonce = jwt.peek_claims(id_token.get_secret_value()).get("nonce")
+            claims = await self._server.validate_id_token(
+                id_token, nonce=nonce if isinstance(nonce, str) else None, max_age=None
+            )
+        except AgentIdentityError as exc:
+            logger.warning("ignoring the ID token of a refresh response: %s", type(exc).__name__)
+            return
+        if subject is not None and claims.get("sub") != subject:
+            logger.warning("ignoring the ID token of a refresh response: another subject")
+            return
+        await self._keep_id_token(id_token, claims)
+
+    async def _forget_id_token(self) -> None:
+        with contextlib.suppress(VersionConflict):
+            await self._context.vault.delete_blob(ID_TOKEN_KIND, self.key.storage_key)
 
 
     async def _revoke_all(self, record: GrantRecord) -> None:
@@ -1243,9 +1355,7 @@ class _AuthorizationFlow:
                 await self._finish(functools.partial(self._validated, outcome))
                 return
 
-    async def _validated(
-        self, response: TokenResponse
-    ) -> tuple[TokenResponse, dict[str, object]]:
+    async def _validated(self, response: TokenResponse) -> tuple[TokenResponse, dict[str, object]]:
         claims: dict[str, object] = {}
         if response.id_token is not None:
             claims = await self._grant.server.validate_id_token(

@@ -12,7 +12,8 @@ and performs every request to it:
 - **endpoint calls**: authorization requests (PAR, RFC 9126), code redemption at the
   issuer recorded with the flow (security item 17), refresh (RFC 6749 §6, RFC 8707),
   client credentials, token exchange (RFC 8693, only where ``grant_types_supported``
-  allows it), device authorization (RFC 8628), CIBA (OpenID CIBA Core 1.0) and revocation
+  allows it), JWT bearer assertions (RFC 7523 §2.1, e.g. an identity assertion grant of
+  cross-app access), device authorization (RFC 8628), CIBA (OpenID CIBA Core 1.0) and revocation
   (RFC 7009);
 - **ID tokens** (OpenID Connect Core §3.1.3.7) against a JWK Set cache that is fetched
   again when a token names an unknown ``kid`` (key rotation), at most once per
@@ -74,6 +75,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GRANT_SCOPES",
+    "JWT_BEARER_GRANT",
     "TOKEN_EXCHANGE_GRANT",
     "AssertionAudience",
     "AuthorizationServer",
@@ -84,6 +86,8 @@ logger = logging.getLogger("agent_identity")
 
 AssertionAudience = Literal["issuer", "token_endpoint"]
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+#: RFC 7523 §2.1: a JWT used as an authorization grant.
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 #: Scopes that govern the grant itself rather than a resource's API.
 GRANT_SCOPES = frozenset({"openid", "offline_access"})
 
@@ -204,6 +208,10 @@ class AuthorizationServer:
     :param learned: the issuer (and ``metadata``) were learned from another server (an MCP
         server's protected resource metadata), not configured: nothing about this server
         is trusted, every request to it is vetted as server-supplied (security item 2).
+    :param redirect_uris: the redirect URIs the client is registered with, when known:
+        :meth:`start_authorization` refuses any other before the user is sent anywhere (a
+        loopback ``http`` URI matches on any port, RFC 8252 §7.3). ``None``: not checked
+        here (the server checks).
     """
 
     def __init__(
@@ -225,6 +233,7 @@ class AuthorizationServer:
         lease_ttl: float | None = None,
         lease_wait: float | None = None,
         learned: bool = False,
+        redirect_uris: Sequence[str] | None = None,
     ) -> None:
         if not isinstance(client_id, str) or not client_id:
             raise ConfigurationError("client_id is required")
@@ -284,6 +293,11 @@ class AuthorizationServer:
         self._discover_lock = anyio.Lock(fast_acquire=True)
         self.pending = authz.PendingAuthorizations()
         self.learned = learned
+        if isinstance(redirect_uris, str):
+            raise ConfigurationError("redirect_uris must be a sequence of URIs, not one string")
+        self.redirect_uris: tuple[str, ...] | None = (
+            None if redirect_uris is None else tuple(redirect_uris)
+        )
         if not learned:
             http.trust_origin(issuer)
         if static is not None:
@@ -490,6 +504,16 @@ class AuthorizationServer:
         refusal = self.profile.authorization_code_refusal
         if refusal is not None:
             raise ConfigurationError(refusal)
+        if self.redirect_uris is not None:
+            from agent_identity.oauth.registration import redirect_uri_registered
+
+            if not redirect_uri_registered(redirect_uri, self.redirect_uris):
+                raise ConfigurationError(
+                    f"the consent handler's redirect URI {_url_for_message(redirect_uri)} is not "
+                    f"one of the redirect_uris registered at {self.issuer} "
+                    f"({', '.join(self.redirect_uris) or 'none'}); no authorization request "
+                    "was made"
+                )
         metadata = self.metadata
         endpoint = self._require(metadata.authorization_endpoint, "authorization_endpoint")
         if len(resources) == 1:
@@ -626,6 +650,34 @@ class AuthorizationServer:
         if wire_resource is not None:
             form["resource"] = wire_resource
         return self.in_own_terms(await self.token_call(form), resource)
+
+    async def jwt_bearer(
+        self,
+        assertion: SecretStr,
+        *,
+        scopes: Sequence[str] = (),
+        resource: str | None = None,
+    ) -> TokenResponse:
+        """RFC 7523 §2.1: a JWT as an authorization grant (``assertion``), with the client's
+        authentication. Refused before any request when the metadata lists grant types
+        without ``urn:ietf:params:oauth:grant-type:jwt-bearer``."""
+        if self.supports_grant(JWT_BEARER_GRANT) is False:
+            raise UnsupportedGrantType(
+                "unsupported_grant_type",
+                "the authorization server does not list the JWT bearer grant (RFC 7523) in "
+                "grant_types_supported; no request was sent",
+            )
+        if not isinstance(assertion, SecretStr) or not assertion.get_secret_value():
+            raise ConfigurationError("the assertion must be a non-empty SecretStr")
+        wire_resource, wire_scopes = self.wire_scopes(resource, scopes)
+        form: dict[str, Any] = {
+            "grant_type": JWT_BEARER_GRANT,
+            "assertion": assertion.get_secret_value(),
+        }
+        self._form_scopes(form, wire_scopes)
+        if wire_resource is not None:
+            form["resource"] = wire_resource
+        return await self.token_call(form)
 
     async def token_exchange(
         self,
@@ -851,6 +903,17 @@ class AuthorizationServer:
             scopes_verified=verified,
             audience=audience,
         )
+
+
+def _url_for_message(url: str) -> str:
+    """``scheme://host[:port]/path`` of a URL for messages (no query, no userinfo)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path[:200]}"
+    except ValueError:
+        return "<unparsable URL>"
 
 
 def token_facts(

@@ -236,11 +236,24 @@ class UserIdentity:
 
     def mcp_auth(self, server_url: str, **options: Any) -> McpAuth:
         """An ``httpx2.Auth`` for the MCP server at ``server_url`` as this user: discovery
-        (RFC 9728, RFC 8414), registration (pre-registered, client id metadata document or
-        RFC 7591), consent, tokens in the vault, refresh and step-up. ``options`` are those
-        of :class:`~agent_identity.mcp.McpAuth` (defaults come from the identity client's
-        ``mcp=`` settings). See ``docs/mcp.md``."""
+        (RFC 9728, RFC 8414, or the 2025-03-26 fallback), registration (pre-registered,
+        client id metadata document or RFC 7591), consent, tokens in the vault, refresh and
+        step-up. With ``cross_app_access=True``: enterprise-managed authorization (SEP-990),
+        the user's ID token from this client's issuer exchanged for an identity assertion
+        grant, no consent. ``options`` are those of :class:`~agent_identity.mcp.McpAuth`
+        (defaults come from the identity client's ``mcp=`` settings; its ``clients`` are
+        shared by every MCP server). See ``docs/mcp.md``."""
         from agent_identity.mcp import McpAuth
 
-        merged = {**self._mcp_defaults, **options}
-        return McpAuth(self, server_url, **merged)
+        return McpAuth(self, server_url, **mcp_options(self._mcp_defaults, options))
+
+
+def mcp_options(defaults: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """``mcp_auth`` options over the identity client's ``mcp=`` defaults, whose ``clients``
+    become ``shared_clients`` (entries for other MCP servers are expected there)."""
+    merged = {**defaults, **options}
+    if "clients" in defaults:
+        merged.setdefault("shared_clients", defaults["clients"])
+        if "clients" not in options:
+            del merged["clients"]
+    return merged

@@ -14,6 +14,12 @@ tokens issued for it (``aud`` = its URL). Then ``alice.mcp_auth(url)``:
 4. calls ``whoami``; then ``admin_tool``, which needs one more scope: the server answers
    ``403 insufficient_scope`` and alice is asked for the union of scopes (step-up).
 
+Then the agent calls the same server as itself, with no user: ``identity.mcp_auth(url)``
+runs the same discovery, and, as the server names the agent's own authorization server,
+gets a token with the agent's own credentials (OAuth client credentials, the MCP
+extension SEP-1046; ``aud`` = the MCP server URL). An agent registered elsewhere passes
+them with ``clients={url: {"client_id": ..., "private_key": ...}}``.
+
 In a real deployment drop the DevBrowser and the dev server: the consent handler reaches
 the real user, and the MCP server names its real authorization server.
 """
@@ -40,7 +46,7 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 
 from agent_identity import IdentityClient, LoopbackConsent, TokenVault
-from agent_identity.devidp import DevBrowser, DevIdP
+from agent_identity.devidp import DEV_CLIENT_SECRETS, DevBrowser, DevIdP
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -93,6 +99,11 @@ def mcp_app(url: str, verifier: JwtVerifier) -> Any:
     def whoami() -> str:
         token = get_access_token()
         return f"you are {token.subject if token else '?'}"
+
+    @server.tool()
+    def whoami_client() -> str:
+        token = get_access_token()
+        return f"called by client {token.client_id if token else '?'}"
 
     @server.tool()
     def admin_tool() -> str:
@@ -164,7 +175,8 @@ async def run(idp: DevIdP, url: str) -> None:
     try:
         async with IdentityClient(
             idp.issuer,
-            client_id="agent-public",  # the agent's own identity; the MCP client registers
+            client_id="agent-confidential",  # the agent's own identity
+            client_secret=DEV_CLIENT_SECRETS["agent-confidential"],  # DEV ONLY secret
             consent=LoopbackConsent(browser=DevBrowser("alice")),
             vault=TokenVault.memory(),
             allow_insecure_loopback=True,  # DEV ONLY: http on 127.0.0.1
@@ -185,6 +197,17 @@ async def run(idp: DevIdP, url: str) -> None:
                 print(f"authorization server: {auth.issuer}")
             for grant in await alice.connections():
                 print(f"grant for {grant.connection}: {' '.join(grant.scopes)}")
+            # the agent as itself: client credentials, no user, no consent
+            async with (
+                identity.mcp_auth(url) as auth,
+                httpx2.AsyncClient(auth=auth, timeout=30) as http,
+                streamable_http_client(url, http_client=http) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                result = await session.call_tool("whoami_client", {})
+                print(f"as the agent: {''.join(getattr(c, 'text', '') for c in result.content)}")
+                print(f"agent registration: {auth.registration}")
     finally:
         server.should_exit = True
     print("Done.")

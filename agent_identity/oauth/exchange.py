@@ -37,6 +37,7 @@ from agent_identity.oauth.urls import canonical_resource_uri
 
 __all__ = [
     "ACCESS_TOKEN_TYPE",
+    "ID_JAG_TOKEN_TYPE",
     "ID_TOKEN_TYPE",
     "JWT_TOKEN_TYPE",
     "REFRESH_TOKEN_TYPE",
@@ -53,6 +54,9 @@ ACCESS_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:access_token"
 REFRESH_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:refresh_token"
 #: RFC 8693 §3: an OpenID Connect ID token.
 ID_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:id_token"
+#: An Identity Assertion JWT Authorization Grant (draft-ietf-oauth-identity-assertion-
+#: authz-grant): what an enterprise IdP issues for cross-app access (MCP SEP-990).
+ID_JAG_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:id-jag"
 #: RFC 8693 §3: a JWT (RFC 7519).
 JWT_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:jwt"
 

@@ -6,7 +6,15 @@
   loopback/CLI redirect URIs, else ``web``; security item 14); :func:`parse_registration`
   reads the §3.2.1 response into a :class:`ClientRegistration` that honours
   ``client_secret_expires_at`` (``0`` means it never expires; a registration whose secret
-  expired is registered again).
+  expired is registered again). Tolerance without weakness: a secret without
+  ``client_secret_expires_at`` (required by §3.2.1, omitted by many servers) does not
+  expire, as every other client reads it; a malformed value is still refused. The
+  registration records the ``token_endpoint_auth_method`` it was made with (the
+  response's, else the one requested: §3.2.1 makes the server return what it
+  registered); a secret issued to a ``none`` registration is dropped, never sent.
+- :func:`redirect_uri_registered`: whether a consent handler's redirect URI is one of the
+  registered ``redirect_uris`` (RFC 8252 §7.3: a loopback redirect URI matches on any
+  port), checked before the user is sent to the authorization server.
 - **Client ID Metadata Documents** (the MCP authorization spec, draft
   ``draft-ietf-oauth-client-id-metadata-document``): the client id is an ``https`` URL
   serving the client's metadata. :func:`check_client_id_url`,
@@ -43,6 +51,7 @@ __all__ = [
     "check_client_id_url",
     "client_metadata_document",
     "parse_registration",
+    "redirect_uri_registered",
     "registration_request",
     "validate_client_metadata_document",
 ]
@@ -53,6 +62,8 @@ ApplicationType = Literal["native", "web"]
 SHARED_SECRET_METHODS = frozenset(
     {"client_secret_basic", "client_secret_post", "client_secret_jwt"}
 )
+#: The methods a dynamically registered client can use (it has no private key).
+_USABLE_REGISTERED_METHODS = frozenset({"none", "client_secret_basic", "client_secret_post"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,12 +184,21 @@ def registration_request(
     )
 
 
-def parse_registration(response: HttpResponse, *, issuer: str) -> ClientRegistration:
+def parse_registration(
+    response: HttpResponse, *, issuer: str, requested_method: str | None = None
+) -> ClientRegistration:
     """Parse the RFC 7591 §3.2.1 response (HTTP 201, or 200 from lenient servers).
 
     Raises the :class:`~agent_identity.errors.OAuthError` subclass of a §3.2.2 error
-    response and :class:`InvalidResponse` for a malformed one. ``client_secret_expires_at``
-    is required with a ``client_secret``.
+    response and :class:`InvalidResponse` for a malformed one.
+
+    - ``client_secret_expires_at`` absent with a ``client_secret``: the secret does not
+      expire (``0``). §3.2.1 requires the member, but servers omit it and every other
+      client reads it so; a member that is present must be a non-negative number.
+    - ``token_endpoint_auth_method``: the response's value, else ``requested_method`` (the
+      one the request asked for). A ``none`` registration is a public client: a secret the
+      server issued anyway is dropped, so that it is never sent. A method this client
+      cannot use (it has no private key) raises :class:`InvalidResponse`.
     """
     if response.status_code not in (200, 201):
         raise parse_oauth_error(response)
@@ -189,26 +209,73 @@ def parse_registration(response: HttpResponse, *, issuer: str) -> ClientRegistra
     secret = body.get("client_secret")
     if secret is not None and (not isinstance(secret, str) or not secret):
         raise InvalidResponse("registration response has an invalid client_secret")
-    expires = body.get("client_secret_expires_at", 0 if secret is None else None)
+    expires = body.get("client_secret_expires_at", 0)
+    if expires is None and "client_secret_expires_at" in body and secret is None:
+        expires = 0  # null beside no secret: nothing expires
     if (
         isinstance(expires, bool)
         or not isinstance(expires, int | float)
         or not math.isfinite(expires)
         or expires < 0
     ):
-        raise InvalidResponse("registration response has no valid client_secret_expires_at")
-    method = body.get("token_endpoint_auth_method")
+        raise InvalidResponse("registration response has an invalid client_secret_expires_at")
+    method = body.get("token_endpoint_auth_method", requested_method)
+    if method is not None and (not isinstance(method, str) or not method):
+        raise InvalidResponse("registration response has an invalid token_endpoint_auth_method")
+    if method is not None and method not in _USABLE_REGISTERED_METHODS:
+        raise InvalidResponse(
+            f"the authorization server registered this client with token_endpoint_auth_method "
+            f"{method[:60]!r}, which a dynamically registered client cannot use"
+        )
+    if method in ("client_secret_basic", "client_secret_post") and secret is None:
+        raise InvalidResponse(
+            f"the authorization server registered this client with {method!r} but issued no "
+            "client_secret"
+        )
+    if method == "none":
+        secret, expires = None, 0  # a public client: a secret issued anyway is never used
     uris = body.get("redirect_uris")
     return ClientRegistration(
         issuer=issuer,
         client_id=client_id,
         client_secret=SecretStr(secret) if secret is not None else None,
         client_secret_expires_at=int(expires),
-        token_endpoint_auth_method=method if isinstance(method, str) else None,
+        token_endpoint_auth_method=method,
         redirect_uris=tuple(u for u in uris if isinstance(u, str))
         if isinstance(uris, list)
         else (),
     )
+
+
+def redirect_uri_registered(redirect_uri: str, registered: Sequence[str]) -> bool:
+    """Whether ``redirect_uri`` is one of ``registered``: equal (scheme and host compared
+    case-insensitively, path and query exactly), except that a loopback ``http`` redirect
+    URI matches on any port (RFC 8252 §7.3: native clients take an ephemeral port)."""
+    try:
+        wanted = urlsplit(redirect_uri)
+        wanted_port = wanted.port
+    except ValueError:
+        return False
+    for entry in registered:
+        try:
+            candidate = urlsplit(entry)
+            candidate_port = candidate.port
+        except ValueError:
+            continue
+        if (
+            wanted.scheme.lower() != candidate.scheme.lower()
+            or (wanted.hostname or "") != (candidate.hostname or "")
+            or wanted.path != candidate.path
+            or wanted.query != candidate.query
+            or wanted.fragment
+            or wanted.username is not None
+            or wanted.password is not None
+        ):
+            continue
+        loopback = wanted.scheme.lower() == "http" and is_loopback_host(wanted.hostname or "")
+        if loopback or wanted_port == candidate_port:
+            return True
+    return False
 
 
 # -- Client ID Metadata Documents ------------------------------------------------------

@@ -317,10 +317,14 @@ async def _langchain(docs: Docs) -> dict[str, Any]:
 
 
 async def _mcp(docs: Docs) -> dict[str, Any]:
-    """docs/mcp.md: ``alice`` and ``url`` (an MCP server's URL; the options block only
-    builds the auth object)."""
+    """docs/mcp.md: ``identity`` (an entered client of my-agent), ``alice`` and ``url`` (an
+    MCP server's URL; the blocks that run only build auth objects)."""
     identity = await docs.client()
-    return {"alice": identity.user("alice", tenant="acme"), "url": "https://tools.example.com/mcp"}
+    return {
+        "identity": identity,
+        "alice": identity.user("alice", tenant="acme"),
+        "url": "https://tools.example.com/mcp",
+    }
 
 
 async def _vault(docs: Docs) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from mcp.server.auth.provider import AccessToken as McpAccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 
-from agent_identity import IdentityClient, LoopbackConsent, MetadataError
+from agent_identity import IdentityClient, LoopbackConsent, MetadataError, StepUpLimitExceeded
 from agent_identity.devidp import DEV_CLIENT_SECRETS, DEV_RESOURCES, DevBrowser, DevIdP
 from agent_identity.mcp import REGISTRATION_KIND, McpAuth
 from agent_identity.oauth.registration import ClientRegistration
@@ -421,18 +421,20 @@ async def test_sec_29_step_up_is_bounded(
     tools.always_insufficient = True
     async with _parent(idp, browser) as identity:
         auth = identity.user("alice").mcp_auth(tools.url, max_step_ups=2)
-        async with auth:
-            async with httpx2.AsyncClient(auth=auth) as http:
-                request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
-                request["params"] = {"name": "admin_tool", "arguments": {}}
-                response = await http.post(
-                    tools.url,
-                    json=request,
-                    headers={"accept": "application/json, text/event-stream"},
-                )
-            assert response.status_code == 403
-        # one consent on the first 401, then exactly two step-ups
-        assert len(browser.urls) == 3
+        async with auth, httpx2.AsyncClient(auth=auth) as http:
+            request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+            request["params"] = {"name": "admin_tool", "arguments": {}}
+            headers = {"accept": "application/json, text/event-stream"}
+            with pytest.raises(StepUpLimitExceeded) as caught:
+                await http.post(tools.url, json=request, headers=headers)
+            assert caught.value.operation == "tools/call admin_tool"
+            assert caught.value.status_code == 403
+            # one consent on the first 401, then exactly two step-ups
+            assert len(browser.urls) == 3
+            # the same operation again: no new consent, the typed error at once
+            with pytest.raises(StepUpLimitExceeded):
+                await http.post(tools.url, json=request, headers=headers)
+            assert len(browser.urls) == 3
 
 
 # -- refusals --------------------------------------------------------------------------------
@@ -528,4 +530,7 @@ def test_example_mcp_agent_runs_headless() -> None:
     assert "whoami: you are alice" in result.stdout
     assert "admin_tool: admin work done" in result.stdout
     assert "tools.read tools.admin" in result.stdout
+    # the agent as itself: client credentials with its own registration, no consent
+    assert "as the agent: called by client agent-confidential" in result.stdout
+    assert "agent registration: own" in result.stdout
     assert result.stdout.rstrip().endswith("Done.")

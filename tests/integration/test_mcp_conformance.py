@@ -7,10 +7,11 @@ only on its public API; the suite (``@modelcontextprotocol/conformance``, pinned
 judges what the client did. Every client scenario runs once per session, several at a
 time (``run.py``); each test below reports one scenario.
 
-A scenario in ``EXPECTED_PASS`` must pass. Every other one is a strict ``xfail`` whose
-reason is the diagnosed root cause: when a fix makes it pass, the test fails as
-``XPASS(strict)`` until the scenario is added to ``EXPECTED_PASS`` (the suite's own
-"stale baseline" rule). Issue 11 is done when all 22 ``auth/*`` scenarios are in it.
+A scenario in ``EXPECTED_PASS`` must pass; today that is every one of them (all 22
+``auth/*`` scenarios and the 4 others, with our auth attached). A scenario taken out of it
+(say, after a suite upgrade) becomes a strict ``xfail`` whose reason is its diagnosed root
+cause in ``KNOWN_CAUSES``: when a fix makes it pass, the test fails as ``XPASS(strict)``
+until the scenario is put back (the suite's own "stale baseline" rule).
 
 Without npm the tests skip on a developer machine and fail when ``CI`` is set.
 """
@@ -62,43 +63,11 @@ CLIENT_SCENARIOS = (
 )
 AUTH_SCENARIOS = tuple(s for s in CLIENT_SCENARIOS if s.startswith("auth/"))
 
-#: The scenarios that pass today. Grow it as issue 11 is fixed; all of them in the end.
-EXPECTED_PASS = frozenset(
-    {
-        "initialize",
-        "tools_call",
-        "elicitation-sep1034-client-defaults",
-        "sse-retry",
-        "auth/basic-cimd",
-        "auth/token-endpoint-auth-none",
-        "auth/resource-mismatch",
-        "auth/offline-access-scope",
-    }
-)
+#: The scenarios that must pass: every client scenario of the pinned suite (issue 11).
+EXPECTED_PASS = frozenset(CLIENT_SCENARIOS)
 
-_NO_EXPIRY = "registration without client_secret_expires_at refused (oauth/registration.py)"
-_NONE_SECRET = "secret of a token_endpoint_auth_method=none registration used (mcp.py)"
-#: Why each scenario outside EXPECTED_PASS fails today (the first blocking cause).
-KNOWN_CAUSES: Mapping[str, str] = {
-    "auth/metadata-default": f"{_NO_EXPIRY}; then {_NONE_SECRET}",
-    "auth/metadata-var1": f"{_NO_EXPIRY}; then {_NONE_SECRET}",
-    "auth/metadata-var2": "root protected resource metadata names the origin as resource",
-    "auth/metadata-var3": f"{_NO_EXPIRY}; then {_NONE_SECRET}",
-    "auth/scope-from-www-authenticate": f"{_NO_EXPIRY}; then {_NONE_SECRET}",
-    "auth/scope-from-scopes-supported": f"{_NO_EXPIRY}; then {_NONE_SECRET}",
-    "auth/scope-omitted-when-undefined": f"{_NO_EXPIRY}; then {_NONE_SECRET}",
-    "auth/scope-step-up": f"{_NO_EXPIRY}; then {_NONE_SECRET}",
-    "auth/scope-retry-limit": f"{_NO_EXPIRY}; then {_NONE_SECRET}",
-    "auth/token-endpoint-auth-basic": _NO_EXPIRY,
-    "auth/token-endpoint-auth-post": _NO_EXPIRY,
-    "auth/pre-registration": "clients={...} keyed by MCP server URL is silently ignored",
-    "auth/2025-03-26-oauth-metadata-backcompat": "no 2025-03-26 fallback without PRM",
-    "auth/2025-03-26-oauth-endpoint-fallback": "no 2025-03-26 default endpoints fallback",
-    "auth/offline-access-not-supported": f"{_NO_EXPIRY}; then {_NONE_SECRET}",
-    "auth/client-credentials-jwt": "no client-credentials mode (SEP-1046)",
-    "auth/client-credentials-basic": "no client-credentials mode (SEP-1046)",
-    "auth/cross-app-access-complete-flow": "no cross-app access (SEP-990, ID-JAG)",
-}
+#: Why a scenario outside EXPECTED_PASS fails (the first blocking cause); empty today.
+KNOWN_CAUSES: Mapping[str, str] = {}
 
 _SKIP_REASON = "needs npm (and Node.js) to install the MCP conformance suite"
 

@@ -19,23 +19,18 @@ Consent goes through :class:`~agent_identity.LoopbackConsent`, whose ``browser``
 headless stand-in (:class:`HeadlessBrowser`) that opens the authorization URL and hands
 the redirect to the loopback listener, as a browser would.
 
-Some scenarios need API that agent-identity does not have yet (issue 11). The client is
-written the way that API should look; each such use sits behind a check in
-:class:`Api` and fails with a message starting ``API GAP:`` when it is missing:
+How each kind of scenario is expressed (``docs/mcp.md``):
 
-- ``IdentityClient(client_id=..., ...)`` without an issuer (an MCP-only agent). Today an
-  issuer is required, so the client falls back to the MCP server's origin as a dummy
-  issuer and never enters ``async with`` (which would discover it): the undocumented
-  workaround the issue asks to remove. It is logged as ``API GAP`` too.
-- ``mcp_auth(url, clients={<MCP server URL>: {...}})``: pre-registered credentials keyed
-  by the MCP server URL (today: by authorization server issuer only, and a key that
-  matches nothing is silently ignored). No check is possible: it is always passed.
-- ``identity.mcp_auth(url, clients=...)``: the agent as itself, OAuth client credentials
-  (the MCP extension SEP-1046), with ``client_secret_basic`` or ``private_key_jwt``.
-- ``user.mcp_auth(url, clients=..., cross_app_access=True, id_token=...)``: SEP-990
-  cross-app access: the user's ID token (from the main issuer, the enterprise IdP) is
-  exchanged there for an ID-JAG, presented at the MCP server's authorization server with
-  the RFC 7523 jwt-bearer grant.
+- every user scenario: an MCP-only agent, ``IdentityClient(consent=..., vault=...)``
+  without an issuer, entered with ``async with``; ``identity.user(...).mcp_auth(url,
+  ...)``. Pre-registered credentials from the suite's context are keyed by the MCP server
+  URL (``clients={url: {...}}``): the client cannot know the authorization server before
+  discovery;
+- client credentials (SEP-1046): ``identity.mcp_auth(url, clients={url: {"client_id": ...,
+  "client_secret" or "private_key": ...}})``, the agent as itself;
+- cross-app access (SEP-990): the enterprise IdP is the identity client's own issuer;
+  ``user.mcp_auth(url, clients={url: {..., "issuer": <MCP AS>}}, cross_app_access=True,
+  id_token=...)`` with the ID token the suite provisioned.
 
 Run by the suite (see ``run.py``), or by hand for one scenario::
 
@@ -45,7 +40,6 @@ Run by the suite (see ``run.py``), or by hand for one scenario::
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 import os
@@ -62,7 +56,7 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from pydantic import SecretStr
 
-from agent_identity import IdentityClient, LoopbackConsent, McpAuth, TokenVault
+from agent_identity import IdentityClient, LoopbackConsent, TokenVault
 
 logger = logging.getLogger("conformance.client")
 
@@ -78,31 +72,6 @@ DEADLINE: Final = 25.0
 
 AGENT_SCENARIOS: Final = frozenset({"auth/client-credentials-basic", "auth/client-credentials-jwt"})
 CROSS_APP_SCENARIO: Final = "auth/cross-app-access-complete-flow"
-
-
-class ApiGap(RuntimeError):
-    """agent-identity's public API cannot express what this scenario needs (issue 11)."""
-
-
-class Api:
-    """Checks for the API that issue 11 asks for (see the module docstring)."""
-
-    @staticmethod
-    def mcp_only_client() -> bool:
-        """``IdentityClient`` can be built without an issuer."""
-        issuer = inspect.signature(IdentityClient).parameters.get("issuer")
-        return issuer is None or issuer.default is not inspect.Parameter.empty
-
-    @staticmethod
-    def agent_mcp_auth() -> bool:
-        """``IdentityClient.mcp_auth``: the agent as itself (client credentials)."""
-        return callable(getattr(IdentityClient, "mcp_auth", None))
-
-    @staticmethod
-    def cross_app_access() -> bool:
-        """``mcp_auth(..., cross_app_access=True, id_token=...)`` (SEP-990)."""
-        parameters = inspect.signature(McpAuth).parameters
-        return "cross_app_access" in parameters and "id_token" in parameters
 
 
 class HeadlessBrowser:
@@ -176,22 +145,10 @@ def _client_options() -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def mcp_only_identity(server_url: str) -> AsyncIterator[IdentityClient]:
-    """An agent that talks only to MCP servers: no main authorization server."""
-    if Api.mcp_only_client():
-        identity = IdentityClient(**_client_options())
-        async with identity:
-            yield identity
-        return
-    logger.warning(
-        "API GAP: IdentityClient requires an issuer; using the MCP server origin as a dummy "
-        "issuer and not entering 'async with' (the undocumented workaround of issue 11)"
-    )
-    identity = IdentityClient(_origin(server_url), client_id=AGENT_NAME, **_client_options())
-    try:
+async def mcp_only_identity() -> AsyncIterator[IdentityClient]:
+    """An agent that talks only to MCP servers: no authorization server of its own."""
+    async with IdentityClient(**_client_options()) as identity:
         yield identity
-    finally:
-        await identity.aclose()
 
 
 async def authorization_server_of(server_url: str) -> str:
@@ -250,13 +207,13 @@ async def user_flow(server_url: str, scenario: str, context: Mapping[str, Any]) 
         "redirect_uris": (REDIRECT_URI,),
     }
     if context.get("client_id"):
-        # Assumed API: pre-registered credentials keyed by the MCP server URL (the client
-        # cannot know the authorization server before discovery).
+        # pre-registered credentials, keyed by the MCP server URL (the client cannot know
+        # the authorization server before discovery)
         entry = {"client_id": context["client_id"]}
         if context.get("client_secret"):
             entry["client_secret"] = context["client_secret"]
         options["clients"] = {server_url: entry}
-    async with mcp_only_identity(server_url) as identity:
+    async with mcp_only_identity() as identity:
         user = identity.user(USER)
         async with user.mcp_auth(server_url, **options) as auth:
             await run_session(server_url, auth, scenario)
@@ -265,39 +222,31 @@ async def user_flow(server_url: str, scenario: str, context: Mapping[str, Any]) 
 
 async def agent_flow(server_url: str, scenario: str, context: Mapping[str, Any]) -> None:
     """OAuth client credentials for the agent itself (SEP-1046)."""
-    if not (Api.mcp_only_client() and Api.agent_mcp_auth()):
-        raise ApiGap(
-            "no agent-as-itself MCP mode: IdentityClient.mcp_auth(url, clients=...) "
-            "(client credentials, SEP-1046) does not exist"
-        )
     (client_id,) = _need(context, "client_id")
     entry: dict[str, Any] = {"client_id": client_id}
     if scenario == "auth/client-credentials-jwt":
         (entry["private_key"],) = _need(context, "private_key_pem")
     else:
         (entry["client_secret"],) = _need(context, "client_secret")
-    async with mcp_only_identity(server_url) as identity:
-        mcp_auth: Any = identity.mcp_auth  # type: ignore[attr-defined]
-        async with mcp_auth(server_url, clients={server_url: entry}) as auth:
-            await run_session(server_url, auth, scenario)
+    async with (
+        mcp_only_identity() as identity,
+        identity.mcp_auth(server_url, clients={server_url: entry}) as auth,
+    ):
+        await run_session(server_url, auth, scenario)
+        logger.info("authorization server used: %s (%s)", auth.issuer, auth.registration)
 
 
 async def cross_app_flow(server_url: str, scenario: str, context: Mapping[str, Any]) -> None:
     """SEP-990: the enterprise IdP is the main issuer, where the user signed in; the ID
     token is exchanged there for an ID-JAG, which the MCP server's authorization server
     takes with the jwt-bearer grant (client_secret_basic)."""
-    if not Api.cross_app_access():
-        raise ApiGap(
-            "no cross-app access: mcp_auth(url, cross_app_access=True, id_token=...) "
-            "(SEP-990, ID-JAG + RFC 7523 jwt-bearer) does not exist"
-        )
     idp_issuer, idp_client_id, id_token, client_id, client_secret = _need(
         context, "idp_issuer", "idp_client_id", "idp_id_token", "client_id", "client_secret"
     )
     entry = {
         "client_id": client_id,
         "client_secret": client_secret,
-        # Assumed API: the authorization server these credentials belong to, pinned.
+        # the authorization server these credentials belong to, pinned (SEP-990)
         "issuer": await authorization_server_of(server_url),
     }
     async with IdentityClient(idp_issuer, client_id=idp_client_id, **_client_options()) as idp:
@@ -345,9 +294,6 @@ def main(argv: list[str]) -> int:
     logger.info("scenario %r against %s", scenario, server_url)
     try:
         anyio.run(main_async, server_url, scenario)
-    except ApiGap as exc:
-        print(f"API GAP: {exc}", file=sys.stderr)
-        return 3
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise

@@ -136,17 +136,26 @@ def _metadata(**overrides: Any) -> ServerMetadata:
 async def test_sec_11_registration_priority() -> None:
     cimd = "https://agent.example.com/oauth/client.json"
     net = FakeNet()
-    # 1. pre-registered credentials for this issuer win
-    auth, _ = _auth(net, clients={AS: {"client_id": "pre"}}, client_id_metadata_url=cimd)
-    assert (await auth._credentials(_metadata())).client_id == "pre"
-    # 2. then the client id metadata document, when the AS supports it
+    # 1. credentials configured for this issuer, or for this MCP server URL, win
+    for key in (AS, MCP):
+        auth, _ = _auth(net, clients={key: {"client_id": "pre"}}, client_id_metadata_url=cimd)
+        credentials = await auth._credentials(_metadata())
+        assert credentials is not None
+        assert credentials.client_id == "pre"
+    # ...and a key that matches neither is an error, not a silent fallback
     auth, _ = _auth(net, clients={"https://other.example.com": {"client_id": "x"}},
                     client_id_metadata_url=cimd)  # fmt: skip
+    with pytest.raises(ConfigurationError, match="no entry"):
+        await auth._credentials(_metadata())
+    # 2. then the client id metadata document, when the AS supports it
+    auth, _ = _auth(net, client_id_metadata_url=cimd)
     credentials = await auth._credentials(_metadata())
+    assert credentials is not None
     assert credentials.client_id == cimd
     assert credentials.client_secret is None
     # 3. then dynamic registration
     credentials = await auth._credentials(_metadata(client_id_metadata_document_supported=False))
+    assert credentials is not None
     assert credentials.client_id == "dcr-1"
     # 4. then a clear error
     auth, _ = _auth(net)
@@ -163,6 +172,8 @@ async def test_sec_12_14_dynamic_registration_is_stored_per_issuer_and_renewed()
     auth, _ = _auth(net)
     first = await auth._credentials(_metadata())
     again = await auth._credentials(_metadata())
+    assert first is not None
+    assert again is not None
     assert first.client_id == again.client_id == "dcr-1"
     assert net.registrations == 1
     vault = auth._context.vault
@@ -180,5 +191,6 @@ async def test_sec_12_14_dynamic_registration_is_stored_per_issuer_and_renewed()
     )
     await vault.put_blob(REGISTRATION_KIND, AS, expired.to_bytes(), expected_version=stored.version)
     renewed = await auth._credentials(_metadata())
+    assert renewed is not None
     assert renewed.client_id == "dcr-2"
     assert net.registrations == 2

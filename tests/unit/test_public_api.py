@@ -76,6 +76,7 @@ EXPECTED = {
     "SSRFBlockedError",
     "ServerError",
     "StateMismatch",
+    "StepUpLimitExceeded",
     "TemporarilyUnavailable",
     "TransportError",
     "UnauthorizedClient",

@@ -76,14 +76,76 @@ def test_sec_14_client_secret_expires_at_is_honoured() -> None:
     public = parse_registration(_response(client_id="c2"), issuer=AS)
     assert public.client_secret is None
     assert not public.expired(now=4e9)
-    # a secret without its expiry is malformed (RFC 7591 §3.2.1)
-    with pytest.raises(InvalidResponse):
-        parse_registration(_response(client_id="c1", client_secret=CANARY), issuer=AS)
-    with pytest.raises(InvalidResponse):
+    # a secret without its expiry does not expire: §3.2.1 requires the member, servers
+    # omit it, and every other client reads it so (issue 11)
+    unsaid = parse_registration(_response(client_id="c1", client_secret=CANARY), issuer=AS)
+    assert unsaid.client_secret is not None
+    assert unsaid.client_secret_expires_at == 0
+    assert not unsaid.expired(now=4e9)
+    # ...but a value that is there must be valid
+    for bad in (-1, "soon", None, True, 1e400):
+        with pytest.raises(InvalidResponse):
+            parse_registration(
+                _response(client_id="c1", client_secret=CANARY, client_secret_expires_at=bad),
+                issuer=AS,
+            )
+
+
+def test_sec_14_registered_method_is_recorded_and_a_none_registration_has_no_secret() -> None:
+    # the response's method, else the one requested (RFC 7591 §3.2.1)
+    said = parse_registration(
+        _response(
+            client_id="c1", client_secret=CANARY, token_endpoint_auth_method="client_secret_post"
+        ),
+        issuer=AS,
+        requested_method="client_secret_basic",
+    )
+    assert said.token_endpoint_auth_method == "client_secret_post"
+    unsaid = parse_registration(
+        _response(client_id="c1", client_secret=CANARY),
+        issuer=AS,
+        requested_method="client_secret_basic",
+    )
+    assert unsaid.token_endpoint_auth_method == "client_secret_basic"
+    # a public client: a secret issued anyway is dropped, so it is never sent
+    for response in (
+        _response(client_id="c2", client_secret=CANARY),
+        _response(client_id="c2", client_secret=CANARY, token_endpoint_auth_method="none"),
+    ):
+        public = parse_registration(response, issuer=AS, requested_method="none")
+        assert public.token_endpoint_auth_method == "none"
+        assert public.client_secret is None
+        assert CANARY.encode() not in public.to_bytes()
+    # a method this client cannot use, or a secret method without a secret
+    with pytest.raises(InvalidResponse, match="cannot use"):
         parse_registration(
-            _response(client_id="c1", client_secret=CANARY, client_secret_expires_at=-1),
-            issuer=AS,
+            _response(client_id="c3", token_endpoint_auth_method="private_key_jwt"), issuer=AS
         )
+    with pytest.raises(InvalidResponse, match="no client_secret"):
+        parse_registration(
+            _response(client_id="c3", token_endpoint_auth_method="client_secret_basic"), issuer=AS
+        )
+
+
+def test_redirect_uri_registered() -> None:
+    from agent_identity.oauth.registration import redirect_uri_registered
+
+    loopback = ["http://127.0.0.1/callback"]
+    assert redirect_uri_registered("http://127.0.0.1:53124/callback", loopback)
+    assert redirect_uri_registered("http://127.0.0.1/callback", loopback)
+    assert redirect_uri_registered("http://localhost:8080/cb", ["http://localhost/cb"])
+    assert not redirect_uri_registered("http://127.0.0.1:53124/other", loopback)
+    assert not redirect_uri_registered("http://127.0.0.1:1/callback?x=1", loopback)
+    assert not redirect_uri_registered("http://10.0.0.1/callback", ["http://10.0.0.1:81/callback"])
+    web = ["https://app.example.com/oauth/cb"]
+    assert redirect_uri_registered("https://app.example.com/oauth/cb", web)
+    assert redirect_uri_registered("https://APP.example.com/oauth/cb", web)
+    assert not redirect_uri_registered("https://app.example.com:8443/oauth/cb", web)
+    assert not redirect_uri_registered("https://app.example.com/oauth/cb#x", web)
+    assert not redirect_uri_registered("https://evil.example.com/oauth/cb", web)
+    assert not redirect_uri_registered("http://app.example.com/oauth/cb", web)
+    assert not redirect_uri_registered("https://u:p@app.example.com/oauth/cb", web)
+    assert not redirect_uri_registered("http://[::1", loopback)
 
 
 def test_registration_errors_are_typed() -> None:
