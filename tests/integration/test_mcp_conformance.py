@@ -142,7 +142,9 @@ def test_suite_lists_the_pinned_scenarios(suite_dir: Path) -> None:
 def _params() -> list[Any]:
     params = []
     for name in CLIENT_SCENARIOS:
-        marks = []
+        marks: list[Any] = [
+            pytest.mark.interop(target="mcp-conformance", flow=name, table="mcp")
+        ]
         if name not in EXPECTED_PASS:
             cause = KNOWN_CAUSES.get(name, "not passing yet")
             marks.append(pytest.mark.xfail(strict=True, reason=cause))
