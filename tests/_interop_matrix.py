@@ -1,8 +1,8 @@
 """The interop matrix: which flow works against which authorization server or provider,
 recorded from the test run itself and rendered into ``docs/interop.md``.
 
-A test takes part when it runs against a ``server`` (``tests/_servers.py``: one column per
-real authorization server) or carries ``@pytest.mark.interop(target=..., flow=...)`` (a
+A test takes part when it is a flow of ``test_interop.py`` run against a ``server``
+(``tests/_servers.py``: one column per real authorization server) or carries ``@pytest.mark.interop(target=..., flow=...)`` (a
 provider profile, the MCP conformance suite). Each cell is the test's outcome: passed,
 skipped with its reason (a flow the target does not offer), or failed.
 
@@ -170,7 +170,8 @@ def _target(item: pytest.Item) -> _Cell | None:
             na=str(marker.kwargs.get("na", "")),
         )
     callspec = getattr(item, "callspec", None)
-    if callspec is not None and "server" in callspec.params:
+    module = getattr(getattr(item, "module", None), "__name__", "")
+    if callspec is not None and "server" in callspec.params and module.endswith("test_interop"):
         target = str(callspec.params["server"])
         server = getattr(item, "funcargs", {}).get("server")
         if server is not None and getattr(server, "notes", None):
