@@ -2,8 +2,9 @@
 recorded from the test run itself and rendered into ``docs/interop.md``.
 
 A test takes part when it is a flow of ``test_interop.py`` run against a ``server``
-(``tests/_servers.py``: one column per real authorization server) or carries ``@pytest.mark.interop(target=..., flow=...)`` (a
-provider profile, the MCP conformance suite). Each cell is the test's outcome: passed,
+(``tests/_servers.py``: one column per real authorization server) or carries
+``@pytest.mark.interop(target=..., flow=...)`` (a provider profile, the MCP conformance
+suite). Each cell is the test's outcome: passed,
 skipped with its reason (a flow the target does not offer), or failed.
 
 - ``AGENT_IDENTITY_WRITE_INTEROP=1 python -m pytest tests/integration`` writes
