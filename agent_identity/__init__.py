@@ -18,6 +18,7 @@ from agent_identity.errors import (
     ApprovalError,
     ApprovalExpired,
     ApprovalMismatch,
+    ApprovalPending,
     ApprovalUnavailable,
     AuthorizationResponseError,
     ConfigurationError,
@@ -67,6 +68,8 @@ if TYPE_CHECKING:
         DeviceCodeConsent,
         LoopbackConsent,
         NotebookConsent,
+        WebConsent,
+        WebConsentResult,
     )
     from agent_identity.delegation import Actor, DelegationChain
     from agent_identity.mcp import McpAuth
@@ -99,6 +102,8 @@ _LAZY = {
     "DeviceCodeConsent": "agent_identity.consent",
     "LoopbackConsent": "agent_identity.consent",
     "NotebookConsent": "agent_identity.consent",
+    "WebConsent": "agent_identity.consent",
+    "WebConsentResult": "agent_identity.consent",
     "AccessToken": "agent_identity.models",
     "DeviceAuthorization": "agent_identity.models",
     "Grant": "agent_identity.models",
@@ -143,6 +148,7 @@ __all__ = [
     "ApprovalError",
     "ApprovalExpired",
     "ApprovalMismatch",
+    "ApprovalPending",
     "ApprovalPolicy",
     "ApprovalUnavailable",
     "AuthorizationResponseError",
@@ -203,5 +209,7 @@ __all__ = [
     "VaultRollback",
     "VaultUnavailable",
     "VersionConflict",
+    "WebConsent",
+    "WebConsentResult",
     "__version__",
 ]
