@@ -659,7 +659,8 @@ class _Waiter:
         while True:
             if notification is None:
                 delay = poller.next_wait(clock.monotonic())
-                if until is not None and clock.monotonic() + delay > until:
+                # A poll that is due now is made, even with wait=0 (a resume polls once).
+                if until is not None and delay > 0 and clock.monotonic() + delay > until:
                     self._pending_error()
                 await _sleep(delay)
             else:

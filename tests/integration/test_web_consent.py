@@ -81,7 +81,8 @@ async def test_started_on_one_worker_completed_on_another(dev_idp: DevIdP, tmp_p
             resource=CALENDAR,
             resume={"thread_id": "t-1", "tool_call_id": "call-7"},
         )
-        assert a.server is not None and len(a.server.pending) == 0  # nothing kept in memory
+        assert a.server is not None
+        assert len(a.server.pending) == 0
     callback = await visit(url)
     # another worker, started after the first one stopped (a restart in between)
     async with worker(dev_idp, tmp_path, WebConsent(REDIRECT)) as b:
@@ -113,8 +114,10 @@ async def test_a_tool_call_needing_consent_gets_the_link(dev_idp: DevIdP, tmp_pa
         with pytest.raises(ConsentRequired) as caught:
             await a.user("alice").token(resource=MAIL, scopes=["mail.read"])
         url = caught.value.authorization_url
-        assert url is not None and url.startswith(dev_idp.issuer)
-        assert caught.value.resource == MAIL and "mail.read" in caught.value.scopes
+        assert url is not None
+        assert url.startswith(dev_idp.issuer)
+        assert caught.value.resource == MAIL
+        assert "mail.read" in caught.value.scopes
         assert caught.value.expires_at is not None
         callback = await visit(url)
         async with worker(dev_idp, tmp_path, WebConsent(REDIRECT)) as b:
@@ -186,7 +189,11 @@ async def test_sec_18_iss_checked_before_anything_else(
     async with worker(dev_idp, tmp_path, consent) as a:
         url = await consent.start(a.user("alice"), scopes=["calendar.read"], resource=CALENDAR)
         callback = await visit(url)
-        forged = None if iss is None else iss.format(issuer=dev_idp.issuer, ISSUER=dev_idp.issuer.upper())
+        forged = (
+            None
+            if iss is None
+            else iss.format(issuer=dev_idp.issuer, ISSUER=dev_idp.issuer.upper())
+        )
         await dev_idp.clear_requests()
         with pytest.raises(IssuerMismatch):
             await consent.complete(a, with_query(callback, iss=forged))
@@ -278,6 +285,8 @@ async def test_the_callback_app_in_starlette_never_redirects(
     assert "Authorization complete" in response.text
     assert response.headers["referrer-policy"] == "no-referrer"
     assert response.headers["cache-control"] == "no-store"
-    assert replay.status_code == 400 and "StateMismatch" in replay.text
+    assert replay.status_code == 400
+    assert "StateMismatch" in replay.text
     assert post.status_code == 405
-    assert len(results) == 1 and results[0].user == "alice"
+    assert len(results) == 1
+    assert results[0].user == "alice"

@@ -199,7 +199,8 @@ async def test_web_consent_in_chromium_across_two_workers_and_a_restart(
                 authorization_url = await link.get_attribute("href")
                 assert authorization_url is not None
                 assert authorization_url.startswith(dev_idp.issuer)
-                assert a.identity.server is not None and len(a.identity.server.pending) == 0
+                assert a.identity.server is not None
+                assert len(a.identity.server.pending) == 0
                 assert len(await a.vault.blob_names(PENDING_KIND)) == 1  # sealed, shared
 
             # 2. Worker B restarts: a new client and vault object, on the same port.
@@ -219,7 +220,8 @@ async def test_web_consent_in_chromium_across_two_workers_and_a_restart(
 
                 assert b_first.completed == []
                 (result,) = b.completed  # completed by the restarted worker B
-                assert result.user == "alice" and result.resource == CALENDAR
+                assert result.user == "alice"
+                assert result.resource == CALENDAR
                 assert "calendar.read" in result.scopes
                 assert await b.vault.blob_names(PENDING_KIND) == []  # consumed
                 codes = await dev_idp.token_requests("authorization_code")
@@ -242,7 +244,8 @@ async def test_web_consent_in_chromium_across_two_workers_and_a_restart(
                 replay = await page.goto(
                     f"{redirect_uri}?state=replayed&code=x&iss={dev_idp.issuer}"
                 )
-                assert replay is not None and replay.status == 400
+                assert replay is not None
+                assert replay.status == 400
         finally:
             await context.close()
     print(f"\nweb consent browser test: {time.perf_counter() - started:.1f} s")

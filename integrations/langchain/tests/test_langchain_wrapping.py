@@ -186,6 +186,9 @@ async def test_human_errors_carry_a_payload_for_the_application(identity: Any) -
         "resource": RESOURCE,
         "scopes": ["openid", "r"],
         "message": text,
+        "authorization_url": None,
+        "binding_message": None,
+        "expires_at": None,
     }
     assert (second.kind, second.reason) == ("reauthorization", "required")
     assert "no longer valid" in again
