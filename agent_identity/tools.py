@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agent_identity.consent.web import resuming
+from agent_identity.consent.web import reset_resume, set_resume
 from agent_identity.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -240,7 +240,9 @@ class ToolGuard:
                 approval, token = await self._approved(call, requirement)
             elif requirement.resource is not None:
                 user = self.identity.user(call.user, tenant=call.tenant)
-                with resuming(call.resume_data()):
+                # a web consent started for this call carries the call back to the app
+                resume = set_resume(call.resume_data())
+                try:
                     if requirement.delegate:
                         token = await user.exchange(
                             resource=requirement.resource, scopes=requirement.scopes
@@ -249,6 +251,8 @@ class ToolGuard:
                         token = await user.token(
                             resource=requirement.resource, scopes=requirement.scopes
                         )
+                finally:
+                    reset_resume(resume)
             reset = _CONTEXT.set(ToolContext(call=call, token=token, approval=approval))
             try:
                 result = await func()

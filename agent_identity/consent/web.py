@@ -102,6 +102,16 @@ def resuming(data: Mapping[str, Any] | None) -> Iterator[None]:
         _RESUME.reset(token)
 
 
+def set_resume(data: Mapping[str, Any] | None) -> contextvars.Token[Mapping[str, Any] | None]:
+    """:func:`resuming` without a context manager (the tool guard's hot path): returns the
+    token to give :func:`reset_resume`."""
+    return _RESUME.set(data)
+
+
+def reset_resume(token: contextvars.Token[Mapping[str, Any] | None]) -> None:
+    _RESUME.reset(token)
+
+
 @runtime_checkable
 class _DetachableFlow(Protocol):
     """A consent flow that can be started without being kept in this process."""

@@ -143,6 +143,7 @@ class ProtectedTool(BaseTool):
     _requirement: ToolRequirement = PrivateAttr()
     _guard: ToolGuard | None = PrivateAttr(default=None)
     _runner: Runner = PrivateAttr()
+    _shape: tuple[list[str], frozenset[str]] | None = PrivateAttr(default=None)
 
     # -- construction ---------------------------------------------------------------------
 
@@ -347,8 +348,13 @@ class ProtectedTool(BaseTool):
         """The arguments the model chose (injected ones, such as the tool call id, the
         graph state or a runtime, are left out: an approval binds to what the model
         asked for)."""
-        names = _visible_names(self._tool.tool_call_schema)
-        hidden = self._injected_args_keys | {"run_manager", "callbacks", "config"}
+        shape = self._shape
+        if shape is None:  # the wrapped tool's schema does not change: read it once
+            shape = self._shape = (
+                _visible_names(self._tool.tool_call_schema),
+                self._injected_args_keys | {"run_manager", "callbacks", "config"},
+            )
+        names, hidden = shape
         arguments = {
             k: _plain(v) for k, v in kwargs.items() if (k in names if names else k not in hidden)
         }

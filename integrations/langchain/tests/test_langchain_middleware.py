@@ -87,6 +87,12 @@ def tool_messages(state: dict[str, Any]) -> list[ToolMessage]:
     return [m for m in state["messages"] if isinstance(m, ToolMessage)]
 
 
+async def pending_for(idp: DevIdP, invoice: str) -> dict[str, Any]:
+    """The one CIBA request pending at the (session-wide) server for ``invoice``."""
+    (request,) = [r for r in await idp.ciba_pending() if invoice in r["binding_message"]]
+    return request
+
+
 async def backchannel_requests(idp: DevIdP) -> list[dict[str, Any]]:
     return [r for r in await idp.requests() if r.get("route") == "backchannel_authentication"]
 
@@ -218,7 +224,7 @@ async def test_one_ciba_request_per_tool_call_however_often_it_is_resumed(
         assert value["name"] == "pay_invoice"
         assert value["allowed_decisions"] == ["approve", "edit", "reject", "respond"]
         assert value["binding_message"].startswith("Pay 120.0 for INV-7 · ")
-        (pending,) = await ciba_idp.ciba_pending()
+        pending = await pending_for(ciba_idp, "INV-7")
         assert pending["binding_message"] == value["binding_message"]
         # resumed twice before alice decided: the same request, no new prompt
         for _ in range(2):
@@ -257,7 +263,7 @@ async def test_a_denial_is_a_readable_result_and_is_never_asked_again(
         await ciba_idp.clear_requests()
         state = await agent.ainvoke({"messages": [HumanMessage("pay")]}, config=CONFIG)
         assert state["__interrupt__"][0].value["reason"] == "pending"
-        (pending,) = await ciba_idp.ciba_pending()
+        pending = await pending_for(ciba_idp, "INV-8")
         await ciba_idp.ciba_deny(pending["auth_req_id"])
         await anyio.sleep(1.1)
         state = await agent.ainvoke(Command(resume={"type": "approve"}), config=CONFIG)
@@ -292,6 +298,8 @@ async def test_a_denial_is_a_readable_result_and_is_never_asked_again(
     assert isinstance(other, ToolMessage)
     assert other.artifact["reason"] == "pending"
     assert len(await backchannel_requests(ciba_idp)) == 2
+    # leave the session-wide server with nothing pending
+    await ciba_idp.ciba_deny((await pending_for(ciba_idp, "INV-8"))["auth_req_id"])
 
 
 class _Runtime:
@@ -327,7 +335,7 @@ async def test_delegation_is_kept_under_approval(ciba_idp: DevIdP) -> None:
         }
         first = await protected.ainvoke(call, config=CONFIG)
         assert first.artifact["reason"] == "pending"  # a result, not blocking
-        (pending,) = await ciba_idp.ciba_pending()
+        pending = await pending_for(ciba_idp, "INV-5")
         await ciba_idp.ciba_approve(pending["auth_req_id"])
         await anyio.sleep(1.1)
         second = await protected.ainvoke(call, config=CONFIG)  # the same call, resumed
