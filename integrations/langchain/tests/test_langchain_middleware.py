@@ -14,8 +14,8 @@ from typing import Any
 
 import anyio
 import pytest
-from _helpers import CALENDAR, PAYMENTS
-from _lc_helpers import NoHumanHere, blocking_client, client
+from _helpers import CALENDAR, PAYMENTS, make_client
+from _lc_helpers import AsUser, NoHumanHere, blocking_client, client
 from langchain.agents import create_agent
 from langchain_agent_identity import (
     ApprovalOptions,
@@ -477,3 +477,77 @@ async def test_hitl_decisions_reject_and_respond(dev_idp: DevIdP) -> None:
     (message,) = tool_messages(state)
     assert message.content == "nothing on monday"
     assert message.status == "success"
+
+
+# -- ping mode through protect() and the middleware --------------------------------------------
+
+
+@pytest.mark.parametrize("style", ["middleware", "protect"])
+async def test_ping_mode_through_both_styles(dev_idp_factory: Any, style: str) -> None:
+    """ApprovalOptions(ping=receiver): the server's ping wakes the call; it never polls
+    (the server's interval is 30 s, longer than the test may take)."""
+    from agent_identity.approval import PingReceiver
+    from agent_identity.devidp import CIBA_GRANT_TYPE
+
+    receiver = PingReceiver()
+    async with receiver.serve() as endpoint:
+        idp = await anyio.to_thread.run_sync(
+            lambda: dev_idp_factory(ping_notification_endpoint=endpoint, ciba_interval=30)
+        )
+        policy = ApprovalPolicy(always=["pay_invoice"])
+        options = ApprovalOptions(ping=receiver, requested_expiry=60)
+        async with make_client(idp, "agent-ping", consent=AsUser()) as identity:
+            if style == "middleware":
+                agent: Any = create_agent(
+                    calling("pay_invoice", {"invoice": "INV-P", "amount": 10.0}),
+                    tools=[pay_invoice],
+                    middleware=[
+                        IdentityMiddleware(
+                            identity,
+                            tools={
+                                "pay_invoice": {
+                                    "resource": PAYMENTS,
+                                    "scopes": "payments.write",
+                                    "approval": policy,
+                                    "approval_options": options,
+                                }
+                            },
+                        )
+                    ],
+                )
+            else:
+                tool_ = protect(
+                    pay_invoice,
+                    identity=identity,
+                    resource=PAYMENTS,
+                    scopes="payments.write",
+                    approval=policy,
+                    approval_options=options,
+                )
+            result: dict[str, Any] = {}
+
+            async def run() -> None:
+                if style == "middleware":
+                    state = await agent.ainvoke({"messages": [HumanMessage("pay")]}, config=CONFIG)
+                    (message,) = tool_messages(state)
+                    result["out"] = message.content
+                else:
+                    result["out"] = await tool_.ainvoke(
+                        {"invoice": "INV-P", "amount": 10.0}, config=CONFIG
+                    )
+
+            with anyio.fail_after(20):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(run)
+                    while not await idp.ciba_pending():  # noqa: ASYNC110
+                        await anyio.sleep(0.02)
+                    await ciba_idp_approve_first(idp)
+    assert result["out"] == "paid INV-P 10.0 sub=alice act=None"
+    assert receiver.accepted == 1
+    polls = await idp.token_requests(CIBA_GRANT_TYPE)
+    assert [p["status"] for p in polls] == [200]  # fetched after the ping, never polled
+
+
+async def ciba_idp_approve_first(idp: DevIdP) -> None:
+    (pending,) = await idp.ciba_pending()
+    await idp.ciba_approve(pending["auth_req_id"])
