@@ -47,7 +47,10 @@ class NotebookConsent:
         self._loopback = LoopbackConsent(browser=self._show, timeout=timeout)
 
     async def _show(self, url: str) -> None:
-        _show_link(url)
+        presenter: Any = _show_link  # replaceable (tests); may be async
+        shown = presenter(url)
+        if inspect.isawaitable(shown):
+            await shown
         if self._after_show is not None:
             clicked = self._after_show(url)
             if inspect.isawaitable(clicked):
