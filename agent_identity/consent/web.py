@@ -47,6 +47,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
+import anyio
 from pydantic import SecretStr
 
 from agent_identity.consent.base import ConsentFlow
@@ -63,12 +64,17 @@ from agent_identity.oauth import authorize as authz
 from agent_identity.oauth.urls import check_browser_url
 
 if TYPE_CHECKING:
-    from agent_identity.client import IdentityClient
-    from agent_identity.grant import UserGrant
-    from agent_identity.user import UserIdentity
+    from agent_identity.clock import Clock
     from agent_identity.vault import TokenVault
 
-__all__ = ["PENDING_KIND", "WebConsent", "WebConsentCallback", "WebConsentResult", "resuming"]
+__all__ = [
+    "PENDING_KIND",
+    "IdentityLike",
+    "WebConsent",
+    "WebConsentCallback",
+    "WebConsentResult",
+    "resuming",
+]
 
 logger = logging.getLogger("agent_identity.consent")
 
@@ -112,12 +118,27 @@ def reset_resume(token: contextvars.Token[Mapping[str, Any] | None]) -> None:
     _RESUME.reset(token)
 
 
+class IdentityLike(Protocol):
+    """What completing a web consent needs of the identity client (an
+    :class:`~agent_identity.IdentityClient`): its vault, its clock and its users. (The
+    consent layer sits below the client and the grants: it names them only through
+    such protocols.)"""
+
+    @property
+    def vault(self) -> TokenVault: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def user(self, user_id: str, *, tenant: str = "default") -> Any: ...
+
+
 @runtime_checkable
 class _DetachableFlow(Protocol):
     """A consent flow that can be started without being kept in this process."""
 
     @property
-    def grant(self) -> UserGrant: ...
+    def grant(self) -> Any: ...
 
     @property
     def resources(self) -> tuple[str, ...]: ...
@@ -265,7 +286,7 @@ class WebConsent:
 
     async def start(
         self,
-        user: UserIdentity | UserGrant,
+        user: Any,
         *,
         scopes: str | Sequence[str],
         resource: str | None = None,
@@ -277,9 +298,10 @@ class WebConsent:
         max_age: int | None = None,
         extra_params: dict[str, str] | None = None,
     ) -> str:
-        """Start a consent for ``user`` (what a tool needs: ``resource`` and ``scopes``)
-        and return the URL to show them. ``resume`` (JSON values, e.g. a thread id) comes
-        back in the :class:`WebConsentResult` of the completion, on whatever worker."""
+        """Start a consent for ``user`` (``identity.user("alice")``; what a tool needs:
+        ``resource`` and ``scopes``) and return the URL to show them. ``resume`` (JSON
+        values, e.g. a thread id) comes back in the :class:`WebConsentResult` of the
+        completion, on whatever worker."""
         grant = _grant_of(user)
         handler = _Starter(self, _check_resume(resume))
         try:
@@ -376,7 +398,7 @@ class WebConsent:
 
     # -- complete ---------------------------------------------------------------------------
 
-    async def complete(self, identity: IdentityClient, callback_url: str) -> WebConsentResult:
+    async def complete(self, identity: IdentityLike, callback_url: str) -> WebConsentResult:
         """Complete the consent the redirect ``callback_url`` (or its query string) belongs
         to, on this worker. Raises :class:`~agent_identity.errors.StateMismatch`
         (unknown, replayed or expired ``state``),
@@ -452,7 +474,7 @@ class WebConsent:
 
     def callback(
         self,
-        identity: IdentityClient,
+        identity: IdentityLike,
         *,
         on_complete: Callable[[WebConsentResult], Awaitable[Any] | Any] | None = None,
         done_url: str | None = None,
@@ -490,7 +512,7 @@ class WebConsentCallback:
     def __init__(
         self,
         consent: WebConsent,
-        identity: IdentityClient,
+        identity: IdentityLike,
         *,
         on_complete: Callable[[WebConsentResult], Awaitable[Any] | Any] | None = None,
         done_url: str | None = None,
@@ -550,13 +572,12 @@ class WebConsentCallback:
 
 
 async def _redeem_and_store(
-    grant: UserGrant, pending: authz.PendingAuthorization, code: SecretStr, sealed: _Sealed
+    grant: Any, pending: authz.PendingAuthorization, code: SecretStr, sealed: _Sealed
 ) -> Any:
-    from agent_identity._tasks import point_of_no_return
-
     async def job() -> Any:
-        # The code is single-use: once redeemed, its grant must be stored.
-        async with point_of_no_return(grant.server.policy.timeout * 3):
+        # The code is single-use: once redeemed, its grant must be stored (shielded from
+        # cancellation, bounded in time).
+        with anyio.CancelScope(shield=True), anyio.fail_after(grant.server.policy.timeout * 3):
             response, claims = await grant.server.redeem(pending, code, resource=sealed.primary)
             return await grant.store_consent(
                 response,
@@ -569,15 +590,12 @@ async def _redeem_and_store(
     return await grant.context.detached.run(job)
 
 
-def _grant_of(user: UserIdentity | UserGrant) -> UserGrant:
-    main = getattr(user, "main", None)
-    if main is not None:
-        return main  # type: ignore[no-any-return]
-    from agent_identity.grant import UserGrant
-
-    if not isinstance(user, UserGrant):
+def _grant_of(user: Any) -> Any:
+    """The grant of ``identity.user(...)`` (a grant itself is accepted too)."""
+    main = getattr(user, "main", user)
+    if not callable(getattr(main, "consent", None)) or not hasattr(main, "store_consent"):
         raise ConfigurationError("start() takes identity.user(...) (a UserIdentity)")
-    return user
+    return main
 
 
 async def _page(
