@@ -18,6 +18,7 @@ from agent_identity.errors import (
     ApprovalError,
     ApprovalExpired,
     ApprovalMismatch,
+    ApprovalPending,
     ApprovalUnavailable,
     AuthorizationResponseError,
     ConfigurationError,
@@ -68,6 +69,8 @@ if TYPE_CHECKING:
         DeviceCodeConsent,
         LoopbackConsent,
         NotebookConsent,
+        WebConsent,
+        WebConsentResult,
     )
     from agent_identity.delegation import Actor, DelegationChain
     from agent_identity.mcp import McpAuth
@@ -100,6 +103,8 @@ _LAZY = {
     "DeviceCodeConsent": "agent_identity.consent",
     "LoopbackConsent": "agent_identity.consent",
     "NotebookConsent": "agent_identity.consent",
+    "WebConsent": "agent_identity.consent",
+    "WebConsentResult": "agent_identity.consent",
     "AccessToken": "agent_identity.models",
     "DeviceAuthorization": "agent_identity.models",
     "Grant": "agent_identity.models",
@@ -144,6 +149,7 @@ __all__ = [
     "ApprovalError",
     "ApprovalExpired",
     "ApprovalMismatch",
+    "ApprovalPending",
     "ApprovalPolicy",
     "ApprovalUnavailable",
     "AuthorizationResponseError",
@@ -205,5 +211,7 @@ __all__ = [
     "VaultRollback",
     "VaultUnavailable",
     "VersionConflict",
+    "WebConsent",
+    "WebConsentResult",
     "__version__",
 ]

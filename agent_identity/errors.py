@@ -54,6 +54,8 @@ value itself.
     │   │                               request became invalid): ask again
     │   ├── ApprovalUnavailable         no CIBA here: no endpoint, no client credentials,
     │   │                               ``unknown_user_id``, ``unauthorized_client``
+    │   ├── ApprovalPending             no decision yet and the caller would not wait: ask
+    │   │                               again with the same key to continue the request
     │   └── ApprovalMismatch            an approval used for another action, or twice
     └── VaultError                      the token vault cannot serve the request
         ├── VaultUnavailable            the store cannot be reached or stays locked
@@ -76,6 +78,7 @@ __all__ = [
     "ApprovalError",
     "ApprovalExpired",
     "ApprovalMismatch",
+    "ApprovalPending",
     "ApprovalUnavailable",
     "AuditError",
     "AuthorizationResponseError",
@@ -318,14 +321,27 @@ class ConsentRequired(ConsentError):
 
     ``scopes`` and ``resource`` say what must be consented to; pass them to
     ``user.consent(...)`` from a context where a human can act.
+
+    ``authorization_url`` is set when the consent was started and only waits for the user
+    (a :class:`~agent_identity.consent.WebConsent` link to show, for example as a
+    "connect your account" button); ``expires_at`` (Unix time) is when that link stops
+    working.
     """
 
     def __init__(
-        self, message: str, *, scopes: tuple[str, ...] = (), resource: str | None = None
+        self,
+        message: str,
+        *,
+        scopes: tuple[str, ...] = (),
+        resource: str | None = None,
+        authorization_url: str | None = None,
+        expires_at: float | None = None,
     ) -> None:
         super().__init__(message)
         self.scopes = scopes
         self.resource = resource
+        self.authorization_url = authorization_url
+        self.expires_at = expires_at
 
 
 class ConsentDenied(ConsentError):
@@ -437,6 +453,21 @@ class ApprovalUnavailable(ApprovalError):
     def __init__(self, message: str, *, error: str | None = None) -> None:
         super().__init__(message)
         self.error = error
+
+
+class ApprovalPending(ApprovalError):
+    """The user has not decided yet and the caller asked not to wait any longer
+    (``wait=``): the request stays pending at the authorization server and in the vault,
+    and asking again with the same ``key`` continues it (no second prompt).
+    ``binding_message`` is what the user sees on their device; ``expires_at`` (Unix time)
+    is when the request expires."""
+
+    def __init__(
+        self, message: str, *, binding_message: str = "", expires_at: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.binding_message = binding_message
+        self.expires_at = expires_at
 
 
 class ApprovalMismatch(ApprovalError):

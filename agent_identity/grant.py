@@ -1257,6 +1257,11 @@ class _AuthorizationFlow:
         self.stored: GrantRecord | None = None
 
     @property
+    def grant(self) -> UserGrant:
+        """The grant this consent is for."""
+        return self._grant
+
+    @property
     def tenant(self) -> str:
         return self._grant.tenant
 
@@ -1304,6 +1309,28 @@ class _AuthorizationFlow:
         )
         self._pending = pending
         return url
+
+    async def authorization_request(
+        self, redirect_uri: str, *, lifetime: float
+    ) -> tuple[authz.PendingAuthorization, str]:
+        """Start this authorization *without* keeping it in this process: the caller
+        seals the returned pending authorization (PKCE verifier, ``state``, ``nonce``,
+        issuer) and completes it elsewhere with ``server.redeem`` and
+        ``grant.store_consent`` (:class:`~agent_identity.consent.WebConsent`: the redirect
+        may reach another worker, after a restart)."""
+        pending, url = await self._grant.server.start_authorization(
+            redirect_uri=redirect_uri,
+            scopes=self._scopes,
+            resources=self._resources,
+            prompt=self._prompt,
+            login_hint=self._login_hint,
+            acr_values=self._acr_values,
+            max_age=self._max_age,
+            extra=self._extra,
+            lifetime=lifetime,
+            register=False,
+        )
+        return pending, url
 
     async def complete(self, callback_url: str) -> None:
         server = self._grant.server

@@ -6,10 +6,17 @@ Every protected tool call goes through :meth:`ToolGuard.run`:
    ``delegate=True``, an RFC 8693 exchanged token naming the agent as actor);
 2. human approval (CIBA) when the tool's :class:`~agent_identity.ApprovalPolicy` asks for
    it, bound to this exact call (tool and arguments);
+   With ``delegate=True`` too, the approved token is exchanged (RFC 8693) so that it names
+   the agent as actor. A call that knows its conversation (``ToolCall.thread`` and
+   ``call_id``) asks once: the CIBA request is kept under that key, and running the same
+   call again (a resumed graph) continues it instead of prompting the user again; a
+   denial stays a denial for that call;
 3. the call itself, which reads its credential with :func:`current_token` (or
    :func:`current_tool_context`): the token never passes through the model, the tool's
    arguments or its schema;
 4. exactly one audit record for the invocation, whatever happened (security item 40).
+   A call refused before it could start (no user known, a configuration error) is
+   recorded and logged with :meth:`ToolGuard.refuse`.
 
 Guards compose: a protected tool calling another protected tool gets its own context,
 and the outer one is restored afterwards (context variables, so concurrent calls in one
@@ -19,21 +26,24 @@ agent step never see each other's tokens).
 from __future__ import annotations
 
 import contextvars
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from agent_identity.consent.web import reset_resume, set_resume
 from agent_identity.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from agent_identity.approval import Approval, ApprovalPolicy
+    from agent_identity.approval import Approval, ApprovalPolicy, PingReceiver
     from agent_identity.audit import AuditTrail
     from agent_identity.client import IdentityClient
     from agent_identity.models import AccessToken
 
 __all__ = [
+    "ApprovalOptions",
     "ToolCall",
     "ToolContext",
     "ToolGuard",
@@ -45,31 +55,86 @@ __all__ = [
 T = TypeVar("T")
 
 
+logger = logging.getLogger("agent_identity.tools")
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalOptions:
+    """How a tool's approvals are asked (OpenID CIBA), per tool.
+
+    :param ping: a :class:`~agent_identity.approval.PingReceiver`: ping mode (the decision
+        is pushed to the agent), with polling as a fallback.
+    :param requested_expiry: seconds the user has to decide (CIBA ``requested_expiry``).
+    :param binding_message: a template of the message shown on the user's device, filled
+        with the call's arguments (``"Pay {amount} for {invoice}"``); a random code is
+        always appended. Default: the tool name and the argument values.
+    :param authorization_details: RFC 9396 ``authorization_details`` sent as given
+        (instead of the SDK's ``agent_action`` description of the call).
+    :param wait: seconds a tool call waits for the decision before it gives up with
+        :class:`~agent_identity.errors.ApprovalPending` (the request stays pending and the
+        same call continues it); ``None``: until the request expires.
+    """
+
+    ping: PingReceiver | None = None
+    requested_expiry: int | None = None
+    binding_message: str | None = None
+    authorization_details: Sequence[Mapping[str, Any]] | None = None
+    wait: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.requested_expiry is not None and (
+            not isinstance(self.requested_expiry, int) or self.requested_expiry <= 0
+        ):
+            raise ConfigurationError("requested_expiry must be a positive number of seconds")
+        if self.wait is not None and not self.wait >= 0:
+            raise ConfigurationError("wait must be a non-negative number of seconds")
+        if self.authorization_details is not None:
+            details = self.authorization_details
+            if isinstance(details, Mapping | str) or not all(
+                isinstance(d, Mapping) and isinstance(d.get("type"), str) for d in details
+            ):
+                raise ConfigurationError(
+                    "authorization_details is a list of objects with a 'type' (RFC 9396)"
+                )
+            object.__setattr__(self, "authorization_details", tuple(dict(d) for d in details))
+
+
 @dataclass(frozen=True, slots=True)
 class ToolRequirement:
     """What a tool needs: a token for ``resource`` with ``scopes``, optionally obtained by
-    token exchange (``delegate=True``), and optionally a human approval."""
+    token exchange (``delegate=True``), and optionally a human approval (asked as
+    ``approval_options`` say)."""
 
     resource: str | None = None
     scopes: tuple[str, ...] = ()
     approval: ApprovalPolicy | None = None
     delegate: bool = False
+    approval_options: ApprovalOptions = field(default_factory=ApprovalOptions)
 
     def __post_init__(self) -> None:
         if isinstance(self.scopes, str):
             object.__setattr__(self, "scopes", tuple(self.scopes.split()))
+        elif not isinstance(self.scopes, tuple):
+            object.__setattr__(self, "scopes", tuple(self.scopes))
         if self.scopes and self.resource is None:
             raise ConfigurationError("a tool that needs scopes must name its resource")
+        if not isinstance(self.approval_options, ApprovalOptions):
+            raise ConfigurationError("approval_options must be an ApprovalOptions")
 
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
-    """One invocation: which tool, with which arguments, for whom."""
+    """One invocation: which tool, with which arguments, for whom; ``thread`` and
+    ``call_id`` say which conversation and which of the model's tool calls it is (an
+    approval asked for it is continued, never asked again, when the same call runs
+    again; a web consent it starts carries them back as resume data)."""
 
     tool: str
     arguments: Mapping[str, Any]
     user: str
     tenant: str = "default"
+    call_id: str | None = None
+    thread: str | None = None
 
     def __post_init__(self) -> None:
         if not self.tool:
@@ -84,8 +149,25 @@ class ToolCall:
     def __repr__(self) -> str:
         return (
             f"ToolCall(tool={self.tool!r}, user={self.user!r}, tenant={self.tenant!r}, "
-            f"arguments={sorted(self.arguments)!r})"
+            f"arguments={sorted(self.arguments)!r}, call_id={self.call_id!r})"
         )
+
+    @property
+    def key(self) -> str | None:
+        """The key of this call's approval (thread and call id), when the call id is
+        known."""
+        if self.call_id is None:
+            return None
+        return f"{self.thread or ''}\x1f{self.call_id}"
+
+    def resume_data(self) -> dict[str, Any]:
+        """What an application needs to resume this call after a web consent."""
+        data: dict[str, Any] = {"tool": self.tool}
+        if self.thread is not None:
+            data["thread_id"] = self.thread
+        if self.call_id is not None:
+            data["tool_call_id"] = self.call_id
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,27 +234,25 @@ class ToolGuard:
         outcome = "error"
         error: BaseException | None = None
         try:
-            user = self.identity.user(call.user, tenant=call.tenant)
             if requirement.approval is not None and requirement.approval.requires(
                 call.tool, call.arguments
             ):
-                from agent_identity.approval import Action
-
-                approval = await user.approve(
-                    action=Action(tool=call.tool, arguments=dict(call.arguments)),
-                    scopes=requirement.scopes,
-                    resource=requirement.resource,
-                )
-                token = approval.use(Action(tool=call.tool, arguments=dict(call.arguments)))
+                approval, token = await self._approved(call, requirement)
             elif requirement.resource is not None:
-                if requirement.delegate:
-                    token = await user.exchange(
-                        resource=requirement.resource, scopes=requirement.scopes
-                    )
-                else:
-                    token = await user.token(
-                        resource=requirement.resource, scopes=requirement.scopes
-                    )
+                user = self.identity.user(call.user, tenant=call.tenant)
+                # a web consent started for this call carries the call back to the app
+                resume = set_resume(call.resume_data())
+                try:
+                    if requirement.delegate:
+                        token = await user.exchange(
+                            resource=requirement.resource, scopes=requirement.scopes
+                        )
+                    else:
+                        token = await user.token(
+                            resource=requirement.resource, scopes=requirement.scopes
+                        )
+                finally:
+                    reset_resume(resume)
             reset = _CONTEXT.set(ToolContext(call=call, token=token, approval=approval))
             try:
                 result = await func()
@@ -185,7 +265,78 @@ class ToolGuard:
             outcome = _outcome_of(exc)
             raise
         finally:
-            await self._audit(call, requirement, token, approval, outcome, error, started)
+            if self.audit is not None:
+                await self._audit(call, requirement, token, approval, outcome, error, started)
+
+    async def _approved(
+        self, call: ToolCall, requirement: ToolRequirement
+    ) -> tuple[Approval, AccessToken]:
+        """The user's approval of this exact call and its token (exchanged, naming the
+        agent as actor, when the tool delegates)."""
+        from agent_identity.approval import Action
+
+        user = self.identity.user(call.user, tenant=call.tenant)
+        options = requirement.approval_options
+        action = Action(tool=call.tool, arguments=dict(call.arguments))
+        approval = await user.approve(
+            action=action,
+            scopes=requirement.scopes,
+            resource=requirement.resource,
+            ping=options.ping,
+            requested_expiry=options.requested_expiry,
+            binding_message=options.binding_message,
+            authorization_details=options.authorization_details,
+            key=call.key,
+            wait=options.wait,
+        )
+        token = approval.use(action)
+        if requirement.delegate and requirement.resource is not None:
+            # Delegation is kept under approval: the approved token becomes the subject of
+            # an RFC 8693 exchange whose result names the agent as actor (``act``).
+            token = await self.identity.exchange(
+                token, resource=requirement.resource, scopes=requirement.scopes, actor=True
+            )
+        return approval, token
+
+    async def refuse(
+        self,
+        *,
+        tool: str,
+        arguments: Mapping[str, Any],
+        requirement: ToolRequirement,
+        error: BaseException,
+        user: str | None = None,
+        tenant: str | None = None,
+    ) -> None:
+        """Record a call refused before it could run (nobody known to act for, a
+        configuration error): a warning for the developer on the ``agent_identity.tools``
+        logger (the model only sees a tool result) and one ``tool.denied`` audit record,
+        as for every invocation (security item 40)."""
+        logger.warning(
+            "protected tool %r refused before running: %s: %s",
+            tool,
+            type(error).__name__,
+            error,
+        )
+        if self.audit is None:
+            return
+        from agent_identity.audit import AuditEvent
+
+        event = AuditEvent.for_tool_call(
+            "tool.denied",
+            tool=tool,
+            arguments=arguments,
+            include_arguments=self.include_arguments,
+            tenant=tenant,
+            user=user,
+            agent=self.identity.client_id or None,
+            issuer=self.identity.issuer or None,
+            resource=requirement.resource,
+            scopes_requested=requirement.scopes,
+            outcome="denied",
+            error_type=type(error).__name__,
+        )
+        await self.audit.emit(event)
 
     async def _audit(
         self,
@@ -197,8 +348,7 @@ class ToolGuard:
         error: BaseException | None,
         started: float,
     ) -> None:
-        if self.audit is None:
-            return
+        assert self.audit is not None
         from agent_identity.audit import AuditEvent, fingerprint
 
         kind = {"ok": "tool.succeeded", "denied": "tool.denied"}.get(outcome, "tool.failed")

@@ -14,10 +14,15 @@ only has no server of its own, and the grant methods then raise
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from agent_identity.errors import ApprovalDenied, ApprovalExpired, ConfigurationError
+from agent_identity.errors import (
+    ApprovalDenied,
+    ApprovalExpired,
+    ApprovalPending,
+    ConfigurationError,
+)
 from agent_identity.grant import AgentContext, UserGrant, words
 from agent_identity.models import AccessToken, Grant
 
@@ -183,6 +188,10 @@ class UserIdentity:
         user_code: str | SecretStr | None = None,
         requested_expiry: int | None = None,
         acr_values: str | Sequence[str] = (),
+        binding_message: str | None = None,
+        authorization_details: Sequence[Mapping[str, Any]] | None = None,
+        key: str | None = None,
+        wait: float | None = None,
     ) -> Approval:
         """Ask this user to approve ``action`` on their authentication device (OpenID CIBA)
         and wait for the decision; returns an :class:`~agent_identity.approval.Approval`
@@ -197,6 +206,15 @@ class UserIdentity:
         :class:`~agent_identity.errors.ApprovalDenied`,
         :class:`~agent_identity.errors.ApprovalExpired` or
         :class:`~agent_identity.errors.ApprovalUnavailable`. See ``docs/approval.md``.
+
+        ``binding_message``: a template of the message on the user's device
+        (``"Pay {amount} for {invoice}"``, filled from the action's arguments; a random code
+        is appended). ``authorization_details``: RFC 9396 details sent as given. ``key``
+        (e.g. thread and tool call id) makes the request resumable: asking again with the
+        same key continues the same request, and a denial or expiry is remembered for it;
+        ``wait`` (seconds) bounds the wait, after which
+        :class:`~agent_identity.errors.ApprovalPending` is raised and the request stays
+        pending.
         """
         from agent_identity.approval.flow import request_approval
 
@@ -217,7 +235,13 @@ class UserIdentity:
                 user_code=user_code,
                 requested_expiry=requested_expiry,
                 acr_values=words(acr_values, "acr_values"),
+                binding_message_template=binding_message,
+                authorization_details_override=authorization_details,
+                key=key,
+                wait=wait,
             )
+        except ApprovalPending:
+            raise  # still pending: the decision is audited when it comes
         except ApprovalDenied:
             await grant.audit_event("approval.denied", approval_id=action.digest[:16], **audit)
             raise

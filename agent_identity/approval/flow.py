@@ -20,6 +20,17 @@
    the ID token if one came, and returns an :class:`Approval` bound to the action's hash.
    Cancelling the wait keeps the pending request for a later resume.
 
+**Start and resume** (``key`` and ``wait``): a caller that knows which call it asks for
+(a tool call in a conversation: thread and tool call id) passes it as ``key``. The
+pending request is kept under that key, so asking again with the same key continues the
+*same* CIBA request (one prompt on the user's device however often a paused agent is
+resumed), and a denial or an expiry is remembered for that key (for
+:data:`OUTCOME_RETENTION` seconds): asking again gives the same answer without a new
+prompt. ``wait`` bounds how long one call waits for the decision: when it passes,
+:class:`~agent_identity.errors.ApprovalPending` is raised and the request stays pending
+(``wait=0`` starts the request, or polls a pending one once when its interval allows,
+and returns at once).
+
 Identical approvals in one process are serialised: each call of an action needs its own
 approval. Sleeping uses anyio (cancellable, never blocks the event loop); deadlines use
 the client's monotonic clock.
@@ -33,8 +44,10 @@ import hmac
 import json
 import logging
 import math
+import re
+import unicodedata
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -44,6 +57,7 @@ from pydantic import SecretStr
 
 from agent_identity.approval.action import (
     AUTHORIZATION_DETAILS_TYPE,
+    BINDING_MESSAGE_MAX,
     Action,
     authorization_details,
     binding_message,
@@ -56,6 +70,7 @@ from agent_identity.errors import (
     ApprovalError,
     ApprovalExpired,
     ApprovalMismatch,
+    ApprovalPending,
     ApprovalUnavailable,
     ConfigurationError,
     MetadataError,
@@ -80,12 +95,14 @@ if TYPE_CHECKING:
     from agent_identity.server import AuthorizationServer
     from agent_identity.vault import TokenVault
 
-__all__ = ["PENDING_KIND", "Approval", "purge_expired", "request_approval"]
+__all__ = ["OUTCOME_RETENTION", "PENDING_KIND", "Approval", "purge_expired", "request_approval"]
 
 logger = logging.getLogger("agent_identity.approval")
 
 #: The vault row kind of pending CIBA requests.
 PENDING_KIND: Final = "ciba"
+#: Seconds a denial or expiry stays remembered for a request made with a ``key``.
+OUTCOME_RETENTION: Final = 24 * 3600.0
 _FORMAT: Final = 1
 #: Errors that end a backchannel request as "approval cannot be asked here" (§13).
 _UNAVAILABLE: Final = frozenset(
@@ -182,6 +199,10 @@ class _Pending:
     action_digest: str
     created_at: float
     format: int = _FORMAT
+    # Unix time of the last token request (a resumed request waits out its interval).
+    polled_at: float | None = None
+    # "denied" or "expired": the final outcome of a keyed request, remembered.
+    outcome: str | None = None
 
     def __repr__(self) -> str:
         return f"_Pending(mode={self.mode!r}, expires_at={self.expires_at!r})"
@@ -197,7 +218,12 @@ class _Pending:
             pending = cls(**raw)
         except (ValueError, TypeError):
             problem = True
-        if problem or pending.format != _FORMAT or pending.mode not in ("poll", "ping"):
+        if (
+            problem
+            or pending.format != _FORMAT
+            or pending.mode not in ("poll", "ping")
+            or pending.outcome not in (None, "denied", "expired")
+        ):
             raise VaultCorrupted("a pending approval row does not parse")
         if not (
             isinstance(pending.expires_at, int | float)
@@ -223,14 +249,18 @@ def _row_name(
     action: Action,
     scopes: Sequence[str],
     resource: str | None,
+    key: str | None = None,
 ) -> str:
+    described: dict[str, Any] = {
+        "action": action.digest,
+        "client_id": user.server.client_id,
+        "resource": resource,
+        "scopes": sorted(set(scopes)),
+    }
+    if key is not None:
+        described["key"] = key
     request = json.dumps(
-        {
-            "action": action.digest,
-            "client_id": user.server.client_id,
-            "resource": resource,
-            "scopes": sorted(set(scopes)),
-        },
+        described,
         sort_keys=True,
         separators=(",", ":"),
     )
@@ -262,6 +292,55 @@ async def _serialised(vault: TokenVault, name: str) -> AsyncIterator[None]:
 # -- the flow ----------------------------------------------------------------------------
 
 
+_FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|[{}]")
+
+
+def _printable_text(text: str) -> str:
+    """Printable characters only (control and format characters dropped), whitespace
+    collapsed: what may reach the user's device."""
+    kept = [
+        " " if char.isspace() or unicodedata.category(char)[0] == "Z" else char
+        for char in text
+        if unicodedata.category(char)[0] != "C" or char.isspace()
+    ]
+    return " ".join("".join(kept).split())
+
+
+def templated_binding_message(
+    action: Action, template: str, code: str, *, max_length: int = BINDING_MESSAGE_MAX
+) -> str:
+    """``template`` with ``{argument}`` fields filled from ``action`` (``{{``/``}}`` for
+    braces), sanitised, cut to ``max_length`` with the random ``code`` always kept: the
+    message comes from the developer's template and the action itself, never from
+    model-written prose."""
+    arguments = action.arguments
+
+    def field(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token in ("{{", "}}"):
+            return token[0]
+        name = match.group(1)
+        if name is None:
+            raise ConfigurationError("a binding message template has an unmatched brace")
+        if name not in arguments:
+            raise ConfigurationError(
+                f"the binding message template names {name!r}, which the call does not have"
+            )
+        value = arguments[name]
+        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+    body = _printable_text(_FIELD.sub(field, template))
+    suffix = f" · {code}"
+    room = max_length - len(suffix)
+    if room < 2:
+        raise ConfigurationError("max_length leaves no room for the message")
+    if len(body) > room:
+        body = body[: room - 1].rstrip() + "…"
+    if not body:
+        raise ConfigurationError("the binding message template produced no text")
+    return body + suffix
+
+
 def _secret(value: str | SecretStr | None) -> SecretStr | None:
     if value is None or isinstance(value, SecretStr):
         return value
@@ -281,8 +360,17 @@ async def request_approval(
     user_code: str | SecretStr | None = None,
     requested_expiry: int | None = None,
     acr_values: Sequence[str] = (),
+    binding_message_template: str | None = None,
+    authorization_details_override: Sequence[Mapping[str, Any]] | None = None,
+    key: str | None = None,
+    wait: float | None = None,
 ) -> Approval:
     """Ask ``user`` to approve ``action`` and wait for the outcome (see the module doc).
+
+    ``binding_message_template`` shapes the message on the user's device (see
+    :func:`templated_binding_message`); ``authorization_details_override`` is sent as
+    the request's RFC 9396 ``authorization_details`` instead of the SDK's description of
+    the action. ``key`` and ``wait``: start and resume (module doc).
 
     Without a hint, ``login_hint`` is what the client's ``ciba_login_hint`` hook derives
     from the user (some servers want JSON such as ``{"username": "alice"}``), else the
@@ -329,14 +417,24 @@ async def request_approval(
     wanted = tuple(s for s in words(scopes, "scopes") if s != "openid")
     acr = words(acr_values, "acr_values")
     canonical = canonical_resource_uri(resource) if resource is not None else None
+    if key is not None and (not isinstance(key, str) or not key):
+        raise ConfigurationError("key must be a non-empty string")
+    if wait is not None and not wait >= 0:
+        raise ConfigurationError("wait must be a non-negative number of seconds")
     vault = context.vault
     clock = context.clock
-    name = _row_name(user, action, wanted, canonical)
+    name = _row_name(user, action, wanted, canonical, key)
+    until = clock.monotonic() + wait if wait is not None else None
 
     async with _serialised(vault, name), contextlib.AsyncExitStack() as stack:
         await purge_expired(vault, clock=clock, prefix=_user_prefix(user))
         async with vault.lease(f"ciba:{name}", ttl=server.lease_ttl, wait=server.lease_wait):
             stored = await _load(vault, name, server, clock)
+            if stored is not None and stored[0].outcome is not None:
+                # A keyed request already ended: the same call gets the same answer.
+                if stored[0].outcome == "denied":
+                    raise ApprovalDenied("the user denied this action (asked once for this call)")
+                raise ApprovalExpired("this call's approval request expired unanswered")
             if stored is not None:
                 pending, version = stored
                 poller = CibaPoller.resume(
@@ -344,6 +442,9 @@ async def request_approval(
                     remaining=pending.expires_at - clock.time(),
                     now=clock.monotonic(),
                 )
+                if pending.polled_at is not None:
+                    since = max(0.0, clock.time() - pending.polled_at)
+                    poller.ready_at = clock.monotonic() + max(0.0, pending.interval - since)
                 logger.info(
                     "resuming a pending approval: tenant=%s user=%s tool=%s",
                     user.tenant,
@@ -352,10 +453,15 @@ async def request_approval(
                 )
             else:
                 code = new_binding_code()
-                message = binding_message(action, code)
+                if binding_message_template is not None:
+                    message = templated_binding_message(action, binding_message_template, code)
+                else:
+                    message = binding_message(action, code)
                 notification_token = new_notification_token() if ping is not None else None
-                details = None
-                if AUTHORIZATION_DETAILS_TYPE in metadata.authorization_details_types_supported:
+                details: list[dict[str, Any]] | None = None
+                if authorization_details_override is not None:
+                    details = [dict(detail) for detail in authorization_details_override]
+                elif AUTHORIZATION_DETAILS_TYPE in metadata.authorization_details_types_supported:
                     details = authorization_details(action, resource=canonical)
                 ack = await _start(
                     server,
@@ -406,9 +512,23 @@ async def request_approval(
                 )
         waiter = _Waiter(server, vault, clock, pending, poller, name, version)
         try:
-            response = await waiter.wait(notification)
+            response = await waiter.wait(notification, until)
+        except ApprovalPending:
+            await waiter.remember_poll()
+            logger.info(
+                "approval still pending: tenant=%s user=%s tool=%s",
+                user.tenant,
+                user.user_id,
+                action.tool,
+            )
+            raise
         except (ApprovalError, AccessDenied) as exc:
-            await _discard(vault, name)
+            if key is not None and isinstance(exc, ApprovalDenied | ApprovalExpired):
+                await waiter.remember_outcome(
+                    "denied" if isinstance(exc, ApprovalDenied) else "expired"
+                )
+            else:
+                await _discard(vault, name)
             logger.info(
                 "approval ended without a token (%s): tenant=%s user=%s tool=%s",
                 type(exc).__name__,
@@ -531,16 +651,27 @@ class _Waiter:
         self._name = name
         self._version = version
 
-    async def wait(self, notification: Notification | None) -> TokenResponse:
+    async def wait(self, notification: Notification | None, until: float | None) -> TokenResponse:
+        """Wait for the decision; with ``until`` (monotonic), raise
+        :class:`~agent_identity.errors.ApprovalPending` rather than wait past it."""
         clock = self._clock
         poller = self._poller
         while True:
             if notification is None:
-                await _sleep(poller.next_wait(clock.monotonic()))
+                delay = poller.next_wait(clock.monotonic())
+                # A poll that is due now is made, even with wait=0 (a resume polls once).
+                if until is not None and delay > 0 and clock.monotonic() + delay > until:
+                    self._pending_error()
+                await _sleep(delay)
             else:
                 now = clock.monotonic()
                 poller.check_can_poll(now)
-                pinged = await notification.wait(min(poller.ready_at, poller.deadline) - now)
+                limit = min(poller.ready_at, poller.deadline)
+                if until is not None:
+                    if now >= until and now < poller.ready_at:
+                        self._pending_error()
+                    limit = min(limit, max(until, now))
+                pinged = await notification.wait(limit - now)
                 now = clock.monotonic()
                 if pinged:
                     poller.check_can_poll(now)  # §10.2: fetch now, not bound to interval
@@ -551,6 +682,33 @@ class _Waiter:
             outcome = await self._poll()
             if outcome != "pending":
                 return outcome
+            if until is not None and clock.monotonic() >= until:
+                self._pending_error()
+
+    def _pending_error(self) -> None:
+        raise ApprovalPending(
+            "the user has not decided yet; the request stays pending",
+            binding_message=self._pending.binding_message,
+            expires_at=self._pending.expires_at,
+        )
+
+    async def remember_poll(self) -> None:
+        """Keep when the request was last polled (a resume waits out the interval)."""
+        ready_in = max(0.0, self._poller.ready_at - self._clock.monotonic())
+        self._pending.polled_at = self._clock.time() - (self._pending.interval - ready_in)
+        await self._write()
+
+    async def remember_outcome(self, outcome: str) -> None:
+        """Keep a keyed request's final outcome (denied, expired) for the same call."""
+        self._pending.outcome = outcome
+        self._pending.expires_at = self._clock.time() + OUTCOME_RETENTION
+        await self._write()
+
+    async def _write(self) -> None:
+        with anyio.CancelScope(shield=True), contextlib.suppress(VersionConflict):
+            self._version = await self._vault.put_blob(
+                PENDING_KIND, self._name, self._pending.to_bytes(), expected_version=self._version
+            )
 
     async def _poll(self) -> TokenResponse | Literal["pending"]:
         before = self._poller.interval

@@ -9,6 +9,7 @@ from agent_identity.consent.loopback import (
     detect_browser_environment,
 )
 from agent_identity.consent.notebook import NotebookConsent
+from agent_identity.consent.web import WebConsent, WebConsentCallback, WebConsentResult
 
 __all__ = [
     "BrowserEnvironment",
@@ -18,5 +19,8 @@ __all__ = [
     "DeviceCodeConsent",
     "LoopbackConsent",
     "NotebookConsent",
+    "WebConsent",
+    "WebConsentCallback",
+    "WebConsentResult",
     "detect_browser_environment",
 ]

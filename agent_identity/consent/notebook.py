@@ -9,11 +9,12 @@ kernel must run on the machine whose browser opens the link. For remote kernels,
 
 from __future__ import annotations
 
+import inspect
 from html import escape
 from typing import Any
 
 from agent_identity.consent.base import ConsentFlow
-from agent_identity.consent.loopback import LoopbackConsent
+from agent_identity.consent.loopback import BrowserOpener, LoopbackConsent
 
 __all__ = ["NotebookConsent"]
 
@@ -34,10 +35,26 @@ def _show_link(url: str) -> None:
 
 
 class NotebookConsent:
-    """Shows the consent link in the notebook output and waits for the redirect."""
+    """Shows the consent link in the notebook output and waits for the redirect.
 
-    def __init__(self, *, timeout: float = 600.0) -> None:
-        self._loopback = LoopbackConsent(browser=_show_link, timeout=timeout)
+    ``after_show`` is called with the URL once the link is shown: a demo or a test can
+    play the user clicking it (``NotebookConsent(after_show=DevBrowser("alice"))`` with
+    the bundled dev server); leave it out for a real user.
+    """
+
+    def __init__(self, *, timeout: float = 600.0, after_show: BrowserOpener | None = None) -> None:
+        self._after_show = after_show
+        self._loopback = LoopbackConsent(browser=self._show, timeout=timeout)
+
+    async def _show(self, url: str) -> None:
+        presenter: Any = _show_link  # replaceable (tests); may be async
+        shown = presenter(url)
+        if inspect.isawaitable(shown):
+            await shown
+        if self._after_show is not None:
+            clicked = self._after_show(url)
+            if inspect.isawaitable(clicked):
+                await clicked
 
     async def obtain_consent(self, flow: ConsentFlow) -> None:
         await self._loopback.obtain_consent(flow)

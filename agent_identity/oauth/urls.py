@@ -24,6 +24,7 @@ never its query or userinfo, which may carry secrets.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -303,8 +304,16 @@ def canonical_resource_uri(uri: str) -> str:
     scheme and host, the default port (443 for https, 80 for http) dropped, path and query
     kept as written (an empty path stays empty). Only ``http`` and ``https`` resources are
     accepted; which of them may be used is the transport policy's decision. The function is
-    idempotent. Raises :class:`ConfigurationError`.
+    idempotent and pure, so results are memoised (every tool call canonicalises its
+    resource). Raises :class:`ConfigurationError`.
     """
+    if not isinstance(uri, str):
+        raise ConfigurationError("resource URI must be a string")
+    return _canonical_resource_uri(uri)
+
+
+@functools.lru_cache(maxsize=1024)
+def _canonical_resource_uri(uri: str) -> str:
     what = "resource"
     parts = _split(uri, ConfigurationError, what)
     if parts.scheme not in _DEFAULT_PORTS:

@@ -289,10 +289,27 @@ async def _dev_idp(docs: Docs) -> dict[str, Any]:
 
 async def _langchain(docs: Docs) -> dict[str, Any]:
     """docs/langchain.md: ``http`` (a client of the calendar API, played by a mock
-    transport), ``create_event`` (a tool), ``list_events_sync`` (a synchronous tool) and
-    ``audit`` (an entered AuditTrail)."""
+    transport), ``create_event`` (a tool), ``list_events_sync`` (a synchronous tool),
+    ``audit`` (an entered AuditTrail), ``pay_invoice`` (a tool), and the chat models
+    ``model`` (calls ``list_events`` for monday, then answers) and ``payments_model``
+    (calls ``pay_invoice`` for INV-7, 120.0, then answers): scripted fakes."""
     from langchain_agent_identity import current_token
+    from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+    from langchain_core.messages import AIMessage
     from langchain_core.tools import tool
+
+    class Scripted(FakeMessagesListChatModel):
+        def bind_tools(self, tools: Any, **kwargs: Any) -> Scripted:
+            return self
+
+    def scripted(name: str, args: dict[str, Any]) -> Scripted:
+        call = {"name": name, "args": args, "id": f"call-{name}"}
+        return Scripted(responses=[AIMessage(content="", tool_calls=[call]), AIMessage("done")])
+
+    @tool
+    async def pay_invoice(invoice: str, amount: float) -> str:
+        """Pay an invoice."""
+        return f"paid {invoice} ({current_token().resource})"
 
     from agent_identity.audit import AuditTrail, MemorySink
 
@@ -313,6 +330,9 @@ async def _langchain(docs: Docs) -> dict[str, Any]:
         "create_event": create_event,
         "list_events_sync": list_events_sync,
         "audit": audit,
+        "pay_invoice": pay_invoice,
+        "model": scripted("list_events", {"day": "monday"}),
+        "payments_model": scripted("pay_invoice", {"invoice": "INV-7", "amount": 120.0}),
     }
 
 

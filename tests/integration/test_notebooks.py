@@ -35,6 +35,7 @@ EXPECTED = [
     "03_ciba_approval.ipynb",
     "04_token_exchange_and_delegation.ipynb",
     "05_audit_trail.ipynb",
+    "06_langchain_agent.ipynb",
 ]
 CELL_TIMEOUT = 120  # seconds, per cell
 KERNEL_NAME = "agent-identity-notebook-test"

@@ -23,6 +23,8 @@ EXPECTED = {
     "DeviceCodeConsent",
     "LoopbackConsent",
     "NotebookConsent",
+    "WebConsent",
+    "WebConsentResult",
     # the vault and delegation
     "TokenVault",
     "Keyring",
@@ -50,6 +52,7 @@ EXPECTED = {
     "ApprovalError",
     "ApprovalExpired",
     "ApprovalMismatch",
+    "ApprovalPending",
     "ApprovalUnavailable",
     "AuthorizationResponseError",
     "ConfigurationError",

@@ -15,18 +15,39 @@ token, human approval and an audit record per call (built on ``agent-identity``)
     calendar = protect(list_events, identity=identity,
                        resource="https://calendar.example/api", scopes="calendar.read")
     calendar.invoke({"day": "monday"}, config={"configurable": {"user_id": "alice"}})
+
+LangChain v1 agents (``create_agent``) can use :class:`IdentityMiddleware` instead: the
+same implementation, configured with a mapping of tool names to requirements.
 """
 
-from agent_identity.tools import ToolGuard, ToolRequirement, current_token, current_tool_context
+from agent_identity.tools import (
+    ApprovalOptions,
+    ToolGuard,
+    ToolRequirement,
+    current_token,
+    current_tool_context,
+)
 
 from ._context import acting_for
 from ._errors import HumanActionRequired, IdentityToolError, UserUnknown
 from ._tool import ProtectedTool, protect
 
+
+def __getattr__(name: str) -> object:
+    # The middleware needs the ``langchain`` package (create_agent); protect() does not.
+    if name == "IdentityMiddleware":
+        from ._middleware import IdentityMiddleware
+
+        return IdentityMiddleware
+    raise AttributeError(f"module 'langchain_agent_identity' has no attribute {name!r}")
+
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApprovalOptions",
     "HumanActionRequired",
+    "IdentityMiddleware",
     "IdentityToolError",
     "ProtectedTool",
     "ToolGuard",

@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from langchain_core.messages import ToolMessage
 from langchain_core.tools import ToolException
 
 from agent_identity import (
     ApprovalDenied,
     ApprovalExpired,
+    ApprovalPending,
     ApprovalUnavailable,
     ConsentDenied,
     ConsentError,
@@ -35,7 +37,9 @@ __all__ = [
 ]
 
 Kind = Literal["consent", "reauthorization", "approval"]
-Reason = Literal["required", "denied", "timeout", "expired", "unavailable", "declined"]
+Reason = Literal[
+    "required", "denied", "timeout", "expired", "unavailable", "declined", "pending"
+]
 
 #: The SDK errors that mean "a human must act" (consent, re-consent, approval).
 HUMAN_ERRORS: tuple[type[Exception], ...] = (
@@ -43,6 +47,7 @@ HUMAN_ERRORS: tuple[type[Exception], ...] = (
     ReauthorizationRequired,
     ApprovalDenied,
     ApprovalExpired,
+    ApprovalPending,
     ApprovalUnavailable,
 )
 
@@ -50,6 +55,23 @@ HUMAN_ERRORS: tuple[type[Exception], ...] = (
 class IdentityToolError(ToolException):
     """A protected tool could not run for an identity reason; the message is meant for
     the model (and is returned to it as the tool's result)."""
+
+    #: The model's tool call this error answers (set by the wrapper when known).
+    tool_call_id: str | None = None
+
+    def payload(self) -> dict[str, Any] | None:
+        """The structured artifact of the tool result (``None``: none)."""
+        return None
+
+    def tool_message(self, tool_call_id: str, name: str) -> ToolMessage:
+        """The tool result: the message for the model, the payload as artifact."""
+        return ToolMessage(
+            content=self.args[0] if self.args else "",
+            artifact=self.payload(),
+            tool_call_id=tool_call_id,
+            name=name,
+            status="error",
+        )
 
 
 class UserUnknown(IdentityToolError):
@@ -62,8 +84,12 @@ class HumanActionRequired(IdentityToolError):
     """The user must act (consent, reconnect, approve) before the tool can run.
 
     ``kind`` is ``"consent"``, ``"reauthorization"`` or ``"approval"``; ``reason`` is
-    ``"required"``, ``"denied"``, ``"timeout"``, ``"expired"``, ``"unavailable"`` or
-    ``"declined"`` (the human did not complete it after an interrupt).
+    ``"required"``, ``"denied"``, ``"timeout"``, ``"expired"``, ``"unavailable"``,
+    ``"pending"`` (an approval still waiting for the user) or ``"declined"`` (the human
+    did not complete it after an interrupt). ``authorization_url`` is the link to show
+    (a :class:`~agent_identity.WebConsent` started the consent), ``binding_message`` what
+    the user's device shows for an approval, ``expires_at`` (Unix time) when either
+    expires. :meth:`payload` is the structured form (``ToolMessage.artifact``).
     """
 
     def __init__(
@@ -77,9 +103,15 @@ class HumanActionRequired(IdentityToolError):
         tenant: str,
         resource: str | None,
         scopes: Sequence[str],
+        authorization_url: str | None = None,
+        binding_message: str | None = None,
+        expires_at: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.authorization_url = authorization_url
+        self.binding_message = binding_message
+        self.expires_at = expires_at
         self.kind: Kind = kind
         self.reason: Reason = reason
         self.tool = tool
@@ -107,13 +139,17 @@ class HumanActionRequired(IdentityToolError):
             "resource": self.resource,
             "scopes": list(self.scopes),
             "message": self.message,
+            "authorization_url": self.authorization_url,
+            "binding_message": self.binding_message,
+            "expires_at": self.expires_at,
         }
 
-    def declined(self) -> HumanActionRequired:
-        """The same situation after the human chose not to act."""
+    def declined(self, reason: str | None = None) -> HumanActionRequired:
+        """The same situation after the human chose not to act (``reason``: theirs)."""
+        why = f" Their reason: {reason}" if reason else ""
         return HumanActionRequired(
             f"The user did not complete the {self.kind} that '{self.tool}' needs, so the "
-            "action was not performed. Tell the user; do not retry unless they ask.",
+            f"action was not performed.{why} Tell the user; do not retry unless they ask.",
             kind=self.kind,
             reason="declined",
             tool=self.tool,
@@ -137,9 +173,18 @@ def human_action_for(
     """The model-readable result for one of :data:`HUMAN_ERRORS`."""
     resource: str | None = requirement.resource
     scopes: tuple[str, ...] = requirement.scopes
+    authorization_url: str | None = None
+    binding: str | None = None
+    expires_at: float | None = None
     if isinstance(error, ConsentRequired | ReauthorizationRequired):
         resource = error.resource or resource
         scopes = error.scopes or scopes
+    if isinstance(error, ConsentRequired):
+        authorization_url = error.authorization_url
+        expires_at = error.expires_at
+    if isinstance(error, ApprovalPending):
+        binding = error.binding_message or None
+        expires_at = error.expires_at
     tool = call.tool
     access = _access(resource, scopes)
     kind: Kind
@@ -155,6 +200,13 @@ def human_action_for(
         message = (
             f"The authorization that '{tool}' needs (access to {access}) was not completed "
             "in time. The action was not performed. Ask the user whether to try again."
+        )
+    elif isinstance(error, ConsentError) and authorization_url is not None:
+        kind, reason = "consent", "required"
+        message = (
+            f"'{tool}' needs the user's authorization (access to {access}). A link to grant "
+            "it is being shown to the user. The action was not performed. Tell the user to "
+            "connect their account with that link, then call the tool again."
         )
     elif isinstance(error, ConsentError):
         kind, reason = "consent", "required"
@@ -175,6 +227,12 @@ def human_action_for(
         message = (
             f"The user rejected this '{tool}' action. It was not performed. Do not retry it; "
             "ask the user how to proceed."
+        )
+    elif isinstance(error, ApprovalPending):
+        kind, reason = "approval", "pending"
+        message = (
+            f"This '{tool}' action is waiting for the user's approval on their device. It "
+            "has not been performed yet. Tell the user to approve or reject it there."
         )
     elif isinstance(error, ApprovalExpired):
         kind, reason = "approval", "expired"
@@ -197,6 +255,9 @@ def human_action_for(
         tenant=call.tenant,
         resource=resource,
         scopes=scopes,
+        authorization_url=authorization_url,
+        binding_message=binding,
+        expires_at=expires_at,
     )
 
 

@@ -17,38 +17,36 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import typing
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
-import anyio.from_thread
-import anyio.lowlevel
-import anyio.to_thread
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
+from langchain_core.messages import ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, PrivateAttr
 
 from agent_identity import ConfigurationError
 from agent_identity.sync import BlockingIdentityClient
-from agent_identity.tools import ToolCall, ToolGuard, ToolRequirement
+from agent_identity.tools import ApprovalOptions, ToolCall, ToolGuard, ToolRequirement
 
-from ._context import resolve_user
-from ._errors import HUMAN_ERRORS, IdentityToolError, UserUnknown, human_action_for
-from ._errors import user_unknown as _user_unknown
+from ._core import MAX_HUMAN_ROUNDS, Runner
+from ._errors import HUMAN_ERRORS, HumanActionRequired, IdentityToolError
 
 if TYPE_CHECKING:
     from agent_identity import IdentityClient
     from agent_identity.approval import ApprovalPolicy
-    from agent_identity.audit import AuditEvent, AuditTrail
+    from agent_identity.audit import AuditTrail
 
-__all__ = ["ProtectedTool", "protect"]
+__all__ = ["MAX_HUMAN_ROUNDS", "ProtectedTool", "protect"]
 
 T = TypeVar("T")
 
-#: How many times one invocation may interrupt for a human (LangGraph) before giving up.
-MAX_HUMAN_ROUNDS = 3
+#: The keyword that carries the model's tool call id from LangChain's argument parsing
+#: to the wrapper's ``_run``/``_arun`` (never passed on to the wrapped tool).
+_CALL_ID = "__agent_identity_tool_call_id"
 
 
 def protect(
@@ -64,6 +62,7 @@ def protect(
     user_key: str | None = None,
     tenant_key: str | None = None,
     interrupt_on_human: bool | None = None,
+    approval_options: ApprovalOptions | None = None,
 ) -> ProtectedTool:
     """Wrap ``tool`` so that it runs with the user's identity.
 
@@ -87,9 +86,16 @@ def protect(
         (default ``"user_id"``).
     :param tenant_key: the key holding the tenant id (default ``"tenant_id"``).
     :param interrupt_on_human: with LangGraph (the ``[langgraph]`` extra), pause the
-        graph with ``interrupt()`` when a consent or approval cannot complete, and retry
-        when it is resumed with a true value; otherwise (default) the model gets a
-        message saying what the user must do.
+        graph with ``interrupt()`` when a consent or approval cannot complete (or is still
+        pending); resume it with a ``HumanInTheLoopMiddleware`` decision
+        (``{"type": "approve"}`` retries: a pending approval is continued, never asked
+        again; ``{"type": "reject", "message": ...}`` tells the model; ``{"type":
+        "respond", "message": ...}`` answers for the tool). Otherwise (default) the model
+        gets a message saying what the user must do, with a structured artifact
+        (``ToolMessage.artifact``). A denied approval is always a result.
+    :param approval_options: how approvals are asked for this tool
+        (:class:`~agent_identity.tools.ApprovalOptions`: ping receiver,
+        ``requested_expiry``, binding message template, ``authorization_details``, wait).
     """
     if not isinstance(tool, BaseTool):
         if not callable(tool):
@@ -110,11 +116,16 @@ def protect(
             user_key=user_key,
             tenant_key=tenant_key,
             interrupt_on_human=interrupt_on_human,
+            approval_options=approval_options,
         )
     return ProtectedTool._wrap(
         tool,
         requirement=ToolRequirement(
-            resource=resource, scopes=scopes, approval=approval, delegate=delegate
+            resource=resource,
+            scopes=scopes,
+            approval=approval,
+            delegate=delegate,
+            approval_options=approval_options or ApprovalOptions(),
         ),
         guard=guard,
         identity=identity,
@@ -131,11 +142,8 @@ class ProtectedTool(BaseTool):
     _tool: BaseTool = PrivateAttr()
     _requirement: ToolRequirement = PrivateAttr()
     _guard: ToolGuard | None = PrivateAttr(default=None)
-    _identity: Any = PrivateAttr(default=None)
-    _audit: Any = PrivateAttr(default=None)
-    _user_key: str = PrivateAttr(default="user_id")
-    _tenant_key: str = PrivateAttr(default="tenant_id")
-    _interrupt: bool = PrivateAttr(default=False)
+    _runner: Runner = PrivateAttr()
+    _shape: tuple[list[str], frozenset[str]] | None = PrivateAttr(default=None)
 
     # -- construction ---------------------------------------------------------------------
 
@@ -156,8 +164,14 @@ class ProtectedTool(BaseTool):
             raise ConfigurationError("protect() needs an identity (or a ToolGuard)")
         if guard is not None and audit is not None:
             raise ConfigurationError("give the audit trail to the ToolGuard, not to protect()")
-        if interrupt_on_human:
-            _require_langgraph()
+        runner = Runner(
+            guard=guard,
+            identity=identity,
+            audit=audit,
+            user_key=user_key,
+            tenant_key=tenant_key,
+            interrupt=interrupt_on_human,
+        )
         wrapper = cls(
             name=tool.name,
             description=tool.description,
@@ -175,11 +189,7 @@ class ProtectedTool(BaseTool):
         wrapper._tool = tool
         wrapper._requirement = requirement
         wrapper._guard = guard
-        wrapper._identity = identity
-        wrapper._audit = audit
-        wrapper._user_key = user_key
-        wrapper._tenant_key = tenant_key
-        wrapper._interrupt = interrupt_on_human
+        wrapper._runner = runner
         return wrapper
 
     def _merged(
@@ -195,24 +205,33 @@ class ProtectedTool(BaseTool):
         user_key: str | None,
         tenant_key: str | None,
         interrupt_on_human: bool | None,
+        approval_options: ApprovalOptions | None,
     ) -> ProtectedTool:
-        """One wrapper with both sets of requirements (composition, in any order)."""
+        """One wrapper with both sets of requirements (composition, in any order):
+        delegation is kept if any layer asks for it, under approval too."""
         mine = self._requirement
+        runner = self._runner
         merged = ToolRequirement(
             resource=_one("resource", mine.resource, resource),
             scopes=tuple(dict.fromkeys((*mine.scopes, *scopes))),
             approval=_one("approval policy", mine.approval, approval),
             delegate=mine.delegate or delegate,
+            approval_options=_one(
+                "approval options",
+                None if mine.approval_options == ApprovalOptions() else mine.approval_options,
+                approval_options,
+            )
+            or ApprovalOptions(),
         )
         return ProtectedTool._wrap(
             self._tool,
             requirement=merged,
             guard=_one("guard", self._guard, guard),
-            identity=_one("identity", self._identity, identity),
-            audit=_one("audit trail", self._audit, audit),
-            user_key=user_key or self._user_key,
-            tenant_key=tenant_key or self._tenant_key,
-            interrupt_on_human=self._interrupt
+            identity=_one("identity", runner.identity, identity),
+            audit=_one("audit trail", runner.audit, audit),
+            user_key=user_key or runner.user_key,
+            tenant_key=tenant_key or runner.tenant_key,
+            interrupt_on_human=runner.interrupt
             if interrupt_on_human is None
             else interrupt_on_human,
         )
@@ -259,7 +278,10 @@ class ProtectedTool(BaseTool):
     def _to_args_and_kwargs(
         self, tool_input: str | dict[str, Any], tool_call_id: str | None
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        return self._tool._to_args_and_kwargs(tool_input, tool_call_id)
+        args, kwargs = self._tool._to_args_and_kwargs(tool_input, tool_call_id)
+        if tool_call_id is not None:
+            kwargs[_CALL_ID] = tool_call_id
+        return args, kwargs
 
     # -- running --------------------------------------------------------------------------
 
@@ -270,30 +292,19 @@ class ProtectedTool(BaseTool):
         run_manager: CallbackManagerForToolRun | None = None,
         **kwargs: Any,
     ) -> Any:
-        guard, blocking = self._guard_and_portal()
-        if blocking is None:
-            raise ConfigurationError(
-                f"{self.name!r} was invoked synchronously, but it was protected with an async "
-                "IdentityClient: use 'await tool.ainvoke(...)', or protect it with a "
-                "BlockingIdentityClient (agent_identity.BlockingIdentityClient) for invoke()"
-            )
-        call = self._call(args, kwargs, config)
-        if isinstance(call, UserUnknown):
-            event = self._unknown_user_event(guard, args, kwargs)
-            if event is not None and guard.audit is not None:
-                blocking.portal.call(guard.audit.emit, event)
-            raise call
+        runner = self._runner
+        call_id = kwargs.pop(_CALL_ID, None)
+        arguments = self._model_arguments(args, kwargs)
+        call = runner.call_for(self.name, arguments, config, call_id)
+        if not isinstance(call, ToolCall):
+            runner.refuse_sync(self.name, arguments, self._requirement, call)
+            raise _for_call(call, call_id)
         inner = functools.partial(self._call_tool_sync, args, kwargs, config, run_manager)
-
-        async def body() -> Any:  # on the portal's loop, inside the guard's context
-            return await anyio.to_thread.run_sync(inner)
-
-        for attempt in range(MAX_HUMAN_ROUNDS + 1):
+        for attempt in itertools.count():
             try:
-                return blocking.portal.call(guard.run, call, self._requirement, body)
+                return runner.run_sync(call, self._requirement, inner)
             except HUMAN_ERRORS as exc:
                 self._human(exc, call, attempt)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _arun(
         self,
@@ -302,81 +313,48 @@ class ProtectedTool(BaseTool):
         run_manager: AsyncCallbackManagerForToolRun | None = None,
         **kwargs: Any,
     ) -> Any:
-        guard, blocking = self._guard_and_portal()
-        call = self._call(args, kwargs, config)
-        if isinstance(call, UserUnknown):
-            event = self._unknown_user_event(guard, args, kwargs)
-            if event is not None and guard.audit is not None:
-                if blocking is None:
-                    await guard.audit.emit(event)
-                else:
-                    await anyio.to_thread.run_sync(blocking.portal.call, guard.audit.emit, event)
-            raise call
+        runner = self._runner
+        call_id = kwargs.pop(_CALL_ID, None)
+        arguments = self._model_arguments(args, kwargs)
+        call = runner.call_for(self.name, arguments, config, call_id)
+        if not isinstance(call, ToolCall):
+            await runner.refuse(self.name, arguments, self._requirement, call)
+            raise _for_call(call, call_id)
 
         async def body() -> Any:
             return await self._call_tool_async(args, kwargs, config, run_manager)
 
-        for attempt in range(MAX_HUMAN_ROUNDS + 1):
+        for attempt in itertools.count():
             try:
-                if blocking is None:
-                    return await guard.run(call, self._requirement, body)
-                return await _run_on_portal(blocking, guard, call, self._requirement, body)
+                return await runner.arun(call, self._requirement, body)
             except HUMAN_ERRORS as exc:
                 self._human(exc, call, attempt)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _human(self, error: BaseException, call: ToolCall, attempt: int) -> None:
         """Turn a consent/approval that cannot complete into the model's tool result, or
         (``interrupt_on_human``) pause the graph until the human acted; returns to retry."""
-        action = human_action_for(error, call, self._requirement)
-        if not self._interrupt or attempt >= MAX_HUMAN_ROUNDS:
-            raise action from error
-        from langgraph.types import interrupt
-
-        resumed = interrupt(action.payload())
-        if not resumed:
-            raise action.declined() from error
-
-    def _call(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], config: Any
-    ) -> ToolCall | UserUnknown:
-        who = resolve_user(config, user_key=self._user_key, tenant_key=self._tenant_key)
-        if who is None:
-            return _user_unknown(self.name, self._user_key)
-        user, tenant = who
-        return ToolCall(
-            tool=self.name, arguments=self._model_arguments(args, kwargs), user=user, tenant=tenant
-        )
-
-    def _unknown_user_event(
-        self, guard: ToolGuard, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> AuditEvent | None:
-        """The audit record of an invocation refused because nobody is known to act for
-        (every invocation has one, failures included: security item 40)."""
-        if guard.audit is None:
-            return None
-        from agent_identity.audit import AuditEvent
-
-        requirement = self._requirement
-        return AuditEvent.for_tool_call(
-            "tool.denied",
-            tool=self.name,
-            arguments=self._model_arguments(args, kwargs),
-            include_arguments=guard.include_arguments,
-            agent=guard.identity.client_id,
-            issuer=guard.identity.issuer,
-            resource=requirement.resource,
-            scopes_requested=requirement.scopes,
-            outcome="denied",
-            error_type="UserUnknown",
-        )
+        action, decision = self._runner.human(error, call, self._requirement, attempt)
+        if decision is None:
+            raise _for_call(action, call.call_id) from error
+        kind, detail = decision
+        if kind == "approve":
+            return
+        message = detail.get("message")
+        if kind == "respond":
+            raise _Responded(str(message or ""))
+        raise _for_call(action.declined(str(message) if message else None), call.call_id) from error
 
     def _model_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The arguments the model chose (injected ones, such as the tool call id, the
         graph state or a runtime, are left out: an approval binds to what the model
         asked for)."""
-        names = _visible_names(self._tool.tool_call_schema)
-        hidden = self._injected_args_keys | {"run_manager", "callbacks", "config"}
+        shape = self._shape
+        if shape is None:  # the wrapped tool's schema does not change: read it once
+            shape = self._shape = (
+                _visible_names(self._tool.tool_call_schema),
+                self._injected_args_keys | {"run_manager", "callbacks", "config"},
+            )
+        names, hidden = shape
         arguments = {
             k: _plain(v) for k, v in kwargs.items() if (k in names if names else k not in hidden)
         }
@@ -384,18 +362,6 @@ class ProtectedTool(BaseTool):
             name = names[index] if index < len(names) else f"arg{index}"
             arguments[name] = _plain(value)
         return arguments
-
-    def _guard_and_portal(self) -> tuple[ToolGuard, BlockingIdentityClient | None]:
-        identity = self._identity
-        blocking = identity if isinstance(identity, BlockingIdentityClient) else None
-        if self._guard is not None:
-            if blocking is not None and self._guard.identity is not blocking.client:
-                raise ConfigurationError(
-                    "the ToolGuard's identity is not this BlockingIdentityClient's client"
-                )
-            return self._guard, blocking
-        client = blocking.client if blocking is not None else identity
-        return ToolGuard(client, audit=self._audit), blocking
 
     def _call_tool_sync(
         self,
@@ -423,27 +389,24 @@ class ProtectedTool(BaseTool):
         return await tool._arun(*args, **kwargs, **extra)
 
 
-async def _run_on_portal(
-    blocking: BlockingIdentityClient,
-    guard: ToolGuard,
-    call: ToolCall,
-    requirement: ToolRequirement,
-    body: Callable[[], Coroutine[Any, Any, T]],
-) -> T:
-    """``ainvoke`` with a blocking client: the guard runs on the portal's loop (where the
-    client lives); the tool itself comes back to the caller's loop to run."""
-    caller = anyio.lowlevel.current_token()
+class _Responded(ToolException):
+    """The human answered for the tool (a ``respond`` decision): the result as given."""
 
-    async def on_caller_loop() -> T:
-        # Runs on the portal's loop inside the guard's context; the worker thread and
-        # the task it starts on the caller's loop inherit that context (and the token).
-        return await anyio.to_thread.run_sync(
-            functools.partial(anyio.from_thread.run, body, token=caller)
-        )
 
-    return await anyio.to_thread.run_sync(
-        blocking.portal.call, guard.run, call, requirement, on_caller_loop
-    )
+E = TypeVar("E", bound=Exception)
+
+
+def _for_call(error: E, call_id: str | None) -> E:
+    if isinstance(error, IdentityToolError):
+        error.tool_call_id = call_id
+    return error
+
+
+def _tool_message_out(error: IdentityToolError) -> ToolMessage:
+    """The tool result with its structured artifact (returned as is by LangChain)."""
+    assert error.tool_call_id is not None
+    name = error.tool if isinstance(error, HumanActionRequired) else ""
+    return error.tool_message(error.tool_call_id, name)
 
 
 class _HandleToolError:
@@ -455,7 +418,11 @@ class _HandleToolError:
         self.inner = inner
 
     def __call__(self, error: ToolException) -> Any:
+        if isinstance(error, _Responded):
+            return error.args[0]
         if isinstance(error, IdentityToolError):
+            if error.tool_call_id is not None and error.payload() is not None:
+                return _tool_message_out(error)
             return error.args[0]
         flag = self.inner
         if not flag:
@@ -474,15 +441,6 @@ def _one(what: str, mine: Any, theirs: Any) -> Any:
         f"this tool is already protected with another {what}; a protected tool has one "
         f"{what} (protect a separate tool for another one)"
     )
-
-
-def _require_langgraph() -> None:
-    try:
-        import langgraph.types  # noqa: F401
-    except ImportError as exc:
-        raise ConfigurationError(
-            "interrupt_on_human needs LangGraph: pip install 'langchain-agent-identity[langgraph]'"
-        ) from exc
 
 
 def _visible_names(schema: Any) -> list[str]:
