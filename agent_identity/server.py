@@ -375,6 +375,7 @@ class AuthorizationServer:
             client_secret=self._client_secret,
             private_key=self._private_key,
             supported_methods=metadata.token_endpoint_auth_methods_supported,
+            signing_algorithms=metadata.token_endpoint_auth_signing_alg_values_supported,
             assertion_audience=self._assertion_audience,
             token_endpoint=metadata.token_endpoint,
             method=self._auth_method,

@@ -427,3 +427,26 @@ def test_token_facts_report_what_the_token_carries(
         {"access_token": value, "token_type": "Bearer", **body}
     )
     assert token_facts(response, requested) == (scopes, verified, audience)
+
+
+async def test_private_key_jwt_signs_with_an_algorithm_the_server_lists() -> None:
+    """RFC 8414 §2 ``token_endpoint_auth_signing_alg_values_supported``: an RSA key signs
+    with PS256 when that is all the server accepts."""
+    from joserfc.jwk import RSAKey
+
+    key = RSAKey.generate_key(2048).as_dict(private=True)
+    recorder = Recorder(lambda r: _token())
+    server, _ = server_with(
+        recorder,
+        client_secret=None,
+        private_key=key,
+        metadata=metadata(
+            token_endpoint_auth_methods_supported=["private_key_jwt"],
+            token_endpoint_auth_signing_alg_values_supported=["PS256"],
+        ),
+    )
+    await server.client_credentials(scopes=(), resource=None)
+    assertion = dict(recorder.form())["client_assertion"]
+    header = assertion.split(".")[0]
+    decoded = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+    assert decoded["alg"] == "PS256"
