@@ -44,6 +44,7 @@ from agent_identity.errors import (
     SSRFBlockedError,
     StateMismatch,
     TemporarilyUnavailable,
+    TokenBindingError,
     TokenPolicyError,
     TransportError,
     UnauthorizedClient,
@@ -57,6 +58,7 @@ from agent_identity.errors import (
 )
 
 if TYPE_CHECKING:
+    from agent_identity._http import TokenAuth
     from agent_identity.approval import Action, Approval, ApprovalPolicy
     from agent_identity.client import IdentityClient, UserIdentity
     from agent_identity.clock import Clock, SystemClock
@@ -77,6 +79,8 @@ if TYPE_CHECKING:
         ServerMetadata,
         TokenResponse,
     )
+    from agent_identity.oauth.dpop import DPoPKey, DPoPKeyProvider, SoftwareDPoPKeys
+    from agent_identity.oauth.rar import AuthorizationDetail
     from agent_identity.providers import ProviderProfile
     from agent_identity.server import AuthorizationServer
     from agent_identity.settings import IdentitySettings
@@ -111,6 +115,11 @@ _LAZY = {
     "McpAuth": "agent_identity.mcp",
     "ProviderProfile": "agent_identity.providers",
     "AuthorizationServer": "agent_identity.server",
+    "DPoPKey": "agent_identity.oauth.dpop",
+    "DPoPKeyProvider": "agent_identity.oauth.dpop",
+    "SoftwareDPoPKeys": "agent_identity.oauth.dpop",
+    "AuthorizationDetail": "agent_identity.oauth.rar",
+    "TokenAuth": "agent_identity._http",
     "KeyProvider": "agent_identity.vault",
     "Keyring": "agent_identity.vault",
     "TokenVault": "agent_identity.vault",
@@ -145,6 +154,7 @@ __all__ = [
     "ApprovalMismatch",
     "ApprovalPolicy",
     "ApprovalUnavailable",
+    "AuthorizationDetail",
     "AuthorizationResponseError",
     "AuthorizationServer",
     "BlockingIdentityClient",
@@ -157,6 +167,8 @@ __all__ = [
     "ConsentRequired",
     "ConsentTimeout",
     "ConsoleConsent",
+    "DPoPKey",
+    "DPoPKeyProvider",
     "DelegationChain",
     "DeviceAuthorization",
     "DeviceCodeConsent",
@@ -187,9 +199,12 @@ __all__ = [
     "SSRFBlockedError",
     "ServerError",
     "ServerMetadata",
+    "SoftwareDPoPKeys",
     "StateMismatch",
     "SystemClock",
     "TemporarilyUnavailable",
+    "TokenAuth",
+    "TokenBindingError",
     "TokenPolicyError",
     "TokenResponse",
     "TokenVault",
