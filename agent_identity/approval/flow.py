@@ -11,7 +11,8 @@
    1.0 §7.1) with a binding message built from the action and a random code, and RFC 9396
    ``authorization_details``: those given, or those the client's ``action_details`` map
    the tool to (refused before sending unless the server lists their types), else, where
-   the server supports it, the ``agent_action`` type; the acknowledgement (§7.3) is stored
+   the server supports it and a resource is named, the ``agent_action`` type; the
+   acknowledgement (§7.3) is stored
    before waiting. A vault lease makes sure that two processes asking for the same action
    at once send one request, not two;
 3. waits: poll mode sleeps ``interval`` between token requests (``slow_down`` adds 5 s for
@@ -353,7 +354,11 @@ async def request_approval(
                 "the authorization server does not list the authorization_details type(s) "
                 f"{', '.join(unsupported)} (RFC 9396); nothing was sent"
             )
-    elif AUTHORIZATION_DETAILS_TYPE in metadata.authorization_details_types_supported:
+    elif (
+        canonical is not None
+        and AUTHORIZATION_DETAILS_TYPE in metadata.authorization_details_types_supported
+    ):
+        # only with a resource: servers (oidc-provider) refuse details without one
         details = authorization_details_of(action, resource=canonical)
     vault = context.vault
     clock = context.clock

@@ -187,14 +187,20 @@ async def test_sec_41_authorization_details_when_the_type_is_supported(clock: Fa
     server = FakeAS(
         clock,
         metadata={"authorization_details_types_supported": ["payment_initiation", "agent_action"]},
-        polls=["token"],
+        polls=["token", "token"],
     )
     async with client_for(server, TokenVault.memory(), clock) as identity:
+        await identity.user("alice").approve(
+            action=PAY, scopes="payments.write", resource=PAYMENTS
+        )
+        # without a resource no details are sent (servers refuse RAR without one)
         await identity.user("alice").approve(action=PAY, scopes="payments.write")
     details = json.loads(server.backchannel[0]["authorization_details"])
     assert details[0]["type"] == "agent_action"
     assert details[0]["tool"] == "pay_invoice"
     assert details[0]["action_hash"] == f"sha-256:{PAY.digest}"
+    assert details[0]["locations"] == [PAYMENTS]
+    assert "authorization_details" not in server.backchannel[1]
 
 
 async def test_approval_token_without_the_details_asked_for_is_refused(clock: FakeClock) -> None:
@@ -209,7 +215,9 @@ async def test_approval_token_without_the_details_asked_for_is_refused(clock: Fa
     vault = TokenVault.memory()
     async with client_for(server, vault, clock) as identity:
         with pytest.raises(TokenPolicyError) as caught:
-            await identity.user("alice").approve(action=PAY, scopes="payments.write")
+            await identity.user("alice").approve(
+                action=PAY, scopes="payments.write", resource=PAYMENTS
+            )
     assert caught.value.reason == "authorization_details"
     assert caught.value.missing_details == ("agent_action",)
     assert await pending_rows(vault) == []
