@@ -679,10 +679,13 @@ class UserGrant:
             return None
         signer = self.dpop_signer(current.record)
         bound = cached.token_type.lower() == "dpop"
-        if (signer is None) == bound or (
-            signer is not None and cached.dpop_jkt not in (None, signer.jkt)
+        if (
+            (signer is None) == bound
+            or (signer is not None and cached.dpop_jkt not in (None, signer.jkt))
+            or (signer is None and self._server.uses_dpop)
         ):
-            # a DPoP grant's bearer token, a bound token without (or with another) key
+            # a DPoP grant's bearer token, a bound token without (or with another) key, a
+            # bearer token once DPoP is on (the refresh makes the grant's key)
             return None
         entry = self._hot.get(tk)
         if (

@@ -523,3 +523,30 @@ async def test_dpop_key_provider_keeps_the_private_key_out_of_the_vault(fresh: D
     async with make_client(idp, dpop=True, vault=vault) as other:
         with pytest.raises(ConfigurationError):
             await other.user("alice").refresh_after_rejection(token)
+
+
+async def test_a_bearer_grant_gets_its_key_at_the_next_refresh_when_dpop_is_switched_on(
+    fresh: DevIdP,
+) -> None:
+    """A grant stored before DPoP was on: its cached bearer token is not used by a DPoP
+    client; the key is made and stored with the grant before the refresh that binds the
+    new tokens to it."""
+    idp = fresh
+    vault = TokenVault.memory()
+    async with make_client(idp, vault=vault) as before:
+        await before.user("alice").consent(scopes=["calendar.read"], resource=CALENDAR)
+        bearer = await before.user("alice").token(resource=CALENDAR, scopes=["calendar.read"])
+        assert bearer.token_type == "Bearer"
+        assert (await record_of(before, "alice")).dpop_key is None
+    await idp.clear_requests()
+    async with make_client(idp, vault=vault, dpop=True) as after:
+        alice = after.user("alice")
+        token = await alice.token(resource=CALENDAR, scopes=["calendar.read"])
+        assert token.token_type == "DPoP"
+        assert token.value.get_secret_value() != bearer.value.get_secret_value()
+        record = await record_of(after, "alice")
+        assert record.dpop_key is not None
+        jkt = after.server.load_dpop_signer(record.dpop_key).jkt  # type: ignore[union-attr]
+        assert peek_claims(token.value.get_secret_value())["cnf"] == {"jkt": jkt}
+    (refresh,) = await idp.token_requests("refresh_token")
+    assert refresh["dpop"] is not None
