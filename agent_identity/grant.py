@@ -1409,7 +1409,11 @@ class _AuthorizationFlow:
 
     async def start_device_authorization(self) -> DeviceAuthorization:
         server = self._grant.server
-        return await server.device_authorization(scopes=self._scopes, resources=self._resources)
+        return await server.device_authorization(
+            scopes=self._scopes,
+            resources=self._resources,
+            authorization_details=self._details,
+        )
 
     async def wait_for_device_approval(self, authorization: DeviceAuthorization) -> None:
         from agent_identity.oauth.device import DevicePoller

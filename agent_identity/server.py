@@ -423,10 +423,16 @@ class AuthorizationServer:
     @property
     def uses_dpop(self) -> bool:
         """Whether new grants and tokens are bound to DPoP keys: asked for by the client,
-        or announced by the metadata (``dpop_bound_access_tokens``)."""
+        or announced by the metadata of a configured server (``dpop_bound_access_tokens``).
+        A server learned from another (MCP) uses DPoP only when its caller asks
+        (``dpop=``): the caller must then present tokens with proofs."""
         if self._dpop_asked:
             return True
-        return self._metadata is not None and self._metadata.dpop_bound_access_tokens
+        return (
+            not self.learned
+            and self._metadata is not None
+            and self._metadata.dpop_bound_access_tokens
+        )
 
     @property
     def dpop_keys(self) -> DPoPKeyProvider:
@@ -840,8 +846,14 @@ class AuthorizationServer:
     # -- device flow (RFC 8628) ------------------------------------------------------------
 
     async def device_authorization(
-        self, *, scopes: Sequence[str], resources: Sequence[str] = ()
+        self,
+        *,
+        scopes: Sequence[str],
+        resources: Sequence[str] = (),
+        authorization_details: Sequence[Mapping[str, Any]] = (),
     ) -> DeviceAuthorization:
+        """RFC 8628 §3.1 device authorization request, asking for ``authorization_details``
+        (RFC 9396) when given."""
         from agent_identity.oauth.device import (
             device_authorization_request,
             parse_device_authorization,
@@ -858,6 +870,10 @@ class AuthorizationServer:
             scopes=scopes,
             resources=wanted,
         )
+        if authorization_details:
+            form = dict(request.form or {})
+            form["authorization_details"] = _details_json(authorization_details)
+            request = dataclasses.replace(request, form=form)
         return parse_device_authorization(await self.send(request))
 
     async def poll_device(

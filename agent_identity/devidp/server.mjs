@@ -935,6 +935,9 @@ async function devRoutes(ctx, provider) {
         scope: code.params?.scope,
       });
       if (requested.length) code.resource = requested.length === 1 ? requested[0] : requested;
+      // the user approves exactly the details the device asked for (RFC 9396)
+      const rar = parseDetails(code.params?.authorization_details);
+      if (rar) code.rar = rar;
     }
     await code.save();
     json(ctx, 200, { user_code: userCode, result: verdict === 'approve' ? 'approved' : 'denied' });

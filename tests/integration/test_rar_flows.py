@@ -325,3 +325,27 @@ async def test_rar_unsupported_or_invalid_details_are_refused_before_sending(
                 authorization_details=[{"type": "payment_initiation", "locations": [""]}],
             )
     assert await idp.requests() == []
+
+
+async def test_rar_device_flow_consent_carries_the_details(fresh: DevIdP) -> None:
+    """A headless agent (RFC 8628): the device authorization request asks for the details,
+    the user approves them, the token carries them."""
+    from agent_identity import DeviceAuthorization, DeviceCodeConsent
+
+    idp = fresh
+    detail = PaymentInitiation.for_action(PAY_INV7)
+    async with anyio.create_task_group() as tg:
+
+        def prompt(authorization: DeviceAuthorization) -> None:
+            tg.start_soon(idp.device_approve, authorization.user_code, "alice")
+
+        async with make_client(
+            idp, "agent-public", dpop=True, consent=DeviceCodeConsent(prompt=prompt)
+        ) as identity:
+            alice = identity.user("alice")
+            await alice.consent(
+                scopes=["payments.write"], resource=PAYMENTS, authorization_details=[detail]
+            )
+            token = await alice.token(resource=PAYMENTS, scopes=["payments.write"])
+    assert token.token_type == "DPoP"
+    assert token.authorization_details == (detail.to_wire(),)

@@ -467,3 +467,20 @@ def test_sec_40_no_key_material_in_reprs() -> None:
     private = key.export()["jwk"]["d"]
     assert private not in text
     assert s.jkt in repr(s)
+
+
+def test_dpop_switched_on_by_the_metadata_of_configured_servers_only() -> None:
+    """A server learned from an MCP server uses DPoP only when its caller asks (the MCP
+    layer presents tokens itself)."""
+    announced = {**METADATA, "dpop_bound_access_tokens": True}
+    driver = HttpDriver(TransportPolicy())
+    configured = AuthorizationServer(client_id="a", metadata=announced, http=driver)
+    learned = AuthorizationServer(client_id="a", metadata=announced, http=driver, learned=True)
+    asked = AuthorizationServer(
+        client_id="a", metadata=announced, http=driver, learned=True, dpop=True
+    )
+    plain = AuthorizationServer(client_id="a", metadata=METADATA, http=driver)
+    assert (configured.uses_dpop, learned.uses_dpop, asked.uses_dpop) == (True, False, True)
+    assert plain.uses_dpop is False
+    with pytest.raises(ConfigurationError):
+        AuthorizationServer(client_id="a", metadata=METADATA, http=driver, dpop="yes")  # type: ignore[arg-type]
