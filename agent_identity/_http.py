@@ -639,13 +639,14 @@ async def present_token(request: httpx2.Request, token: AccessToken) -> None:
     """Put ``token`` on ``request``: ``Authorization: Bearer``, or for a DPoP-bound token
     ``Authorization: DPoP`` with a fresh proof (``ath``, the origin's nonce) in ``DPoP``
     (security items 22, 34, 36). A bearer token never goes with a DPoP header."""
+    if not token.dpop_bound:
+        request.headers["Authorization"] = token.authorization_header()
+        if "dpop" in request.headers:
+            del request.headers["dpop"]
+        return
     headers = await token.request_headers(request.method, str(request.url))
     request.headers["Authorization"] = headers["Authorization"]
-    proof = headers.get("DPoP")
-    if proof is not None:
-        request.headers["DPoP"] = proof
-    elif "dpop" in request.headers:
-        del request.headers["dpop"]
+    request.headers["DPoP"] = headers["DPoP"]
 
 
 def wants_new_nonce(response: httpx2.Response, token: AccessToken) -> bool:

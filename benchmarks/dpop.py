@@ -168,9 +168,10 @@ async def _client_side(count: int) -> None:
         samples = []
         for _ in range(count):
             request = httpx2.Request("GET", url)
+            answer = httpx2.Response(200, request=request, headers={"DPoP-Nonce": "n-1"})
             started = time.perf_counter()
             await present_token(request, token)
-            wants_new_nonce(httpx2.Response(200, request=request), token)
+            wants_new_nonce(answer, token)
             samples.append(time.perf_counter() - started)
         medians[token_type] = statistics.median(samples)
         print(f"   {token_type:<6} {_us(medians[token_type])}")

@@ -25,6 +25,7 @@ Nothing here performs I/O or reads the clock: the caller passes a ``time`` funct
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
@@ -92,12 +93,14 @@ def access_token_hash(access_token: str) -> str:
     return _b64(hashlib.sha256(access_token.encode("ascii")).digest())
 
 
+@functools.lru_cache(maxsize=256)
 def htu_of(url: str) -> str:
     """``htu`` (RFC 9449 §4.2): the target URI without query and fragment."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
+@functools.lru_cache(maxsize=256)
 def _origin(url: str) -> tuple[str, str, int]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -374,6 +377,9 @@ class DPoPNonces:
         malformed value is ignored. Returns whether a nonce was kept."""
         if value is None:
             return False
+        origin = _origin(url)
+        if self._by_origin.get(origin) == value:
+            return True  # the nonce we hold (checked when it was kept)
         nonce = value.strip()
         # RFC 9449 §8.1: nonce = 1*NQCHAR (%x21 / %x23-5B / %x5D-7E)
         if (
@@ -382,7 +388,6 @@ class DPoPNonces:
             or not all(0x21 <= ord(c) <= 0x7E and c not in '"\\' for c in nonce)
         ):
             return False
-        origin = _origin(url)
         self._by_origin[origin] = nonce
         self._by_origin.move_to_end(origin)
         while len(self._by_origin) > self._max:
@@ -402,7 +407,7 @@ class DPoPSigner:
     (public), never key material.
     """
 
-    __slots__ = ("_header", "_now_sign", "_time", "algorithm", "jkt", "key", "nonces")
+    __slots__ = ("_ath", "_header", "_now_sign", "_time", "algorithm", "jkt", "key", "nonces")
 
     def __init__(self, key: DPoPKey, *, nonces: DPoPNonces, time: Callable[[], float]) -> None:
         alg = key.algorithm
@@ -429,6 +434,7 @@ class DPoPSigner:
         self._now_sign: Callable[[bytes], bytes] | None = (
             key.sign_now if isinstance(key, _SoftwareKey) else None
         )
+        self._ath: tuple[str, str] = ("", "")  # the last (access token, ath)
 
     def __repr__(self) -> str:
         return f"DPoPSigner(alg={self.algorithm!r}, jkt={self.jkt!r})"
@@ -447,7 +453,11 @@ class DPoPSigner:
         if nonce is not None:
             claims["nonce"] = nonce
         if access_token is not None:
-            claims["ath"] = access_token_hash(access_token)
+            token, ath = self._ath
+            if token != access_token:
+                ath = access_token_hash(access_token)
+                self._ath = (access_token, ath)
+            claims["ath"] = ath
         return f"{self._header}.{_b64(_json(claims))}"
 
     async def proof(self, method: str, url: str, *, access_token: str | None = None) -> str:
