@@ -569,8 +569,9 @@ class UserGrant:
             now = context.clock.time()
             subject = claims.get("sub")
             tokens = dict(before.tokens) if before is not None else {}
-            # tokens bound to another key than the grant's now are of no use
-            tokens = {k: t for k, t in tokens.items() if t.dpop_jkt in (None, jkt)}
+            # tokens of another key than the grant's now (or bearer tokens of a DPoP
+            # grant) are of no use
+            tokens = {k: t for k, t in tokens.items() if t.dpop_jkt == jkt}
             if token is not None:
                 tokens[token.key] = token
             record = GrantRecord(
