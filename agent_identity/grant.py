@@ -764,9 +764,21 @@ class UserGrant:
         # sent. From here on the request's outcome must be stored: shielded (bounded by the
         # transport's timeout for the request plus the vault write).
         await checkpoint()
+        # RFC 9396 §6.2: a token for one resource of a grant whose details name several
+        # asks for the details of that resource only (none sent when all apply).
+        applicable = details_for_resource(
+            record.authorization_details, resource, same=_same_resource
+        )
+        narrowed_details = (
+            applicable if 0 < len(applicable) < len(record.authorization_details) else ()
+        )
         async with point_of_no_return(server.policy.timeout * 3):
             refreshed = await server.refresh(
-                refresh_token, scopes=sorted(wanted), resource=resource, dpop=signer
+                refresh_token,
+                scopes=sorted(wanted),
+                resource=resource,
+                dpop=signer,
+                authorization_details=narrowed_details,
             )
             if refreshed.response is None:
                 return await self._refresh_failed(current, tk, refreshed)

@@ -712,9 +712,11 @@ class AuthorizationServer:
         scopes: Sequence[str],
         resource: str | None,
         dpop: DPoPSigner | None = None,
+        authorization_details: Sequence[Mapping[str, Any]] = (),
     ) -> Refreshed:
-        """Refresh (RFC 6749 §6) narrowed to ``scopes`` and ``resource`` (RFC 8707), with
-        a proof of the grant's DPoP key when it has one.
+        """Refresh (RFC 6749 §6) narrowed to ``scopes`` and ``resource`` (RFC 8707) and,
+        when given, to ``authorization_details`` (RFC 9396 §6.2), with a proof of the
+        grant's DPoP key when it has one.
 
         Returns a :class:`Refreshed`: errors are returned rather than raised so that the
         caller can first store a rotated refresh token salvaged from a malformed success
@@ -729,6 +731,8 @@ class AuthorizationServer:
         self._form_scopes(form, wire_scopes)
         if wire_resource is not None:
             form["resource"] = wire_resource
+        if authorization_details:
+            form["authorization_details"] = _details_json(authorization_details)
         response = await self.send_token_request(lambda: self.token_request(form), dpop=dpop)
         try:
             parsed = self.parse_token(response, grant_type="refresh_token")

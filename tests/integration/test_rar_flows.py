@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 import anyio
 import httpx2
 import pytest
-from _helpers import PAYMENTS, make_client, record_of
+from _helpers import MAIL, PAYMENTS, make_client, record_of
 from _idp import _install_or_skip
 from _resource import PaymentsAPI
 from pydantic import BaseModel, ConfigDict, Field
@@ -349,3 +349,32 @@ async def test_rar_device_flow_consent_carries_the_details(fresh: DevIdP) -> Non
             token = await alice.token(resource=PAYMENTS, scopes=["payments.write"])
     assert token.token_type == "DPoP"
     assert token.authorization_details == (detail.to_wire(),)
+
+
+async def test_rar_refresh_narrows_the_details_to_the_token_resource(fresh: DevIdP) -> None:
+    """A grant with details for two resources: each resource's token is refreshed with
+    the details that name it (RFC 9396 §6.2), and carries those only."""
+    idp = fresh
+    pay = PaymentInitiation.for_action(PAY_INV7)
+    send_mail = {
+        "type": "agent_action",
+        "tool": "send_mail",
+        "action_hash": "sha-256:" + "0" * 64,
+        "locations": [MAIL],
+    }
+    async with make_client(idp, dpop=True) as identity:
+        alice = identity.user("alice")
+        await alice.consent(
+            scopes=["payments.write", "mail.send"],
+            resources=[PAYMENTS, MAIL],
+            authorization_details=[pay, send_mail],
+        )
+        first = await alice.token(resource=PAYMENTS, scopes=["payments.write"])
+        assert len(first.authorization_details or ()) == 2  # the code's token: all of them
+        await idp.clear_requests()
+        payments = await alice.refresh_after_rejection(first)
+        mail = await alice.token(resource=MAIL, scopes=["mail.send"])
+    assert payments.authorization_details == (pay.to_wire(),)
+    assert mail.authorization_details == (send_mail,)
+    sent = [r["authorization_details"] for r in await idp.token_requests("refresh_token")]
+    assert sent == [[pay.to_wire()], [send_mail]]
