@@ -46,6 +46,7 @@ from agent_identity.errors import (
     StateMismatch,
     StepUpLimitExceeded,
     TemporarilyUnavailable,
+    TokenBindingError,
     TokenPolicyError,
     TransportError,
     UnauthorizedClient,
@@ -59,6 +60,7 @@ from agent_identity.errors import (
 )
 
 if TYPE_CHECKING:
+    from agent_identity._http import TokenAuth
     from agent_identity.approval import Action, Approval, ApprovalPolicy
     from agent_identity.client import IdentityClient, UserIdentity
     from agent_identity.clock import Clock, SystemClock
@@ -81,6 +83,8 @@ if TYPE_CHECKING:
         ServerMetadata,
         TokenResponse,
     )
+    from agent_identity.oauth.dpop import DPoPKey, DPoPKeyProvider, SoftwareDPoPKeys
+    from agent_identity.oauth.rar import AuthorizationDetail
     from agent_identity.providers import ProviderProfile
     from agent_identity.server import AuthorizationServer
     from agent_identity.settings import IdentitySettings
@@ -117,6 +121,11 @@ _LAZY = {
     "McpAuth": "agent_identity.mcp",
     "ProviderProfile": "agent_identity.providers",
     "AuthorizationServer": "agent_identity.server",
+    "DPoPKey": "agent_identity.oauth.dpop",
+    "DPoPKeyProvider": "agent_identity.oauth.dpop",
+    "SoftwareDPoPKeys": "agent_identity.oauth.dpop",
+    "AuthorizationDetail": "agent_identity.oauth.rar",
+    "TokenAuth": "agent_identity._http",
     "KeyProvider": "agent_identity.vault",
     "Keyring": "agent_identity.vault",
     "TokenVault": "agent_identity.vault",
@@ -152,6 +161,7 @@ __all__ = [
     "ApprovalPending",
     "ApprovalPolicy",
     "ApprovalUnavailable",
+    "AuthorizationDetail",
     "AuthorizationResponseError",
     "AuthorizationServer",
     "BlockingIdentityClient",
@@ -164,6 +174,8 @@ __all__ = [
     "ConsentRequired",
     "ConsentTimeout",
     "ConsoleConsent",
+    "DPoPKey",
+    "DPoPKeyProvider",
     "DelegationChain",
     "DeviceAuthorization",
     "DeviceCodeConsent",
@@ -194,10 +206,13 @@ __all__ = [
     "SSRFBlockedError",
     "ServerError",
     "ServerMetadata",
+    "SoftwareDPoPKeys",
     "StateMismatch",
     "StepUpLimitExceeded",
     "SystemClock",
     "TemporarilyUnavailable",
+    "TokenAuth",
+    "TokenBindingError",
     "TokenPolicyError",
     "TokenResponse",
     "TokenVault",

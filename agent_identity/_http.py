@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HttpDriver",
     "Resolver",
+    "TokenAuth",
     "TransportPolicy",
     "create_client",
     "parse_retry_after",
@@ -623,13 +624,42 @@ def require_token_target(url: httpx2.URL, resource: str) -> None:
         )
 
 
-def bearer_challenge(response: httpx2.Response) -> Challenge | None:
-    """The ``Bearer`` (or ``DPoP``) challenge of a response, if any."""
+def bearer_challenge(response: httpx2.Response, *, prefer: str | None = None) -> Challenge | None:
+    """The ``Bearer`` (or ``DPoP``) challenge of a response, if any; with ``prefer``
+    (``"dpop"`` or ``"bearer"``) that scheme's challenge when the response has both."""
     values = response.headers.get_list("www-authenticate")
-    for challenge in parse_www_authenticate(", ".join(values)):
-        if challenge.scheme in ("bearer", "dpop"):
+    found = [c for c in parse_www_authenticate(", ".join(values)) if c.scheme in ("bearer", "dpop")]
+    for challenge in found:
+        if challenge.scheme == prefer:
             return challenge
-    return None
+    return found[0] if found else None
+
+
+async def present_token(request: httpx2.Request, token: AccessToken) -> None:
+    """Put ``token`` on ``request``: ``Authorization: Bearer``, or for a DPoP-bound token
+    ``Authorization: DPoP`` with a fresh proof (``ath``, the origin's nonce) in ``DPoP``
+    (security items 22, 34, 36). A bearer token never goes with a DPoP header."""
+    if not token.dpop_bound:
+        request.headers["Authorization"] = token.authorization_header()
+        if "dpop" in request.headers:
+            del request.headers["dpop"]
+        return
+    headers = await token.request_headers(request.method, str(request.url))
+    request.headers["Authorization"] = headers["Authorization"]
+    request.headers["DPoP"] = headers["DPoP"]
+
+
+def wants_new_nonce(response: httpx2.Response, token: AccessToken) -> bool:
+    """Keep the resource's ``DPoP-Nonce`` (RFC 9449 §9) for its origin; ``True`` when the
+    answer is ``401 use_dpop_nonce`` with a new nonce: the request may be retried once
+    (security item 37)."""
+    if token.dpop is None:
+        return False
+    fresh = token.dpop.remember_nonce(str(response.request.url), response.headers.get("dpop-nonce"))
+    if not fresh or response.status_code != 401:
+        return False
+    challenge = bearer_challenge(response, prefer="dpop")
+    return challenge is not None and challenge.error == "use_dpop_nonce"
 
 
 class ResourceAuth(httpx2.Auth):
@@ -669,13 +699,21 @@ class ResourceAuth(httpx2.Auth):
     ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
         require_token_target(request.url, self._resource)
         token = await self._source.token()
-        request.headers["Authorization"] = token.authorization_header()
+        await present_token(request, token)
         response = yield request
         refreshed = False
+        nonce_retried = False
         step_ups = 0
         while True:
-            challenge = bearer_challenge(response)
+            if wants_new_nonce(response, token) and not nonce_retried:
+                nonce_retried = True  # one retry with the resource's nonce (item 37)
+                await present_token(request, token)
+                response = yield request
+                continue
+            challenge = bearer_challenge(response, prefer="dpop" if token.dpop_bound else "bearer")
             error = challenge.error if challenge is not None else None
+            if error == "use_dpop_nonce":
+                return  # a second nonce refusal: no refresh (the token is fine), no loop
             if (
                 response.status_code == 401
                 and error == "insufficient_user_authentication"
@@ -703,5 +741,48 @@ class ResourceAuth(httpx2.Auth):
                 token = await self._source.after_insufficient_scope(challenge.scopes)
             else:
                 return
-            request.headers["Authorization"] = token.authorization_header()
+            await present_token(request, token)
             response = yield request
+
+
+class TokenAuth(httpx2.Auth):
+    """Presents one given access token (an approval's, an exchanged one) to a resource.
+
+    ``Authorization: Bearer``, or for a DPoP-bound token ``Authorization: DPoP`` with a
+    fresh proof on every request and one retry with the resource's nonce after
+    ``401 use_dpop_nonce`` (security items 34-37). Nothing else: no refresh, no step-up
+    (a ``401`` or ``403`` is returned). With a ``resource`` (default: the token's), the
+    token is only sent to URLs under it (security item 23)::
+
+        token = approval.use(action)
+        async with httpx2.AsyncClient(auth=TokenAuth(token)) as http:
+            await http.post("https://payments.example/api/payments", json=...)
+    """
+
+    requires_request_body = True
+
+    def __init__(self, token: AccessToken, *, resource: str | None = None) -> None:
+        if not isinstance(token, AccessToken):
+            raise ConfigurationError("TokenAuth takes an AccessToken")
+        self._token = token
+        self._resource = resource if resource is not None else token.resource
+
+    def __repr__(self) -> str:
+        return f"TokenAuth(resource={self._resource!r}, token_type={self._token.token_type!r})"
+
+    def sync_auth_flow(
+        self, request: httpx2.Request
+    ) -> Generator[httpx2.Request, httpx2.Response, None]:
+        raise ConfigurationError("TokenAuth is async: use it with an httpx2.AsyncClient")
+        yield request  # pragma: no cover - makes this a generator
+
+    async def async_auth_flow(
+        self, request: httpx2.Request
+    ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+        if self._resource is not None:
+            require_token_target(request.url, self._resource)
+        await present_token(request, self._token)
+        response = yield request
+        if wants_new_nonce(response, self._token):
+            await present_token(request, self._token)
+            yield request

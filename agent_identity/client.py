@@ -37,6 +37,7 @@ from agent_identity.clock import Clock, SystemClock
 from agent_identity.consent.base import ConsentHandler
 from agent_identity.errors import ConfigurationError
 from agent_identity.grant import (
+    ActionDetails,
     AgentContext,
     AgentTokens,
     LoginHint,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from agent_identity.audit import AuditTrail
     from agent_identity.mcp import McpAuth
     from agent_identity.oauth.client_auth import ClientAuthentication
+    from agent_identity.oauth.dpop import DPoPKeyProvider
     from agent_identity.vault import TokenVault
 
 __all__ = ["IdentityClient", "UserIdentity"]
@@ -129,6 +131,16 @@ class IdentityClient:
     :param mcp: default options of every :meth:`mcp_auth` and :meth:`UserIdentity.mcp_auth
         <agent_identity.UserIdentity.mcp_auth>` (e.g. ``clients=...``, shared by every MCP
         server: an entry for another server is not an error).
+    :param dpop: bind every token to a DPoP key (RFC 9449): ``True`` (one key per grant,
+        made in the process and sealed in the vault with the grant), or a
+        :class:`~agent_identity.DPoPKeyProvider` whose keys stay in a KMS or HSM. DPoP is
+        used anyway when the server's metadata says it binds every token
+        (``dpop_bound_access_tokens``). See ``docs/dpop.md``.
+    :param action_details: ``{tool name: function(action) -> authorization details}``:
+        the RFC 9396 details that a human approval of that tool's actions asks for (typed
+        :class:`~agent_identity.AuthorizationDetail` models), so that the user approves
+        exactly the payment, recipient and invoice and the token carries them. See
+        ``docs/approval.md``.
     """
 
     def __init__(
@@ -160,6 +172,8 @@ class IdentityClient:
         login_hint: LoginHint | None = None,
         ciba_login_hint: LoginHint | None = None,
         mcp: Mapping[str, Any] | None = None,
+        dpop: bool | DPoPKeyProvider = False,
+        action_details: Mapping[str, ActionDetails] | None = None,
     ) -> None:
         profile: ProviderProfile | None = None
         if isinstance(issuer, ProviderProfile):
@@ -207,6 +221,11 @@ class IdentityClient:
                 leeway=leeway,
                 use_par=use_par,
                 lease_ttl=lease_ttl,
+                dpop=dpop,
+            )
+        elif dpop is not False:
+            raise ConfigurationError(
+                "dpop= applies to the client's own authorization server; this client has none"
             )
         self.client_id: str = client_id or ""
         self.issuer: str = self.server.issuer if self.server is not None else ""
@@ -225,6 +244,7 @@ class IdentityClient:
             ciba_login_hint=ciba_login_hint,
             policy=self._policy,
             server_options={"leeway": leeway, "use_par": use_par, "lease_ttl": lease_ttl},
+            action_details=dict(action_details or {}),
         )
         self._mcp_defaults = dict(mcp or {})
         self._agent_tokens = (
@@ -443,6 +463,8 @@ class IdentityClient:
         canonical = canonical_resource_uri(resource) if resource is not None else None
         subject = subject_token.value if isinstance(subject_token, AccessToken) else subject_token
         actor_token = await self.client_credentials() if actor else None
+        assert self._agent_tokens is not None
+        dpop = await self._agent_tokens.dpop_signer()
         response = await server.token_exchange(
             subject_token=subject,
             subject_token_type=subject_token_type or ACCESS_TOKEN_TYPE,
@@ -451,13 +473,14 @@ class IdentityClient:
             resource=canonical,
             audience=audience,
             scopes=wanted,
+            dpop=dpop,
         )
         problem = policy_problem(
             self.context, *token_facts(response, wanted), resource=canonical, requested=wanted
         )
         if problem is not None:
             raise problem
-        token = server.describe(response, resource=canonical, requested=wanted)
+        token = server.describe(response, resource=canonical, requested=wanted, dpop=dpop)
         await self.context.emit(
             "token.exchanged",
             issuer=server.issuer,

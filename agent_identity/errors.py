@@ -23,7 +23,10 @@ value itself.
     │   │                               missing or mistyped members, unexpected status
     │   ├── MetadataError               discovery document unusable (issuer mismatch,
     │   │                               no S256, missing endpoint)
-    │   └── InvalidTokenError           a JWT (ID token) failed validation
+    │   ├── InvalidTokenError           a JWT (ID token) failed validation
+    │   └── TokenBindingError           a token not bound as asked (RFC 9449): a bearer
+    │                                   token to a DPoP request, a DPoP token without one,
+    │                                   a ``cnf.jkt`` naming another key
     ├── AuthorizationResponseError      the redirect back to us is not acceptable
     │   ├── StateMismatch               wrong, missing, expired or replayed ``state``
     │   └── IssuerMismatch              RFC 9207 ``iss`` absent when required, or different
@@ -41,7 +44,8 @@ value itself.
     ├── ReauthorizationRequired         the stored grant is gone (revoked, expired,
     │                                   rotated away): run ``user.consent(...)`` again
     ├── TokenPolicyError                an issued token is broader than asked for or names
-    │                                   another audience, and the policy says ``refuse``
+    │                                   another audience, and the policy says ``refuse``;
+    │                                   or it lacks the RFC 9396 details asked for (always)
     ├── StepUpLimitExceeded             a resource kept answering ``insufficient_scope`` (or
     │                                   ``insufficient_user_authentication``) to one
     │                                   operation after ``max_step_ups`` step-ups
@@ -107,6 +111,7 @@ __all__ = [
     "StateMismatch",
     "StepUpLimitExceeded",
     "TemporarilyUnavailable",
+    "TokenBindingError",
     "TokenPolicyError",
     "TransportError",
     "UnauthorizedClient",
@@ -164,6 +169,18 @@ class MetadataError(ProtocolViolation):
 
 class InvalidTokenError(ProtocolViolation):
     """A JWT failed validation (signature, algorithm, issuer, audience, expiry, nonce)."""
+
+
+class TokenBindingError(ProtocolViolation):
+    """The authorization server issued a token that is not bound as the request asked
+    (RFC 9449, security item 36): ``reason="token_type"`` (a ``Bearer`` token to a request
+    with a DPoP proof, or a ``DPoP`` token to one without) or ``reason="cnf"`` (a readable
+    JWT whose ``cnf.jkt`` does not name the client's key). The token was not used; a
+    rotated refresh token that came with it was kept."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class AuthorizationResponseError(AgentIdentityError):
@@ -374,7 +391,9 @@ class TokenPolicyError(AgentIdentityError):
     """The authorization server issued a token that breaks the client's token policy:
     scopes beyond those requested (``reason="scope"``, policy ``on_broader_token``) or,
     for a readable JWT, an audience that does not name the requested resource
-    (``reason="audience"``, policy ``on_audience_mismatch``). The token was not cached or
+    (``reason="audience"``, policy ``on_audience_mismatch``), or a token that does not
+    carry the RFC 9396 ``authorization_details`` asked for (``reason="authorization_details"``,
+    always refused; ``missing_details`` names the types). The token was not cached or
     returned; a rotated refresh token that came with it was stored."""
 
     def __init__(
@@ -385,12 +404,14 @@ class TokenPolicyError(AgentIdentityError):
         requested: tuple[str, ...] = (),
         granted: tuple[str, ...] = (),
         resource: str | None = None,
+        missing_details: tuple[str, ...] = (),
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.requested = requested
         self.granted = granted
         self.resource = resource
+        self.missing_details = missing_details
 
 
 class StepUpLimitExceeded(AgentIdentityError):

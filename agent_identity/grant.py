@@ -36,7 +36,16 @@ anywhere, and a new consent replaces it.
 Tokens are labelled honestly: an access token reports the scopes the server says it
 carries and, when readable, its audience; a token broader than asked for, or for another
 audience, is handled by the policies ``on_broader_token`` and ``on_audience_mismatch``
-of :class:`AgentContext` and always leaves an audit record.
+of :class:`AgentContext` and always leaves an audit record. A token that does not carry
+the RFC 9396 ``authorization_details`` the grant was consented with is always refused.
+
+DPoP (RFC 9449): a grant of a server that uses DPoP has ONE key, made at its first
+consent (or, for a grant stored before, at its next refresh) and sealed in the vault in
+the same row as the refresh token: losing one loses both, and a new key means a new
+grant. Every token request of the grant (code redemption, refresh, device poll, token
+exchange) carries a proof of that key; its access tokens carry the key's signer, so that
+:meth:`UserGrant.http_auth` sends each request with a fresh proof. A cached token bound
+to another key than the grant's, or a bearer token of a DPoP grant, is not used.
 """
 
 from __future__ import annotations
@@ -70,25 +79,45 @@ from agent_identity.errors import (
 )
 from agent_identity.models import AccessToken, DeviceAuthorization, Grant, TokenResponse
 from agent_identity.oauth import authorize as authz
+from agent_identity.oauth.rar import (
+    AuthorizationDetail,
+    details_for_resource,
+    details_to_wire,
+    merge_details,
+    missing_details,
+)
 from agent_identity.oauth.urls import canonical_resource_uri
 from agent_identity.server import (
     GRANT_SCOPES,
     AuthorizationServer,
     Refreshed,
     audience_matches,
+    granted_details,
     token_facts,
 )
 from agent_identity.vault.records import CachedToken, GrantKey, GrantRecord, VersionedGrant
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import httpx2
     from pydantic import SecretStr
 
     from agent_identity._http import TransportPolicy
     from agent_identity.audit import AuditTrail
+    from agent_identity.oauth.dpop import DPoPSigner
     from agent_identity.vault import TokenVault
 
-__all__ = ["AgentContext", "TokenPolicy", "UserGrant", "scope_key", "words"]
+__all__ = [
+    "ActionDetails",
+    "AgentContext",
+    "Details",
+    "TokenPolicy",
+    "UserGrant",
+    "details_problem",
+    "scope_key",
+    "words",
+]
 
 logger = logging.getLogger("agent_identity")
 
@@ -97,6 +126,10 @@ TokenKey = tuple[str | None, frozenset[str]]
 ID_TOKEN_KIND = "id-token"
 TokenPolicy = Literal["use", "refuse"]
 LoginHint = Callable[[str, str], "str | None"]
+#: RFC 9396 authorization details as callers give them: typed models or JSON objects.
+Details = Sequence["AuthorizationDetail | Mapping[str, Any]"]
+#: ``action -> details``: the authorization details that describe an approved action.
+ActionDetails = Callable[[Any], "AuthorizationDetail | Details | None"]
 
 
 def scope_key(scopes: Sequence[str]) -> frozenset[str]:
@@ -137,6 +170,11 @@ class AgentContext:
     :param ciba_login_hint: derives the CIBA ``login_hint`` from ``(user_id, tenant)``
         (servers differ: a user name, an e-mail, JSON such as ``{"username": "alice"}``);
         default: the user id.
+    :param action_details: tool name -> a function of the :class:`~agent_identity.Action`
+        returning the RFC 9396 authorization details (typed
+        :class:`~agent_identity.oauth.rar.AuthorizationDetail` models) that a human
+        approval of that action asks for, so that the user approves exactly "pay 120.00 EUR
+        to ACME for INV-7" and the token carries it.
     """
 
     vault: TokenVault
@@ -156,6 +194,7 @@ class AgentContext:
     policy: TransportPolicy | None = None
     server_options: dict[str, Any] = field(default_factory=dict)
     detached: Detached = field(default_factory=Detached)
+    action_details: Mapping[str, ActionDetails] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("on_broader_token", "on_audience_mismatch"):
@@ -165,6 +204,11 @@ class AgentContext:
             hook = getattr(self, name)
             if hook is not None and not callable(hook):
                 raise ConfigurationError(f"{name} must be a callable (user_id, tenant) -> str")
+        for tool, factory in self.action_details.items():
+            if not isinstance(tool, str) or not callable(factory):
+                raise ConfigurationError(
+                    "action_details maps tool names to callables (action) -> details"
+                )
 
     def expiring(self, token: AccessToken) -> bool:
         if token.expires_at is None:
@@ -199,6 +243,14 @@ class AgentTokens:
         self._server = server
         self._tokens: dict[TokenKey, AccessToken] = {}
         self._lock = anyio.Lock(fast_acquire=True)
+        self._dpop: DPoPSigner | None = None  # the agent's own key, in memory only
+
+    async def dpop_signer(self) -> DPoPSigner | None:
+        """The agent's own DPoP key (made on first use, kept in memory: the agent's tokens
+        are not stored), when the server uses DPoP."""
+        if self._dpop is None and self._server.uses_dpop:
+            self._dpop = await self._server.new_dpop_signer()
+        return self._dpop
 
     async def token(
         self,
@@ -217,7 +269,10 @@ class AgentTokens:
             if cached is not None and not self._context.expiring(cached):
                 return cached
             await server.discover()
-            response = await server.client_credentials(scopes=wanted, resource=canonical)
+            await self.dpop_signer()
+            response = await server.client_credentials(
+                scopes=wanted, resource=canonical, dpop=self._dpop
+            )
             problem = policy_problem(
                 self._context,
                 *token_facts(response, wanted),
@@ -226,7 +281,7 @@ class AgentTokens:
             )
             if problem is not None:
                 raise problem
-            token = server.describe(response, resource=canonical, requested=wanted)
+            token = server.describe(response, resource=canonical, requested=wanted, dpop=self._dpop)
             self._tokens[key] = token
             return token
 
@@ -261,6 +316,8 @@ class UserGrant:
         # Per-process view: (vault version, access token with a monotonic expiry) for each
         # (resource, scopes). Valid only while the vault's cached grant has that version.
         self._hot: dict[TokenKey, tuple[int, AccessToken]] = {}
+        # Signers of the grant's DPoP keys, by the stored key's canonical JSON.
+        self._signers: dict[str, DPoPSigner] = {}
 
     def __repr__(self) -> str:
         return (
@@ -276,6 +333,24 @@ class UserGrant:
     @property
     def context(self) -> AgentContext:
         return self._context
+
+    def dpop_signer(self, record: GrantRecord) -> DPoPSigner | None:
+        """The signer of the DPoP key stored with ``record`` (``None``: a bearer grant).
+        :class:`~agent_identity.errors.ConfigurationError` when the configured key
+        provider cannot load it."""
+        exported = record.dpop_key
+        if exported is None:
+            return None
+        import json
+
+        name = json.dumps(dict(exported), sort_keys=True, separators=(",", ":"))
+        signer = self._signers.get(name)
+        if signer is None:
+            signer = self._server.load_dpop_signer(exported)
+            if len(self._signers) >= 8:
+                self._signers.clear()
+            self._signers[name] = signer
+        return signer
 
     # -- the grant ------------------------------------------------------------------------
 
@@ -349,6 +424,7 @@ class UserGrant:
         acr_values: str | Sequence[str] = (),
         max_age: int | None = None,
         extra_params: dict[str, str] | None = None,
+        authorization_details: Details | None = None,
     ) -> Grant:
         """Ask the user to consent to ``scopes`` for ``resource`` (and ``resources``,
         RFC 8707).
@@ -361,9 +437,16 @@ class UserGrant:
         (front channel and PAR alike) but can never override what the SDK sets
         (``state``, PKCE, ``redirect_uri``, ``client_id``, ...). ``acr_values`` and
         ``max_age`` ask for a stronger or fresher authentication (RFC 9470 step-up).
+
+        ``authorization_details`` (RFC 9396: typed details, validated before anything is
+        sent) are asked for with the held ones, in the front channel or with PAR; the
+        grant keeps them, and every token of the grant must carry those that apply to its
+        resource (:class:`~agent_identity.errors.TokenPolicyError` otherwise). With DPoP
+        the grant's key (a new one for a new grant) is bound to the code (``dpop_jkt``).
         """
         server = self._server
         context = self._context
+        new_details = details_to_wire(authorization_details)
         wanted_scopes = words(scopes, "scopes")
         acr = words(acr_values, "acr_values")
         new_resources = _resources(resource, resources)
@@ -378,8 +461,11 @@ class UserGrant:
             current = await self._load(fresh=True)
             held = current.record.scopes if current is not None else ()
             held_resources = current.record.resources if current is not None else ()
+            held_details = current.record.authorization_details if current is not None else ()
             wanted = authz.scopes_union(held, wanted_scopes)
             all_resources = tuple(dict.fromkeys((*held_resources, *new_resources)))
+            all_details = merge_details(held_details, new_details)
+            signer = await self._consent_signer(current)
             if context.request_offline_access and server.offline_access_listed():
                 wanted = authz.scopes_union(wanted, ["offline_access"])
                 # OpenID Connect Core §11: an OpenID provider honours offline_access only in
@@ -399,6 +485,8 @@ class UserGrant:
                 acr_values=acr,
                 max_age=max_age,
                 extra=dict(extra_params or {}),
+                authorization_details=all_details,
+                dpop=signer,
             )
             await self.audit_event("consent.requested", scopes_requested=wanted, resource=primary)
             try:
@@ -425,6 +513,21 @@ class UserGrant:
             )
             return grant_view(self.key, record)
 
+    async def _consent_signer(self, current: VersionedGrant | None) -> DPoPSigner | None:
+        """The DPoP key of a consent: the grant's own (its refresh token may be bound to
+        it), else a new one when the server uses DPoP, else none."""
+        if current is not None and current.record.dpop_key is not None:
+            try:
+                return self.dpop_signer(current.record)
+            except ConfigurationError:
+                logger.warning(
+                    "the grant's DPoP key cannot be loaded by the configured key provider; "
+                    "the new consent makes a new grant with a new key"
+                )
+        if self._server.uses_dpop:
+            return await self._server.new_dpop_signer()
+        return None
+
     async def store_consent(
         self,
         response: TokenResponse,
@@ -433,11 +536,14 @@ class UserGrant:
         requested: Sequence[str],
         resources: Sequence[str],
         primary: str | None,
+        dpop: DPoPSigner | None = None,
+        authorization_details: Sequence[Mapping[str, Any]] = (),
     ) -> GrantRecord:
         """Store the result of a completed authorization: the grant now covers
         ``requested`` scopes (grant-level ones only when evident from the response) and
-        exactly ``resources``, with the new refresh token (or the previous one when the
-        server issued none)."""
+        exactly ``resources`` and ``authorization_details``, with the new refresh token
+        (or the previous one when the server issued none) and the DPoP key the
+        authorization was bound to (in the same row)."""
         context = self._context
         server = self._server
         # Grant-level scopes are evident from what was issued (an ID token for openid, a
@@ -454,9 +560,14 @@ class UserGrant:
         evident += [s for s in (response.scopes or ()) if s in GRANT_SCOPES]
         resource_scopes = [s for s in requested if s not in GRANT_SCOPES]
         token: CachedToken | None = None
-        problem = self._policy_problem(response, resource=primary, requested=resource_scopes)
+        problem = self._policy_problem(
+            response, resource=primary, requested=resource_scopes, details=authorization_details
+        )
+        jkt = dpop.jkt if dpop is not None else None
         if problem is None:
-            token = self._cached_token(response, primary, requested=resource_scopes, exact=False)
+            token = self._cached_token(
+                response, primary, requested=resource_scopes, exact=False, dpop=dpop
+            )
         else:  # the grant is stored; the access token that breaks the policy is not
             await self._report_policy(problem, refused_token=True)
         for _ in range(5):
@@ -467,6 +578,9 @@ class UserGrant:
             now = context.clock.time()
             subject = claims.get("sub")
             tokens = dict(before.tokens) if before is not None else {}
+            # tokens of another key than the grant's now (or bearer tokens of a DPoP
+            # grant) are of no use
+            tokens = {k: t for k, t in tokens.items() if t.dpop_jkt == jkt}
             if token is not None:
                 tokens[token.key] = token
             record = GrantRecord(
@@ -486,6 +600,8 @@ class UserGrant:
                 id_token_claims=claims or (dict(before.id_token_claims) if before else {}),
                 created_at=before.created_at if before is not None else now,
                 updated_at=now,
+                dpop_key=dpop.key.export() if dpop is not None else None,
+                authorization_details=tuple(dict(d) for d in authorization_details),
             )
             try:
                 saved = await context.vault.save(
@@ -494,7 +610,7 @@ class UserGrant:
             except VersionConflict:
                 continue  # another process wrote meanwhile: merge with its version
             if token is not None:
-                self._remember(saved, token)
+                self._remember(saved, token, dpop)
             if response.id_token is not None and claims:
                 await self._keep_id_token(response.id_token, claims)
             return saved.record
@@ -573,6 +689,16 @@ class UserGrant:
         cached = current.record.tokens.get(tk)
         if cached is None:
             return None
+        signer = self.dpop_signer(current.record)
+        bound = cached.token_type.lower() == "dpop"
+        if (
+            (signer is None) == bound
+            or (signer is not None and cached.dpop_jkt not in (None, signer.jkt))
+            or (signer is None and self._server.uses_dpop)
+        ):
+            # a DPoP grant's bearer token, a bound token without (or with another) key, a
+            # bearer token once DPoP is on (the refresh makes the grant's key)
+            return None
         entry = self._hot.get(tk)
         if (
             entry is not None
@@ -580,7 +706,7 @@ class UserGrant:
         ):
             token = entry[1]  # keep the monotonic expiry computed at receipt
         else:
-            token = self._from_cached(cached)
+            token = self._from_cached(cached, signer)
         if self._context.expiring(token):
             return None
         self._hot[tk] = (current.version, token)
@@ -630,17 +756,40 @@ class UserGrant:
                 resource=resource,
             )
         await server.discover()
+        signer = self.dpop_signer(record)
+        if signer is None and server.uses_dpop:
+            # A grant stored without a key (before DPoP was on): its key is made now and
+            # stored with it BEFORE the refresh that binds the new tokens to it.
+            signer = await server.new_dpop_signer()
+            current = await self._context.vault.save(
+                self.key,
+                record.replace(dpop_key=signer.key.export(), updated_at=self._context.clock.time()),
+                expected_version=current.version,
+            )
+            record = current.record
         # A lease lost meanwhile (a stalled heartbeat) cancels us here, before anything is
         # sent. From here on the request's outcome must be stored: shielded (bounded by the
         # transport's timeout for the request plus the vault write).
         await checkpoint()
+        # RFC 9396 §6.2: a token for one resource of a grant whose details name several
+        # asks for the details of that resource only (none sent when all apply).
+        applicable = details_for_resource(
+            record.authorization_details, resource, same=_same_resource
+        )
+        narrowed_details = (
+            applicable if 0 < len(applicable) < len(record.authorization_details) else ()
+        )
         async with point_of_no_return(server.policy.timeout * 3):
             refreshed = await server.refresh(
-                refresh_token, scopes=sorted(wanted), resource=resource
+                refresh_token,
+                scopes=sorted(wanted),
+                resource=resource,
+                dpop=signer,
+                authorization_details=narrowed_details,
             )
             if refreshed.response is None:
                 return await self._refresh_failed(current, tk, refreshed)
-            return await self._store_refresh(current, tk, refresh_token, refreshed.response)
+            return await self._store_refresh(current, tk, refresh_token, refreshed.response, signer)
 
     async def _refresh_failed(
         self, current: VersionedGrant, tk: TokenKey, refreshed: Refreshed
@@ -725,6 +874,7 @@ class UserGrant:
         tk: TokenKey,
         refresh_token: SecretStr,
         response: TokenResponse,
+        signer: DPoPSigner | None = None,
     ) -> AccessToken:
         context = self._context
         vault = context.vault
@@ -732,7 +882,12 @@ class UserGrant:
         record = current.record
         granted, verified, _audience = token_facts(response, sorted(wanted))
         short = wanted - set(granted) if verified else set()
-        refused = self._policy_problem(response, resource=resource, requested=sorted(wanted))
+        refused = self._policy_problem(
+            response,
+            resource=resource,
+            requested=sorted(wanted),
+            details=record.authorization_details,
+        )
         # Cache the token under the scopes it was asked for, labelled with those it
         # carries; a narrower grant than asked is cached under what it carries and
         # reported after the (rotated) refresh token is safely stored.
@@ -740,7 +895,10 @@ class UserGrant:
             None
             if refused is not None
             else self._cached_token(
-                response, resource, requested=sorted(wanted if not short else scope_key(granted))
+                response,
+                resource,
+                requested=sorted(wanted if not short else scope_key(granted)),
+                dpop=signer,
             )
         )
         rotated = response.refresh_token
@@ -777,7 +935,7 @@ class UserGrant:
                 await self._report_policy(refused, refused_token=True)
                 raise refused
             assert cached is not None
-            access = self._remember(saved, cached)
+            access = self._remember(saved, cached, signer)
             await self.audit_event(
                 "token.refreshed", token=access, scopes_requested=tuple(sorted(wanted))
             )
@@ -792,18 +950,30 @@ class UserGrant:
         raise VersionConflict("the grant kept changing while the refresh was stored")
 
     def _policy_problem(
-        self, response: TokenResponse, *, resource: str | None, requested: Sequence[str]
+        self,
+        response: TokenResponse,
+        *,
+        resource: str | None,
+        requested: Sequence[str],
+        details: Sequence[Mapping[str, Any]] = (),
     ) -> TokenPolicyError | None:
-        """The policy error a token breaks when its policy is ``refuse``, else ``None``."""
-        return policy_problem(
+        """The policy error a token breaks when its policy is ``refuse``, else ``None``;
+        a token without the authorization ``details`` that apply to it, always."""
+        problem = policy_problem(
             self._context,
             *token_facts(response, requested),
             resource=resource,
             requested=requested,
         )
+        if problem is None and details:
+            problem = details_problem(response, details, resource=resource, requested=requested)
+        return problem
 
     async def _report_policy(self, error: TokenPolicyError, *, refused_token: bool) -> None:
-        kind = "token.broader" if error.reason == "scope" else "token.audience_mismatch"
+        kind = {
+            "scope": "token.broader",
+            "audience": "token.audience_mismatch",
+        }.get(error.reason, "token.details_missing")
         await self.audit_event(
             kind,
             scopes_requested=error.requested,
@@ -872,10 +1042,11 @@ class UserGrant:
         *,
         requested: Sequence[str],
         exact: bool = True,
+        dpop: DPoPSigner | None = None,
     ) -> CachedToken:
         """The token to cache for ``response``: keyed by ``requested`` (``exact=False``:
         by what it carries when the server said, as after a consent), labelled with what
-        it carries."""
+        it carries, the key it is bound to and the details it carries."""
         now = self._context.clock.time()
         granted, verified, audience = token_facts(response, requested)
         key = scope_key(requested) if exact or not verified else scope_key(granted)
@@ -890,9 +1061,13 @@ class UserGrant:
             granted=None if set(carried) == set(key) and verified else carried,
             verified=verified,
             audience=audience,
+            dpop_jkt=(
+                dpop.jkt if dpop is not None and response.token_type.lower() == "dpop" else None
+            ),
+            authorization_details=granted_details(response),
         )
 
-    def _from_cached(self, cached: CachedToken) -> AccessToken:
+    def _from_cached(self, cached: CachedToken, signer: DPoPSigner | None = None) -> AccessToken:
         """Convert a stored token (epoch expiry) to the monotonic clock, once, at load."""
         clock = self._context.clock
         mono, wall = clock.monotonic(), clock.time()
@@ -906,10 +1081,14 @@ class UserGrant:
             received_at=mono - max(0.0, wall - cached.issued_at),
             scopes_verified=cached.verified,
             audience=cached.audience,
+            dpop=signer if cached.token_type.lower() == "dpop" else None,
+            authorization_details=cached.authorization_details,
         )
 
-    def _remember(self, saved: VersionedGrant, cached: CachedToken) -> AccessToken:
-        token = self._from_cached(cached)
+    def _remember(
+        self, saved: VersionedGrant, cached: CachedToken, signer: DPoPSigner | None = None
+    ) -> AccessToken:
+        token = self._from_cached(cached, signer)
         self._hot[cached.key] = (saved.version, token)
         return token
 
@@ -951,6 +1130,7 @@ class UserGrant:
         actor: bool = True,
         subject_resource: str | None = None,
         actor_token: AccessToken | None = None,
+        authorization_details: Details | None = None,
     ) -> AccessToken:
         """Exchange this user's token for one bound to ``resource`` (RFC 8693).
 
@@ -958,10 +1138,13 @@ class UserGrant:
         ``resource``) with ``scopes``; with ``actor=True`` the agent's own token
         (client credentials, or ``actor_token``) is the actor token, so the issued
         token's ``act`` claim names the agent. See
-        :class:`~agent_identity.delegation.DelegationChain`.
+        :class:`~agent_identity.delegation.DelegationChain`. The issued token is bound to
+        the grant's DPoP key, if it has one; ``authorization_details`` (RFC 9396) are asked
+        for and must come back with the token.
         """
         from agent_identity.oauth.exchange import ACCESS_TOKEN_TYPE
 
+        details = details_to_wire(authorization_details)
         wanted = words(scopes, "scopes")
         server = self._server
         await server.discover()
@@ -970,6 +1153,8 @@ class UserGrant:
         canonical = canonical_resource_uri(resource)
         if actor and actor_token is None:
             actor_token = await self._agent_tokens.token()
+        current = await self._load(fresh=False)
+        signer = self.dpop_signer(current.record) if current is not None else None
         response = await server.token_exchange(
             subject_token=subject.value,
             subject_token_type=ACCESS_TOKEN_TYPE,
@@ -977,12 +1162,16 @@ class UserGrant:
             actor_token_type=ACCESS_TOKEN_TYPE if actor and actor_token is not None else None,
             resource=canonical,
             scopes=wanted,
+            dpop=signer,
+            authorization_details=details,
         )
-        problem = self._policy_problem(response, resource=canonical, requested=wanted)
+        problem = self._policy_problem(
+            response, resource=canonical, requested=wanted, details=details
+        )
         if problem is not None:
             await self._report_policy(problem, refused_token=True)
             raise problem
-        token = server.describe(response, resource=canonical, requested=wanted)
+        token = server.describe(response, resource=canonical, requested=wanted, dpop=signer)
         await self.audit_event(
             "token.exchanged",
             token=token,
@@ -1193,6 +1382,37 @@ def policy_problem(
     return None
 
 
+def details_problem(
+    response: TokenResponse,
+    details: Sequence[Mapping[str, Any]],
+    *,
+    resource: str | None,
+    requested: Sequence[str] = (),
+) -> TokenPolicyError | None:
+    """A :class:`~agent_identity.errors.TokenPolicyError` (``reason="authorization_details"``)
+    when the token does not carry the RFC 9396 details asked for that apply to
+    ``resource`` (those without ``locations``, or naming it), checked as RFC 9396 §7 says:
+    the token response's ``authorization_details``, else the readable JWT's claim."""
+    wanted = details_for_resource(details, resource, same=_same_resource)
+    if not wanted:
+        return None
+    missing = missing_details(wanted, granted_details(response))
+    if not missing:
+        return None
+    return TokenPolicyError(
+        "the issued token does not carry the authorization_details asked for (RFC 9396 §7; "
+        f"missing: {', '.join(sorted(set(missing)))}); it is refused",
+        reason="authorization_details",
+        requested=tuple(requested),
+        resource=resource,
+        missing_details=tuple(missing),
+    )
+
+
+def _same_resource(a: str, b: str) -> bool:
+    return audience_matches((a,), b)
+
+
 async def report_used_token(
     context: AgentContext,
     token: AccessToken,
@@ -1243,8 +1463,12 @@ class _AuthorizationFlow:
         acr_values: tuple[str, ...],
         max_age: int | None,
         extra: dict[str, str],
+        authorization_details: Sequence[Mapping[str, Any]] = (),
+        dpop: DPoPSigner | None = None,
     ) -> None:
         self._grant = grant
+        self._details = tuple(dict(d) for d in authorization_details)
+        self._dpop = dpop
         self._scopes = scopes
         self._resources = resources
         self._primary = primary
@@ -1306,6 +1530,8 @@ class _AuthorizationFlow:
             acr_values=self._acr_values,
             max_age=self._max_age,
             extra=self._extra,
+            authorization_details=self._details,
+            dpop=self._dpop,
         )
         self._pending = pending
         return url
@@ -1347,7 +1573,9 @@ class _AuthorizationFlow:
         except BaseException:
             server.pending.discard(expected.state)
             raise
-        await self._finish(lambda: server.redeem(pending, code, resource=self._primary))
+        await self._finish(
+            lambda: server.redeem(pending, code, resource=self._primary, dpop=self._dpop)
+        )
 
     async def _finish(self, obtain: Callable[[], Any]) -> None:
         grant = self._grant
@@ -1362,13 +1590,19 @@ class _AuthorizationFlow:
                     requested=self._scopes,
                     resources=self._resources,
                     primary=self._primary,
+                    dpop=self._dpop,
+                    authorization_details=self._details,
                 )
 
         await grant.context.detached.run(redeem_and_store)
 
     async def start_device_authorization(self) -> DeviceAuthorization:
         server = self._grant.server
-        return await server.device_authorization(scopes=self._scopes, resources=self._resources)
+        return await server.device_authorization(
+            scopes=self._scopes,
+            resources=self._resources,
+            authorization_details=self._details,
+        )
 
     async def wait_for_device_approval(self, authorization: DeviceAuthorization) -> None:
         from agent_identity.oauth.device import DevicePoller
@@ -1377,7 +1611,7 @@ class _AuthorizationFlow:
         poller = DevicePoller.start(authorization, now=server.clock.monotonic())
         while True:
             await anyio.sleep(poller.next_wait(server.clock.monotonic()))
-            outcome = await server.poll_device(authorization, poller.handle)
+            outcome = await server.poll_device(authorization, poller.handle, dpop=self._dpop)
             if outcome != "pending":
                 await self._finish(functools.partial(self._validated, outcome))
                 return

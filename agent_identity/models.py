@@ -10,9 +10,14 @@ Unknown members of server documents are ignored (security item 4).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, SecretStr
+
+from agent_identity.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from agent_identity.oauth.dpop import DPoPSigner
 
 __all__ = [
     "AccessToken",
@@ -65,6 +70,9 @@ class ServerMetadata(_Wire):
     authorization_response_iss_parameter_supported: bool = False
     id_token_signing_alg_values_supported: tuple[str, ...] = ()
     dpop_signing_alg_values_supported: tuple[str, ...] = ()
+    #: Not in RFC 8414: some servers publish that they bind every access token to a
+    #: DPoP key (RFC 9449 §5.2 defines it as client metadata); the SDK then uses DPoP.
+    dpop_bound_access_tokens: bool = False
     authorization_details_types_supported: tuple[str, ...] = ()
     client_id_metadata_document_supported: bool = False
 
@@ -85,6 +93,9 @@ class TokenResponse(_Wire):
     scope: str | None = None
     id_token: SecretStr | None = None
     issued_token_type: str | None = None
+    #: RFC 9396 §7.1: what the token was granted, as sent (read with
+    #: :func:`agent_identity.oauth.rar.parse_granted`; a malformed value counts as absent).
+    authorization_details: Any = None
     # Set by the client, never from the wire: the provider documents its access tokens as
     # opaque to clients, so they are never read for scopes or audience.
     _opaque: bool = PrivateAttr(default=False)
@@ -134,6 +145,12 @@ class AccessToken:
     JWT); when the server said nothing they are the requested ones and
     ``scopes_verified`` is ``False``. ``audience`` is the ``aud`` of a readable JWT access
     token, else ``None`` (unknown).
+
+    A DPoP-bound token (``token_type`` ``DPoP``, RFC 9449) carries ``dpop``: the signer of
+    the key it is bound to. It is never sent as a bearer token: use it through
+    ``http_auth()``, :class:`agent_identity.TokenAuth` or :meth:`request_headers`, which
+    add a fresh proof to every request. ``authorization_details`` are the RFC 9396 details
+    the server granted with it (checked against those asked for), if any.
     """
 
     value: SecretStr
@@ -145,11 +162,36 @@ class AccessToken:
     received_at: float
     scopes_verified: bool = True
     audience: tuple[str, ...] | None = None
+    dpop: DPoPSigner | None = field(default=None, compare=False)
+    authorization_details: tuple[dict[str, Any], ...] | None = field(default=None, compare=False)
+
+    @property
+    def dpop_bound(self) -> bool:
+        """Whether the token is bound to a DPoP key (``token_type`` ``DPoP``)."""
+        return self.token_type.lower() == "dpop"
 
     def authorization_header(self) -> str:
-        """The ``Authorization`` header value (security item 22: never in a URL)."""
-        scheme = "DPoP" if self.token_type.lower() == "dpop" else "Bearer"
-        return f"{scheme} {self.value.get_secret_value()}"
+        """The ``Authorization`` header value of a bearer token (security item 22: never
+        in a URL). A DPoP-bound token needs a proof with every request (security item 36):
+        :class:`~agent_identity.errors.ConfigurationError`, use :meth:`request_headers`."""
+        if self.dpop_bound:
+            raise ConfigurationError(
+                "this token is DPoP-bound: it is sent with a proof, never as a bearer token; "
+                "use http_auth(), TokenAuth(token) or await token.request_headers(method, url)"
+            )
+        return f"Bearer {self.value.get_secret_value()}"
+
+    async def request_headers(self, method: str, url: str) -> dict[str, str]:
+        """The headers that present this token on one request to ``url``: ``Authorization``
+        and, for a DPoP-bound token, a fresh ``DPoP`` proof (with ``ath`` and the nonce
+        the resource's origin last gave). A bearer token never gets a DPoP scheme."""
+        value = self.value.get_secret_value()
+        if not self.dpop_bound:
+            return {"Authorization": f"Bearer {value}"}
+        if self.dpop is None:
+            raise ConfigurationError("this DPoP-bound token has lost its key: get a new token")
+        proof = await self.dpop.proof(method, url, access_token=value)
+        return {"Authorization": f"DPoP {value}", "DPoP": proof}
 
     def expires_within(self, seconds: float, now: float) -> bool:
         return self.expires_at is not None and self.expires_at - seconds <= now

@@ -22,7 +22,20 @@ and performs every request to it:
   scopes the server says it carries (the response's ``scope``, else the readable JWT's
   ``scope``/``scp``, else the requested ones marked unverified) and its audience;
 - **tolerance without weakness**: deviant token endpoint errors are mapped to the typed
-  error they mean, keeping the raw code (:func:`map_token_error`).
+  error they mean, keeping the raw code (:func:`map_token_error`);
+- **DPoP** (RFC 9449, security items 34-37): every token-endpoint-like request (code
+  redemption, refresh, client credentials, token exchange, device and CIBA polls, PAR)
+  goes through :meth:`AuthorizationServer.send_token_request`, the one place where proofs
+  for the server are made: a fresh proof per attempt, and one retry with the server's
+  nonce after ``use_dpop_nonce`` (the request is built again, so a client assertion is
+  never replayed). Nonces are kept per origin (:class:`~agent_identity.oauth.dpop.
+  DPoPNonces`). :meth:`AuthorizationServer.check_binding` refuses a token that is not
+  bound as asked (``token_type``, readable ``cnf.jkt``). DPoP is used when the client asks
+  for it (``dpop=True`` or a key provider) or the metadata says the server binds every
+  token (``dpop_bound_access_tokens``); keys are made per grant by the layers above;
+- **RAR** (RFC 9396): ``authorization_details`` in authorization requests (front channel
+  and PAR), token exchange and CIBA requests; :func:`granted_details` reads what a token
+  carries.
 
 Every endpoint learned from discovered metadata is sent as a server-supplied URL: the I/O
 layer vets it against the SSRF policy at resolve and connect time unless its origin is the
@@ -56,6 +69,7 @@ from agent_identity.errors import (
     MetadataError,
     OAuthError,
     ProtocolViolation,
+    TokenBindingError,
     UnsupportedGrantType,
     oauth_error_from_response,
 )
@@ -65,6 +79,7 @@ from agent_identity.oauth import discovery
 from agent_identity.oauth._json import parse_json_object
 from agent_identity.oauth._message import HttpRequest, HttpResponse
 from agent_identity.oauth.client_auth import ClientAuthentication, choose_client_auth
+from agent_identity.oauth.dpop import DPoPKey, DPoPKeyProvider, DPoPNonces, DPoPSigner
 from agent_identity.oauth.token import parse_token_response, token_request
 from agent_identity.oauth.urls import canonical_resource_uri, check_endpoint_url
 from agent_identity.providers._profile import STANDARD, ProviderProfile
@@ -79,6 +94,7 @@ __all__ = [
     "TOKEN_EXCHANGE_GRANT",
     "AssertionAudience",
     "AuthorizationServer",
+    "granted_details",
     "map_token_error",
 ]
 
@@ -212,6 +228,12 @@ class AuthorizationServer:
         :meth:`start_authorization` refuses any other before the user is sent anywhere (a
         loopback ``http`` URI matches on any port, RFC 8252 §7.3). ``None``: not checked
         here (the server checks).
+    :param dpop: bind tokens to DPoP keys (RFC 9449): ``True`` (keys made in the process,
+        :class:`~agent_identity.oauth.dpop.SoftwareDPoPKeys`) or a
+        :class:`~agent_identity.oauth.dpop.DPoPKeyProvider` (e.g. keys in a KMS). With
+        ``False`` DPoP is still used when the metadata says the server binds every token
+        (``dpop_bound_access_tokens``); pass ``True`` when the client is registered with
+        ``dpop_bound_access_tokens`` (RFC 9449 §5.2).
     """
 
     def __init__(
@@ -234,6 +256,7 @@ class AuthorizationServer:
         lease_wait: float | None = None,
         learned: bool = False,
         redirect_uris: Sequence[str] | None = None,
+        dpop: bool | DPoPKeyProvider = False,
     ) -> None:
         if not isinstance(client_id, str) or not client_id:
             raise ConfigurationError("client_id is required")
@@ -298,6 +321,12 @@ class AuthorizationServer:
         self.redirect_uris: tuple[str, ...] | None = (
             None if redirect_uris is None else tuple(redirect_uris)
         )
+        if not isinstance(dpop, bool) and not isinstance(dpop, DPoPKeyProvider):
+            raise ConfigurationError("dpop must be a bool or a DPoPKeyProvider")
+        self._dpop_asked = dpop is not False
+        self._dpop_keys: DPoPKeyProvider | None = None if isinstance(dpop, bool) else dpop
+        #: The last ``DPoP-Nonce`` of each origin this client talked to (RFC 9449 §8, §9).
+        self.dpop_nonces = DPoPNonces()
         if not learned:
             http.trust_origin(issuer)
         if static is not None:
@@ -412,6 +441,75 @@ class AuthorizationServer:
             return True
         return self._use_par is not False
 
+    # -- DPoP (RFC 9449) -----------------------------------------------------------------
+
+    @property
+    def uses_dpop(self) -> bool:
+        """Whether new grants and tokens are bound to DPoP keys: asked for by the client,
+        or announced by the metadata of a configured server (``dpop_bound_access_tokens``).
+        A server learned from another (MCP) uses DPoP only when its caller asks
+        (``dpop=``): the caller must then present tokens with proofs."""
+        if self._dpop_asked:
+            return True
+        return (
+            not self.learned
+            and self._metadata is not None
+            and self._metadata.dpop_bound_access_tokens
+        )
+
+    @property
+    def dpop_keys(self) -> DPoPKeyProvider:
+        """The DPoP key provider (default: keys generated in the process)."""
+        if self._dpop_keys is None:
+            from agent_identity.oauth.dpop import SoftwareDPoPKeys
+
+            self._dpop_keys = SoftwareDPoPKeys()
+        return self._dpop_keys
+
+    def dpop_signer(self, key: DPoPKey) -> DPoPSigner:
+        """A signer for ``key`` sharing this server's nonce cache and clock (the key is
+        checked: asymmetric algorithm, public JWK only; security item 34)."""
+        return DPoPSigner(key, nonces=self.dpop_nonces, time=self.clock.time)
+
+    async def new_dpop_signer(self) -> DPoPSigner:
+        """A new key (for a new grant, an approval, the agent's own tokens), in the
+        algorithm the server lists first among ES256, EdDSA, RS256 (provider's order)."""
+        supported = self.metadata.dpop_signing_alg_values_supported
+        return self.dpop_signer(await self.dpop_keys.generate(supported))
+
+    def load_dpop_signer(self, exported: Mapping[str, Any]) -> DPoPSigner:
+        """The signer of a key stored with a grant (what :meth:`DPoPKey.export` returned)."""
+        return self.dpop_signer(self.dpop_keys.load(exported))
+
+    def check_binding(self, response: TokenResponse, dpop: DPoPSigner | None) -> None:
+        """Refuse a token that is not bound as the request asked (security item 36):
+        :class:`~agent_identity.errors.TokenBindingError`."""
+        bound = response.token_type.lower() == "dpop"
+        if dpop is None:
+            if bound:
+                raise TokenBindingError(
+                    "the authorization server issued a DPoP-bound token to a request "
+                    "without a DPoP proof",
+                    reason="token_type",
+                )
+            return
+        if not bound:
+            raise TokenBindingError(
+                "the request carried a DPoP proof but the authorization server issued a "
+                f"{response.token_type!r} token; it is refused (RFC 9449 §5)",
+                reason="token_type",
+            )
+        claims = _readable_claims(response.access_token)
+        if claims is not None:
+            cnf = claims.get("cnf")
+            jkt = cnf.get("jkt") if isinstance(cnf, Mapping) else None
+            if jkt != dpop.jkt:
+                raise TokenBindingError(
+                    "the issued token's cnf.jkt does not name this client's DPoP key "
+                    "(RFC 9449 §6.1)",
+                    reason="cnf",
+                )
+
     def _require(self, value: str | None, name: str) -> str:
         if value is None:
             raise MetadataError(f"the authorization server metadata has no {name}")
@@ -440,6 +538,39 @@ class AuthorizationServer:
         if scopes:
             form[self.profile.scope_parameter] = self.profile.join_scopes(scopes)
 
+    async def send_token_request(
+        self, build: Callable[[], HttpRequest], *, dpop: DPoPSigner | None
+    ) -> HttpResponse:
+        """Send a request to a token-endpoint-like endpoint (token, PAR): the ONE place
+        where DPoP proofs for this server are made (security items 34, 35, 37).
+
+        With ``dpop`` each attempt gets a fresh proof (``htm``, ``htu``, ``iat``, a new
+        ``jti``, the origin's nonce). A ``DPoP-Nonce`` in any answer is kept for the
+        origin; a ``400``/``401`` ``use_dpop_nonce`` with a new nonce is retried once, with
+        the request built again by ``build`` (a fresh client assertion: never a replay).
+        """
+        request = build()
+        if dpop is None:
+            return await self.send(request)
+        retried = False
+        while True:
+            proof = await dpop.proof(request.method, request.url)
+            response = await self.send(
+                dataclasses.replace(request, headers={**request.headers, "DPoP": proof})
+            )
+            fresh = dpop.remember_nonce(request.url, response.header("dpop-nonce"))
+            if (
+                not retried
+                and fresh
+                and response.status_code in (400, 401)
+                and _error_code(self.normalize(response)) == "use_dpop_nonce"
+            ):
+                retried = True
+                logger.debug("retrying a request to %s with its DPoP nonce", self.issuer)
+                request = build()
+                continue
+            return response
+
     def token_request(self, form: Mapping[str, Any], *, endpoint: str | None = None) -> HttpRequest:
         """A token endpoint request carrying ``form`` and the client's authentication."""
         metadata = self.metadata
@@ -449,10 +580,15 @@ class AuthorizationServer:
         )
         return self.profile.prepare_token_request(request)
 
-    async def token_call(self, form: Mapping[str, Any]) -> TokenResponse:
-        """POST ``form`` to the token endpoint; the parsed response or the mapped error."""
-        response = await self.send(self.token_request(form))
-        return self.parse_token(response, grant_type=str(form.get("grant_type", "")))
+    async def token_call(
+        self, form: Mapping[str, Any], *, dpop: DPoPSigner | None = None
+    ) -> TokenResponse:
+        """POST ``form`` to the token endpoint; the parsed response (bound as asked) or
+        the mapped error."""
+        response = await self.send_token_request(lambda: self.token_request(form), dpop=dpop)
+        parsed = self.parse_token(response, grant_type=str(form.get("grant_type", "")))
+        self.check_binding(parsed, dpop)
+        return parsed
 
     def in_own_terms(self, response: TokenResponse, resource: str | None) -> TokenResponse:
         """``response`` as the caller asked for it: its ``scope`` mapped back to the
@@ -493,6 +629,8 @@ class AuthorizationServer:
         extra: Mapping[str, str] | None = None,
         lifetime: float = authz.DEFAULT_FLOW_LIFETIME,
         register: bool = True,
+        authorization_details: Sequence[Mapping[str, Any]] = (),
+        dpop: DPoPSigner | None = None,
     ) -> tuple[authz.PendingAuthorization, str]:
         """Record a pending authorization (PKCE verifier, ``state``, ``nonce``, issuer:
         security items 15-17) and return it with the URL to show the user, pushed with
@@ -501,7 +639,12 @@ class AuthorizationServer:
 
         With ``register=False`` the pending authorization is not kept in this object's
         in-memory registry (the caller persists it, e.g. for a web consent completed by
-        another worker)."""
+        another worker).
+
+        ``authorization_details`` (RFC 9396, validated JSON objects) are asked for in the
+        request. With ``dpop`` the code is bound to that key: ``dpop_jkt`` (RFC 9449 §10)
+        in the request, and a proof on the PAR request (§10.1); the pending authorization
+        records the thumbprint, and :meth:`redeem` needs a proof of the same key."""
         refusal = self.profile.authorization_code_refusal
         if refusal is not None:
             raise ConfigurationError(refusal)
@@ -558,14 +701,21 @@ class AuthorizationServer:
             max_age=max_age,
             extra=merged,
             scope_separator=self.profile.scope_separator,
+            authorization_details=authorization_details,
+            dpop_jkt=dpop.jkt if dpop is not None else None,
         )
         if tuple(pending.scopes) != requested:
             pending = dataclasses.replace(pending, scopes=requested)
         if register:
             self.pending.add(pending, now=self.clock.monotonic())
         if self.par_wanted():
-            request = authz.par_request(metadata, params, self.client_auth, now=self.clock.time())
-            request_uri, _ = authz.parse_par_response(await self.send(request))
+            response = await self.send_token_request(
+                lambda: authz.par_request(
+                    metadata, params, self.client_auth, now=self.clock.time()
+                ),
+                dpop=dpop,
+            )
+            request_uri, _ = authz.parse_par_response(response)
             url = authz.authorization_url(
                 endpoint, {"client_id": self.client_id, "request_uri": request_uri}
             )
@@ -579,11 +729,15 @@ class AuthorizationServer:
         code: SecretStr,
         *,
         resource: str | None,
+        dpop: DPoPSigner | None = None,
     ) -> tuple[TokenResponse, dict[str, object]]:
         """Redeem an authorization ``code`` at the token endpoint recorded with the flow
-        (security item 17) and validate the ID token, if any."""
+        (security item 17) and validate the ID token, if any. A code bound to a DPoP key
+        (``dpop_jkt``) is redeemed with a proof of that key."""
         if pending.issuer != self.issuer or pending.client_id != self.client_id:
             raise ConfigurationError("this authorization was started at another server")
+        if pending.dpop_jkt is not None and (dpop is None or dpop.jkt != pending.dpop_jkt):
+            raise ConfigurationError("this authorization is bound to another DPoP key")
         form: dict[str, Any] = {
             "grant_type": "authorization_code",
             "code": code.get_secret_value(),
@@ -595,8 +749,11 @@ class AuthorizationServer:
         param = self.resource_param(resource) if self.narrow_refresh else None
         if param is not None:
             form["resource"] = param
-        request = self.token_request(form, endpoint=pending.token_endpoint)
-        response = self.parse_token(await self.send(request), grant_type="authorization_code")
+        raw = await self.send_token_request(
+            lambda: self.token_request(form, endpoint=pending.token_endpoint), dpop=dpop
+        )
+        response = self.parse_token(raw, grant_type="authorization_code")
+        self.check_binding(response, dpop)
         response = self.in_own_terms(response, resource)
         claims: dict[str, object] = {}
         if response.id_token is not None:
@@ -613,12 +770,17 @@ class AuthorizationServer:
         *,
         scopes: Sequence[str],
         resource: str | None,
+        dpop: DPoPSigner | None = None,
+        authorization_details: Sequence[Mapping[str, Any]] = (),
     ) -> Refreshed:
-        """Refresh (RFC 6749 §6) narrowed to ``scopes`` and ``resource`` (RFC 8707).
+        """Refresh (RFC 6749 §6) narrowed to ``scopes`` and ``resource`` (RFC 8707) and,
+        when given, to ``authorization_details`` (RFC 9396 §6.2), with a proof of the
+        grant's DPoP key when it has one.
 
         Returns a :class:`Refreshed`: errors are returned rather than raised so that the
-        caller can first store a rotated refresh token salvaged from a malformed success.
-        Transport errors and cancellation still raise."""
+        caller can first store a rotated refresh token salvaged from a malformed success
+        (or from a token that is not bound as asked). Transport errors and cancellation
+        still raise."""
         if self.narrow_refresh:
             wire_resource, wire_scopes = self.wire_scopes(resource, scopes)
         else:  # the whole grant: every scope and resource of its authorization request
@@ -630,7 +792,9 @@ class AuthorizationServer:
         self._form_scopes(form, wire_scopes)
         if wire_resource is not None:
             form["resource"] = wire_resource
-        response = await self.send(self.token_request(form))
+        if authorization_details:
+            form["authorization_details"] = _details_json(authorization_details)
+        response = await self.send_token_request(lambda: self.token_request(form), dpop=dpop)
         try:
             parsed = self.parse_token(response, grant_type="refresh_token")
         except (OAuthError, ProtocolViolation) as exc:
@@ -639,18 +803,29 @@ class AuthorizationServer:
                 with contextlib.suppress(ProtocolViolation):  # a profile may refuse it
                     salvaged = salvage_refresh_token(self.normalize(response))
             return Refreshed(None, exc, salvaged)
+        try:
+            self.check_binding(parsed, dpop)
+        except TokenBindingError as exc:
+            return Refreshed(None, exc, parsed.refresh_token)
         return Refreshed(self.in_own_terms(parsed, resource))
 
     async def client_credentials(
-        self, *, scopes: Sequence[str], resource: str | None
+        self,
+        *,
+        scopes: Sequence[str],
+        resource: str | None,
+        dpop: DPoPSigner | None = None,
+        authorization_details: Sequence[Mapping[str, Any]] = (),
     ) -> TokenResponse:
-        """A token for the client itself (OAuth 2.1 §4.2)."""
+        """A token for the client itself (OAuth 2.1 §4.2), bound to ``dpop`` if given."""
         wire_resource, wire_scopes = self.wire_scopes(resource, scopes)
         form: dict[str, Any] = {"grant_type": "client_credentials"}
         self._form_scopes(form, wire_scopes)
         if wire_resource is not None:
             form["resource"] = wire_resource
-        return self.in_own_terms(await self.token_call(form), resource)
+        if authorization_details:
+            form["authorization_details"] = _details_json(authorization_details)
+        return self.in_own_terms(await self.token_call(form, dpop=dpop), resource)
 
     async def jwt_bearer(
         self,
@@ -692,9 +867,12 @@ class AuthorizationServer:
         scopes: Sequence[str] = (),
         requested_token_type: str | None = None,
         grant_type: str = TOKEN_EXCHANGE_GRANT,
+        dpop: DPoPSigner | None = None,
+        authorization_details: Sequence[Mapping[str, Any]] = (),
     ) -> TokenResponse:
-        """RFC 8693 token exchange (security items 31-32). Refused before any request
-        when the metadata lists grant types without this one."""
+        """RFC 8693 token exchange (security items 31-32), the issued token bound to
+        ``dpop`` if given and asking for ``authorization_details`` (RFC 9396 §6). Refused
+        before any request when the metadata lists grant types without this one."""
         from agent_identity.oauth.exchange import (
             parse_token_exchange_response,
             token_exchange_request,
@@ -702,26 +880,37 @@ class AuthorizationServer:
 
         self.require_token_exchange()
         metadata = self.metadata
-        request = token_exchange_request(
-            self._require(metadata.token_endpoint, "token_endpoint"),
-            subject_token=subject_token,
-            subject_token_type=subject_token_type,
-            actor_token=actor_token,
-            actor_token_type=actor_token_type,
-            resource=self.resource_param(resource),
-            audience=audience,
-            scopes=scopes,
-            requested_token_type=requested_token_type,
-            client_auth=self.client_auth,
-            issuer=metadata.issuer,
-            now=self.clock.time(),
-        )
-        response = self.normalize(await self.send(self.profile.prepare_token_request(request)))
+        details = _details_json(authorization_details) if authorization_details else None
+
+        def build() -> HttpRequest:
+            request = token_exchange_request(
+                self._require(metadata.token_endpoint, "token_endpoint"),
+                subject_token=subject_token,
+                subject_token_type=subject_token_type,
+                actor_token=actor_token,
+                actor_token_type=actor_token_type,
+                resource=self.resource_param(resource),
+                audience=audience,
+                scopes=scopes,
+                requested_token_type=requested_token_type,
+                client_auth=self.client_auth,
+                issuer=metadata.issuer,
+                now=self.clock.time(),
+            )
+            if details is not None:
+                form = dict(request.form or {})
+                form["authorization_details"] = details
+                request = dataclasses.replace(request, form=form)
+            return self.profile.prepare_token_request(request)
+
+        response = self.normalize(await self.send_token_request(build, dpop=dpop))
         if response.status_code != 200:
             raise map_token_error(
                 response, grant_type=TOKEN_EXCHANGE_GRANT, aliases=self.profile.error_aliases
             )
-        return parse_token_exchange_response(response)
+        parsed = parse_token_exchange_response(response)
+        self.check_binding(parsed, dpop)
+        return parsed
 
     def require_token_exchange(self) -> None:
         """Raise :class:`~agent_identity.errors.UnsupportedGrantType` when the metadata
@@ -754,8 +943,14 @@ class AuthorizationServer:
     # -- device flow (RFC 8628) ------------------------------------------------------------
 
     async def device_authorization(
-        self, *, scopes: Sequence[str], resources: Sequence[str] = ()
+        self,
+        *,
+        scopes: Sequence[str],
+        resources: Sequence[str] = (),
+        authorization_details: Sequence[Mapping[str, Any]] = (),
     ) -> DeviceAuthorization:
+        """RFC 8628 §3.1 device authorization request, asking for ``authorization_details``
+        (RFC 9396) when given."""
         from agent_identity.oauth.device import (
             device_authorization_request,
             parse_device_authorization,
@@ -772,21 +967,33 @@ class AuthorizationServer:
             scopes=scopes,
             resources=wanted,
         )
+        if authorization_details:
+            form = dict(request.form or {})
+            form["authorization_details"] = _details_json(authorization_details)
+            request = dataclasses.replace(request, form=form)
         # the device authorization endpoint answers like the token endpoint (RFC 8628
         # §3.2), with the same provider deviations (GitHub: form-encoded by default)
         response = await self.send(self.profile.prepare_token_request(request))
         return parse_device_authorization(self.normalize(response))
 
     async def poll_device(
-        self, authorization: DeviceAuthorization, handle: Callable[[HttpResponse], Any]
+        self,
+        authorization: DeviceAuthorization,
+        handle: Callable[[HttpResponse], Any],
+        *,
+        dpop: DPoPSigner | None = None,
     ) -> Any:
-        """One device-code token request; ``handle`` interprets the (normalized) answer."""
+        """One device-code token request; ``handle`` interprets the (normalized) answer.
+        An issued token is checked to be bound as asked (``dpop``)."""
         form = {
             "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
             "device_code": authorization.device_code.get_secret_value(),
         }
-        response = await self.send(self.token_request(form))
-        return handle(self.normalize(response))
+        response = await self.send_token_request(lambda: self.token_request(form), dpop=dpop)
+        outcome = handle(self.normalize(response))
+        if isinstance(outcome, TokenResponse):
+            self.check_binding(outcome, dpop)
+        return outcome
 
     # -- CIBA (OpenID CIBA Core 1.0) -------------------------------------------------------
 
@@ -807,11 +1014,21 @@ class AuthorizationServer:
         )
         return parse_backchannel_response(await self.send(request))
 
-    async def poll_ciba(self, auth_req_id: str, handle: Callable[[HttpResponse], Any]) -> Any:
-        """One CIBA token request (§10.1); ``handle`` interprets the answer."""
+    async def poll_ciba(
+        self,
+        auth_req_id: str,
+        handle: Callable[[HttpResponse], Any],
+        *,
+        dpop: DPoPSigner | None = None,
+    ) -> Any:
+        """One CIBA token request (§10.1); ``handle`` interprets the answer. An issued
+        token is checked to be bound as asked (``dpop``)."""
         form = {"grant_type": "urn:openid:params:grant-type:ciba", "auth_req_id": auth_req_id}
-        response = await self.send(self.token_request(form))
-        return handle(self.normalize(response))
+        response = await self.send_token_request(lambda: self.token_request(form), dpop=dpop)
+        outcome = handle(self.normalize(response))
+        if isinstance(outcome, TokenResponse):
+            self.check_binding(outcome, dpop)
+        return outcome
 
     # -- ID tokens -------------------------------------------------------------------------
 
@@ -885,12 +1102,14 @@ class AuthorizationServer:
         *,
         resource: str | None,
         requested: Sequence[str],
+        dpop: DPoPSigner | None = None,
     ) -> AccessToken:
         """An :class:`~agent_identity.models.AccessToken` for ``response``, labelled with
         the scopes it carries (the response's ``scope``, else the readable JWT's
         ``scope``/``scp`` claim, else the requested ones with ``scopes_verified=False``)
         and, when the token is a readable JWT, its audience. Expiry from ``expires_in`` on
-        the monotonic clock (security items 24, 39)."""
+        the monotonic clock (security items 24, 39). A DPoP-bound token carries ``dpop``,
+        the signer of its key; granted ``authorization_details`` are attached."""
         received = self.clock.monotonic()
         scopes, verified, audience = token_facts(response, requested)
         return AccessToken(
@@ -903,6 +1122,8 @@ class AuthorizationServer:
             received_at=received,
             scopes_verified=verified,
             audience=audience,
+            dpop=dpop if response.token_type.lower() == "dpop" else None,
+            authorization_details=granted_details(response),
         )
 
 
@@ -915,6 +1136,38 @@ def _url_for_message(url: str) -> str:
         return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path[:200]}"
     except ValueError:
         return "<unparsable URL>"
+
+
+def _error_code(response: HttpResponse) -> str | None:
+    try:
+        body = parse_json_object(response.content, what="error response")
+    except InvalidResponse:
+        return None
+    code = body.get("error")
+    return code if isinstance(code, str) else None
+
+
+def _details_json(details: Sequence[Mapping[str, Any]]) -> str:
+    import json
+
+    return json.dumps(
+        [dict(d) for d in details], separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def granted_details(response: TokenResponse) -> tuple[dict[str, Any], ...] | None:
+    """The RFC 9396 ``authorization_details`` an issued token carries: the token
+    response's member (§7.1), else the claim of a readable JWT access token (§9.1), else
+    ``None``. Read only to compare with what was asked for, never trusted for more."""
+    from agent_identity.oauth.rar import parse_granted
+
+    found = parse_granted(response.authorization_details)
+    if found is not None:
+        return found
+    if response.access_token_opaque:
+        return None
+    claims = _readable_claims(response.access_token)
+    return parse_granted(claims.get("authorization_details")) if claims is not None else None
 
 
 def token_facts(

@@ -14,7 +14,7 @@ only has no server of its own, and the grant methods then raise
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from agent_identity.errors import (
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from agent_identity.approval import Action, Approval, PingReceiver
     from agent_identity.consent.base import ConsentHandler
+    from agent_identity.grant import Details
     from agent_identity.mcp import McpAuth
     from agent_identity.vault.records import GrantKey
 
@@ -117,6 +118,7 @@ class UserIdentity:
         acr_values: str | Sequence[str] = (),
         max_age: int | None = None,
         extra_params: dict[str, str] | None = None,
+        authorization_details: Details | None = None,
     ) -> Grant:
         """Ask the user to consent; see :meth:`UserGrant.consent
         <agent_identity.grant.UserGrant.consent>`."""
@@ -130,6 +132,7 @@ class UserIdentity:
             acr_values=acr_values,
             max_age=max_age,
             extra_params=extra_params,
+            authorization_details=authorization_details,
         )
 
     async def token(
@@ -161,11 +164,16 @@ class UserIdentity:
         scopes: str | Sequence[str] = (),
         actor: bool = True,
         subject_resource: str | None = None,
+        authorization_details: Details | None = None,
     ) -> AccessToken:
         """RFC 8693 token exchange with the agent as actor; see :meth:`UserGrant.exchange
         <agent_identity.grant.UserGrant.exchange>`."""
         return await self.main.exchange(
-            resource=resource, scopes=scopes, actor=actor, subject_resource=subject_resource
+            resource=resource,
+            scopes=scopes,
+            actor=actor,
+            subject_resource=subject_resource,
+            authorization_details=authorization_details,
         )
 
     async def disconnect(self, *, revoke: bool = True) -> None:
@@ -189,7 +197,7 @@ class UserIdentity:
         requested_expiry: int | None = None,
         acr_values: str | Sequence[str] = (),
         binding_message: str | None = None,
-        authorization_details: Sequence[Mapping[str, Any]] | None = None,
+        authorization_details: Details | None = None,
         key: str | None = None,
         wait: float | None = None,
     ) -> Approval:
@@ -201,7 +209,9 @@ class UserIdentity:
         Poll mode by default; with ``ping`` (a
         :class:`~agent_identity.approval.PingReceiver` serving the client's notification
         endpoint) ping mode with a poll fallback. ``login_hint`` defaults to the client's
-        ``ciba_login_hint`` hook, else the user id. A pending request survives restarts
+        ``ciba_login_hint`` hook, else the user id. ``authorization_details`` (RFC 9396,
+        default: what the client's ``action_details`` map the tool to) are shown to the
+        user by the server and must come back with the token. A pending request survives restarts
         (kept in the vault): asking again for the same action resumes it. Raises
         :class:`~agent_identity.errors.ApprovalDenied`,
         :class:`~agent_identity.errors.ApprovalExpired` or
@@ -236,7 +246,7 @@ class UserIdentity:
                 requested_expiry=requested_expiry,
                 acr_values=words(acr_values, "acr_values"),
                 binding_message_template=binding_message,
-                authorization_details_override=authorization_details,
+                authorization_details=authorization_details,
                 key=key,
                 wait=wait,
             )

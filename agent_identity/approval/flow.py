@@ -8,16 +8,22 @@
 2. looks for a pending request for the same user, action, scopes and resource in the vault
    (blob kind ``ciba``, encrypted at rest): an agent that restarted resumes waiting for it
    instead of asking the user again. Otherwise it sends the CIBA request (OpenID CIBA Core
-   1.0 §7.1) with a binding message built from the action and a random code, and, where
-   the server supports the ``agent_action`` type, RFC 9396 ``authorization_details``; the
-   acknowledgement (§7.3) is stored before waiting. A vault lease makes sure that two
-   processes asking for the same action at once send one request, not two;
+   1.0 §7.1) with a binding message built from the action and a random code, and RFC 9396
+   ``authorization_details``: those given, or those the client's ``action_details`` map
+   the tool to (refused before sending unless the server lists their types), else, where
+   the server supports it and a resource is named, the ``agent_action`` type; the
+   acknowledgement (§7.3) is stored
+   before waiting. A vault lease makes sure that two processes asking for the same action
+   at once send one request, not two;
 3. waits: poll mode sleeps ``interval`` between token requests (``slow_down`` adds 5 s for
    good, §11), never polls after ``expires_in``; ping mode waits for an authenticated
    notification on a :class:`~agent_identity.approval.ping.PingReceiver` and polls at
    ``interval`` only as a fallback (§10.2);
 4. deletes the pending request on every final outcome (token, denial, expiry), validates
-   the ID token if one came, and returns an :class:`Approval` bound to the action's hash.
+   the ID token if one came, refuses a token without the details asked for or for another
+   audience (:class:`~agent_identity.errors.TokenPolicyError`), and returns an
+   :class:`Approval` bound to the action's hash. With DPoP the token requests carry proofs
+   of a key made for this approval, and the token is bound to it.
    Cancelling the wait keeps the pending request for a later resume.
 
 **Start and resume** (``key`` and ``wait``): a caller that knows which call it asks for
@@ -47,7 +53,7 @@ import math
 import re
 import unicodedata
 import weakref
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -59,10 +65,10 @@ from agent_identity.approval.action import (
     AUTHORIZATION_DETAILS_TYPE,
     BINDING_MESSAGE_MAX,
     Action,
-    authorization_details,
     binding_message,
     new_binding_code,
 )
+from agent_identity.approval.action import authorization_details as authorization_details_of
 from agent_identity.clock import Clock
 from agent_identity.errors import (
     AccessDenied,
@@ -87,11 +93,13 @@ from agent_identity.oauth.ciba import (
     CibaPoller,
     new_notification_token,
 )
+from agent_identity.oauth.rar import canonical_details, details_to_wire
 from agent_identity.oauth.urls import canonical_resource_uri
 
 if TYPE_CHECKING:
     from agent_identity.approval.ping import Notification, PingReceiver
-    from agent_identity.grant import UserGrant
+    from agent_identity.grant import Details, UserGrant
+    from agent_identity.oauth.dpop import DPoPSigner
     from agent_identity.server import AuthorizationServer
     from agent_identity.vault import TokenVault
 
@@ -249,18 +257,21 @@ def _row_name(
     action: Action,
     scopes: Sequence[str],
     resource: str | None,
+    details: Sequence[dict[str, Any]] = (),
     key: str | None = None,
 ) -> str:
-    described: dict[str, Any] = {
+    named: dict[str, Any] = {
         "action": action.digest,
         "client_id": user.server.client_id,
         "resource": resource,
         "scopes": sorted(set(scopes)),
     }
+    if details:  # given or mapped details are part of what is approved
+        named["authorization_details"] = canonical_details(details)
     if key is not None:
-        described["key"] = key
+        named["key"] = key
     request = json.dumps(
-        described,
+        named,
         sort_keys=True,
         separators=(",", ":"),
     )
@@ -361,16 +372,18 @@ async def request_approval(
     requested_expiry: int | None = None,
     acr_values: Sequence[str] = (),
     binding_message_template: str | None = None,
-    authorization_details_override: Sequence[Mapping[str, Any]] | None = None,
+    authorization_details: Details | None = None,
     key: str | None = None,
     wait: float | None = None,
 ) -> Approval:
     """Ask ``user`` to approve ``action`` and wait for the outcome (see the module doc).
 
     ``binding_message_template`` shapes the message on the user's device (see
-    :func:`templated_binding_message`); ``authorization_details_override`` is sent as
-    the request's RFC 9396 ``authorization_details`` instead of the SDK's description of
-    the action. ``key`` and ``wait``: start and resume (module doc).
+    :func:`templated_binding_message`); ``authorization_details`` (typed
+    :class:`~agent_identity.oauth.rar.AuthorizationDetail` models or JSON objects) are sent
+    as the request's RFC 9396 ``authorization_details`` instead of the SDK's description of
+    the action (or of the client's ``action_details`` mapping). ``key`` and ``wait``: start
+    and resume (module doc).
 
     Without a hint, ``login_hint`` is what the client's ``ciba_login_hint`` hook derives
     from the user (some servers want JSON such as ``{"username": "alice"}``), else the
@@ -421,10 +434,29 @@ async def request_approval(
         raise ConfigurationError("key must be a non-empty string")
     if wait is not None and not wait >= 0:
         raise ConfigurationError("wait must be a non-negative number of seconds")
+    custom = _action_details(context.action_details, action, authorization_details)
+    details: list[dict[str, Any]] | None = custom or None
+    if custom:
+        unsupported = sorted(
+            {str(d["type"]) for d in custom}
+            - set(metadata.authorization_details_types_supported)
+        )
+        if unsupported:
+            raise ApprovalUnavailable(
+                "the authorization server does not list the authorization_details type(s) "
+                f"{', '.join(unsupported)} (RFC 9396); nothing was sent"
+            )
+    elif (
+        canonical is not None
+        and AUTHORIZATION_DETAILS_TYPE in metadata.authorization_details_types_supported
+    ):
+        # only with a resource: servers (oidc-provider) refuse details without one
+        details = authorization_details_of(action, resource=canonical)
     vault = context.vault
     clock = context.clock
-    name = _row_name(user, action, wanted, canonical, key)
+    name = _row_name(user, action, wanted, canonical, custom, key)
     until = clock.monotonic() + wait if wait is not None else None
+    dpop = await server.new_dpop_signer() if server.uses_dpop else None
 
     async with _serialised(vault, name), contextlib.AsyncExitStack() as stack:
         await purge_expired(vault, clock=clock, prefix=_user_prefix(user))
@@ -458,11 +490,6 @@ async def request_approval(
                 else:
                     message = binding_message(action, code)
                 notification_token = new_notification_token() if ping is not None else None
-                details: list[dict[str, Any]] | None = None
-                if authorization_details_override is not None:
-                    details = [dict(detail) for detail in authorization_details_override]
-                elif AUTHORIZATION_DETAILS_TYPE in metadata.authorization_details_types_supported:
-                    details = authorization_details(action, resource=canonical)
                 ack = await _start(
                     server,
                     scopes=wanted,
@@ -510,7 +537,7 @@ async def request_approval(
                     user.user_id,
                     action.tool,
                 )
-        waiter = _Waiter(server, vault, clock, pending, poller, name, version)
+        waiter = _Waiter(server, vault, clock, pending, poller, name, version, dpop)
         try:
             response = await waiter.wait(notification, until)
         except ApprovalPending:
@@ -549,7 +576,25 @@ async def request_approval(
         claims = await server.validate_id_token(response.id_token, nonce=None, max_age=None)
         sub = claims.get("sub")
         subject = sub if isinstance(sub, str) else None
-    token = server.describe(response, resource=canonical, requested=wanted)
+    from agent_identity.grant import details_problem, policy_problem
+    from agent_identity.server import token_facts
+
+    problem = policy_problem(
+        context, *token_facts(response, wanted), resource=canonical, requested=wanted
+    )
+    if problem is None and details:
+        problem = details_problem(response, details, resource=canonical, requested=wanted)
+    if problem is not None:
+        logger.warning(
+            "approval refused: the issued token breaks the token policy (%s): tenant=%s "
+            "user=%s tool=%s",
+            problem.reason,
+            user.tenant,
+            user.user_id,
+            action.tool,
+        )
+        raise problem
+    token = server.describe(response, resource=canonical, requested=wanted, dpop=dpop)
     logger.info(
         "approval granted: tenant=%s user=%s tool=%s resource=%s",
         user.tenant,
@@ -564,6 +609,37 @@ async def request_approval(
         subject=subject,
         clock=clock,
     )
+
+
+def _action_details(
+    mapping: Any, action: Action, given: Details | None
+) -> list[dict[str, Any]]:
+    """The RFC 9396 details of an approval: those given, else what the client's
+    ``action_details`` maps the tool to; validated (typed errors) before anything is sent."""
+    if given is not None:
+        return details_to_wire(given)
+    factory = mapping.get(action.tool) if mapping else None
+    if factory is None:
+        return []
+    from pydantic import ValidationError
+
+    from agent_identity.oauth.rar import AuthorizationDetail
+
+    problem: list[str] | None = None
+    try:
+        produced = factory(action)
+    except ValidationError as exc:  # the developer's model refused the action's values
+        problem = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
+    if problem is not None:  # raised outside the handler: pydantic quotes the values
+        raise ConfigurationError(
+            f"the authorization details for {action.tool!r} are invalid: "
+            f"{', '.join(problem) or '(object)'}"
+        )
+    if produced is None:
+        return []
+    if isinstance(produced, AuthorizationDetail | dict):
+        produced = [produced]
+    return details_to_wire(produced)
 
 
 async def _start(server: AuthorizationServer, **params: Any) -> BackchannelAuthentication:
@@ -642,8 +718,10 @@ class _Waiter:
         poller: CibaPoller,
         name: str,
         version: int,
+        dpop: DPoPSigner | None = None,
     ) -> None:
         self._server = server
+        self._dpop = dpop
         self._vault = vault
         self._clock = clock
         self._pending = pending
@@ -715,6 +793,7 @@ class _Waiter:
         outcome: TokenResponse | Literal["pending"] = await self._server.poll_ciba(
             self._pending.auth_req_id,
             lambda response: self._poller.handle(response, now=self._clock.monotonic()),
+            dpop=self._dpop,
         )
         if outcome == "pending" and self._poller.interval != before:
             await self._persist_interval()

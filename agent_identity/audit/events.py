@@ -57,6 +57,7 @@ AuditKind = Literal[
     "token.exchanged",
     "token.broader",
     "token.audience_mismatch",
+    "token.details_missing",
     "approval.requested",
     "approval.granted",
     "approval.denied",

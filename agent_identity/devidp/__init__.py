@@ -19,9 +19,12 @@ Pieces:
 What the server supports: authorization code + PKCE S256 (always required), RFC 9207 ``iss``
 in authorization responses, refresh token rotation, client credentials, device flow
 (RFC 8628), CIBA poll and ping, PAR (RFC 9126), dynamic registration (RFC 7591, open),
-revocation (RFC 7009), introspection (RFC 7662), DPoP (RFC 9449), resource indicators
-(RFC 8707) with JWT access tokens (RFC 9068) whose ``aud`` is the resource, and token
-exchange (RFC 8693) with ``act`` claims.
+revocation (RFC 7009), introspection (RFC 7662), DPoP (RFC 9449; nonces switchable at
+run time, optionally announced for every token), rich authorization requests (RFC 9396;
+types ``payment_initiation`` and ``agent_action``, shown on the consent page, carried by
+codes, refresh tokens, CIBA and token exchange), resource indicators (RFC 8707) with JWT
+access tokens (RFC 9068) whose ``aud`` is the resource, and token exchange (RFC 8693) with
+``act`` claims.
 """
 
 from __future__ import annotations
@@ -352,6 +355,10 @@ class DevIdP:
     is the loopback ``backchannel_client_notification_endpoint`` of ``agent-ping``.
     ``refresh_delay`` (seconds) holds every refresh_token grant before processing it, and
     drops it unprocessed if the client disconnected meanwhile (tests of crashed clients).
+    ``dpop_require_nonce`` makes the token and PAR endpoints demand DPoP nonces (switch at
+    run time with :meth:`set_dpop_nonce`); ``dpop_bound`` announces
+    ``dpop_bound_access_tokens`` in the metadata and registers every client with it;
+    ``dpop_algorithms`` are the proof algorithms offered (default ES256, EdDSA, RS256).
 
     Use as ``with DevIdP() as idp: ...`` or call :meth:`start` / :meth:`stop`.
     """
@@ -374,6 +381,8 @@ class DevIdP:
         device_slow_down_once: bool = False,
         ping_notification_endpoint: str | None = None,
         dpop_require_nonce: bool = False,
+        dpop_bound: bool = False,
+        dpop_algorithms: Sequence[str] | None = None,
         refresh_delay: float = 0.0,
         use_granted_resource: bool = True,
         jwt_client_private_jwk: Mapping[str, Any] | None = None,
@@ -418,7 +427,11 @@ class DevIdP:
             "use_granted_resource": use_granted_resource,
             "ciba": {"interval": ciba_interval, "slow_down_once": ciba_slow_down_once},
             "device": {"interval": device_interval, "slow_down_once": device_slow_down_once},
-            "dpop": {"require_nonce": dpop_require_nonce},
+            "dpop": {
+                "require_nonce": dpop_require_nonce,
+                "bound": dpop_bound,
+                "algs": list(dpop_algorithms or ("ES256", "EdDSA", "RS256")),
+            },
             "refresh_delay_ms": int(refresh_delay * 1000),
         }
         self._process: subprocess.Popen[str] | None = None
@@ -603,8 +616,10 @@ class DevIdP:
         """Token, PAR, revocation, introspection, device, CIBA and registration requests
         since the last :meth:`clear_requests`: ``{method, path, route, grant_type,
         client_id, status, scope, resource, client_auth, assertion_audience,
-        secret_fields}`` (``client_auth``: the client authentication the request used;
-        ``secret_fields``: the names, never the values, of the secret-bearing fields)."""
+        secret_fields, dpop, dpop_jkt, authorization_details}`` (``client_auth``: the
+        client authentication the request used; ``secret_fields``: the names, never the
+        values, of the secret-bearing fields; ``dpop``: the decoded header members and
+        claims of the request's DPoP proof, or ``None``)."""
         return list(await self._hook("GET", "/dev/requests"))
 
     async def clear_requests(self) -> None:
@@ -646,12 +661,21 @@ class DevIdP:
         ``refresh_invalid_grant_empty_body`` (a dead refresh token gets 400 with an empty
         body), ``client_auth_403`` (failed client authentication gets 403 with a non-OAuth
         body), ``refresh_ignores_scope`` (refresh issues the grant's full scope),
-        ``omit_scope`` (no ``scope`` in token responses). Returns every quirk's state."""
+        ``omit_scope`` (no ``scope`` in token responses), ``drop_authorization_details``
+        (tokens never carry the RFC 9396 details asked for), ``dpop_token_type_bearer``
+        (a DPoP-bound token is announced as ``Bearer``), ``wrong_audience`` (access tokens
+        name another audience). Returns every quirk's state."""
         data = {"name": name, "on": "true" if on else "false"}
         return dict(await self._hook("POST", "/dev/quirks", data=data))
 
     async def quirks(self) -> dict[str, bool]:
         return dict(await self._hook("GET", "/dev/quirks"))
+
+    async def set_dpop_nonce(self, required: bool = True) -> dict[str, bool]:
+        """Make the token and PAR endpoints demand (or stop demanding) DPoP nonces
+        (``use_dpop_nonce``, RFC 9449 §8)."""
+        data = {"require_nonce": "true" if required else "false"}
+        return dict(await self._hook("POST", "/dev/dpop", data=data))
 
     async def revoke_grants(self, login: str) -> dict[str, Any]:
         """Destroy every grant of ``login`` with its tokens, as the user revoking the

@@ -18,8 +18,14 @@
 //    * headless interaction routes  GET /interaction/:uid, POST .../login|confirm|abort;
 //    * test hooks (loopback only):   GET /dev/health, GET|DELETE /dev/requests,
 //      GET /dev/ciba, POST /dev/ciba/:id/approve|deny, POST /dev/device/:user_code/approve|deny,
-//      GET|POST /dev/quirks, POST /dev/accounts/:login/revoke-grants;
+//      GET|POST /dev/quirks, GET|POST /dev/dpop, POST /dev/accounts/:login/revoke-grants;
 //    * quirk toggles reproducing real non-compliant servers (QUIRKS below), off by default;
+//    * DPoP (RFC 9449) with switchable nonces (POST /dev/dpop), also on token exchange, and
+//      optionally announced for every token (`dpop_bound_access_tokens`);
+//    * Rich Authorization Requests (RFC 9396) of the types `payment_initiation` and
+//      `agent_action`: shown on the consent page, carried by authorization codes, refresh
+//      tokens, CIBA requests (the approve hook grants exactly the details asked for) and
+//      token exchange, and returned in token responses and JWT access tokens;
 //    * knobs oidc-provider does not have: CIBA / device `interval` in the initial response,
 //      one `slow_down` answer per CIBA / device poll sequence, CIBA ping delivery to
 //      loopback http notification endpoints.
@@ -37,6 +43,9 @@ import Provider, { errors } from 'oidc-provider';
 // for the `slow_down` knob. Both are checked at startup and fail loudly if they move.
 import { HTTPS_URI } from 'oidc-provider/lib/consts/client_attributes.js';
 import internals from 'oidc-provider/lib/helpers/weak_cache.js';
+// Grant helpers of oidc-provider (DPoP validation and binding, RAR), for the custom token
+// exchange grant below; the built-in grants get the same ones bound to the provider.
+import * as grantHelpers from 'oidc-provider/lib/helpers/grants.js';
 
 const GT_TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const GT_CIBA = 'urn:openid:params:grant-type:ciba';
@@ -92,7 +101,10 @@ const DEFAULT_CONFIG = {
   use_granted_resource: true,
   ciba: { interval: null, slow_down_once: false, binding_message_max_length: 256 },
   device: { interval: null, slow_down_once: false },
-  dpop: { require_nonce: false },
+  // require_nonce: DPoP nonces at the token/PAR endpoints; bound: announce in discovery
+  // that every access token is DPoP-bound (and bind every client); algs: the proof
+  // algorithms offered (dpop_signing_alg_values_supported).
+  dpop: { require_nonce: false, bound: false, algs: ['ES256', 'EdDSA', 'RS256'] },
   // Hold every refresh_token grant this many milliseconds before processing it; a request
   // whose client disconnected meanwhile is dropped unprocessed (tests of crashed clients).
   refresh_delay_ms: 0,
@@ -219,10 +231,74 @@ function resourceServerInfo(uri) {
   if (!info) return undefined;
   return {
     scope: info.scope,
-    audience: info.audience,
+    // quirk wrong_audience: tokens name another audience than the resource asked for
+    audience: quirks.wrong_audience ? 'https://elsewhere.example/api' : info.audience,
     accessTokenTTL: info.accessTokenTTL,
     accessTokenFormat: 'jwt',
   };
+}
+
+// ------------------------------------------------------------------ RAR (RFC 9396)
+
+const RAR_TYPES = ['payment_initiation', 'agent_action'];
+
+function canonicalJson(value) {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value && typeof value === 'object') {
+    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${canonicalJson(value[k])}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}
+
+function parseDetails(raw) {
+  if (raw === undefined || raw === null) return undefined;
+  const details = typeof raw === 'string' ? JSON.parse(raw) : raw;
+  return Array.isArray(details) && details.length ? details : undefined;
+}
+
+function isString(value) {
+  return typeof value === 'string' && value.length > 0;
+}
+
+// payment_initiation (the RFC 9396 §2.1 example): an amount, a creditor, a reference.
+function validatePaymentInitiation(_ctx, detail) {
+  const amount = detail.instructedAmount;
+  const known = new Set(['type', 'locations', 'actions', 'datatypes', 'identifier', 'privileges',
+    'instructedAmount', 'creditorName', 'creditorAccount', 'remittanceInformationUnstructured']);
+  const unknown = Object.keys(detail).filter((k) => !known.has(k));
+  if (unknown.length) {
+    throw new errors.InvalidAuthorizationDetails(`payment_initiation: unknown member(s) ${unknown.join(', ')}`);
+  }
+  if (!amount || !isString(amount.currency) || !/^[0-9]+(\.[0-9]{1,2})?$/u.test(String(amount.amount))) {
+    throw new errors.InvalidAuthorizationDetails('payment_initiation needs instructedAmount {currency, amount}');
+  }
+  if (!isString(detail.creditorName)) {
+    throw new errors.InvalidAuthorizationDetails('payment_initiation needs creditorName');
+  }
+}
+
+function validateAgentAction(_ctx, detail) {
+  if (!isString(detail.tool) || !isString(detail.action_hash)) {
+    throw new errors.InvalidAuthorizationDetails('agent_action needs tool and action_hash');
+  }
+}
+
+// Details a token may carry: those asked for in this request (a subset of what the source
+// holds, when it holds any), else all the source holds.
+function detailsForToken(ctx, source) {
+  if (quirks.drop_authorization_details) return undefined;
+  const requested = parseDetails(ctx.oidc.params?.authorization_details);
+  const held = source?.rar;
+  if (requested) {
+    if (held) {
+      const allowed = new Set(held.map(canonicalJson));
+      if (requested.some((d) => !allowed.has(canonicalJson(d)))) {
+        throw new errors.InvalidAuthorizationDetails('authorization_details beyond those granted');
+      }
+    }
+    return requested;
+  }
+  return held;
 }
 
 // ------------------------------------------------------------------ clients
@@ -263,6 +339,9 @@ const quirks = {
   client_auth_403: false, // invalid_client: 403 with a non-OAuth JSON body
   refresh_ignores_scope: false, // `scope` ignored on refresh: the grant's full scope issued
   omit_scope: false, // `scope` never sent in token responses
+  drop_authorization_details: false, // tokens never carry the RAR details asked for
+  dpop_token_type_bearer: false, // a DPoP-bound token is announced as token_type Bearer
+  wrong_audience: false, // access tokens name another audience than the resource
 };
 const grantsByAccount = new Map(); // accountId -> Set(grantId), for revoke-grants
 
@@ -271,8 +350,17 @@ const grantsByAccount = new Map(); // accountId -> Set(grantId), for revoke-gran
 const ttl = config.ttl;
 const STATIC_SCOPES = new Set(['openid', 'offline_access', 'profile', 'email']);
 
+for (const client of config.clients || []) {
+  // oidc-provider allows RAR types per client; the static clients may use them all.
+  if (client.authorization_details_types === undefined) client.authorization_details_types = RAR_TYPES;
+  if (config.dpop.bound && client.dpop_bound_access_tokens === undefined) {
+    client.dpop_bound_access_tokens = true;
+  }
+}
+
 const providerConfig = {
   clients: config.clients || [],
+  enabledJWA: { dPoPSigningAlgValues: config.dpop.algs },
   findAccount,
   jwks: { keys: [signingJwk] },
   cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
@@ -356,6 +444,18 @@ const providerConfig = {
       enabled: true,
       nonceSecret: crypto.randomBytes(32),
       requireNonce: () => !!config.dpop.require_nonce,
+    },
+    richAuthorizationRequests: {
+      enabled: true,
+      types: {
+        payment_initiation: { validate: validatePaymentInitiation },
+        agent_action: { validate: validateAgentAction },
+      },
+      // A code carries the details asked for in its authorization request (approved on
+      // the consent page, which adds them to the grant).
+      authorizationDetailsForGrantSource: async (ctx) => parseDetails(ctx.oidc.params?.authorization_details),
+      authorizationDetailsForAccessToken: async (ctx, _token, source) => detailsForToken(ctx, source),
+      authorizationDetailsForIntrospection: async (_ctx, token) => token.rar,
     },
     deviceFlow: {
       enabled: true,
@@ -499,6 +599,9 @@ function firstOrOnly(value, name) {
 async function tokenExchangeHandler(ctx) {
   const { provider, client } = ctx.oidc;
   const params = ctx.oidc.params;
+  // RFC 9449: the issued token is bound to the key of the request's proof, if any.
+  const dPoP = await grantHelpers.validateDpop(provider, ctx);
+  grantHelpers.checkDpopRequired(provider, ctx, dPoP);
 
   if (!params.subject_token) throw new errors.InvalidRequest('missing required parameter subject_token');
   if (!params.subject_token_type) throw new errors.InvalidRequest('missing required parameter subject_token_type');
@@ -579,6 +682,12 @@ async function tokenExchangeHandler(ctx) {
     act = subject.act ? { sub: actor.sub, act: subject.act } : { sub: actor.sub };
   }
   if (act) at.extra = { act };
+  if (dPoP) {
+    await grantHelpers.checkDpopReplay(provider, ctx, dPoP, client.clientId, errors.InvalidGrant);
+    at.setThumbprint('jkt', dPoP.thumbprint);
+  }
+  // RFC 9396 §6: the details asked for (their types were checked by the token endpoint).
+  await grantHelpers.applyAuthorizationDetails(provider, ctx, at, undefined);
 
   ctx.oidc.entity('AccessToken', at);
   const value = await at.save();
@@ -586,9 +695,10 @@ async function tokenExchangeHandler(ctx) {
   ctx.body = {
     access_token: value,
     issued_token_type: TT_ACCESS_TOKEN,
-    token_type: 'Bearer',
+    token_type: at.tokenType,
     expires_in: lifetime,
     scope: at.scope,
+    ...(at.rar ? { authorization_details: at.rar } : {}),
   };
 }
 
@@ -609,9 +719,12 @@ function consentPage(uid, details, params) {
   const items = scopes.map((s) => `<li class="scope">${htmlEscape(s)}</li>`).join('');
   const resourcesRequested = [].concat(params.resource || []);
   const resItems = resourcesRequested.map((r) => `<li class="resource">${htmlEscape(r)}</li>`).join('');
+  const rar = parseDetails(params.authorization_details) || [];
+  const rarItems = rar.map((d) => `<li class="authorization_detail">${htmlEscape(JSON.stringify(d))}</li>`).join('');
   return page('Authorize', `<p>Client <code>${htmlEscape(params.client_id)}</code> asks for:</p>
 <ul>${items}</ul>
 ${resItems ? `<p>at</p><ul>${resItems}</ul>` : ''}
+${rarItems ? `<p>to do exactly</p><ul>${rarItems}</ul>` : ''}
 <form method="post" action="/interaction/${htmlEscape(uid)}/confirm" id="confirm"><button type="submit">Allow</button></form>
 <form method="post" action="/interaction/${htmlEscape(uid)}/abort" id="abort"><button type="submit">Deny</button></form>`);
 }
@@ -755,12 +868,22 @@ async function devRoutes(ctx, provider) {
       result = new errors.AccessDenied('end-user denied the request');
     }
     try {
-      await provider.backchannelResult(request, result, { authTime: Math.floor(Date.now() / 1000) });
+      // The user approved exactly the details shown to them (RFC 9396 §3 with CIBA).
+      const rar = verdict === 'approve' ? parseDetails(request.params?.authorization_details) : undefined;
+      await provider.backchannelResult(request, result, { authTime: Math.floor(Date.now() / 1000), rar });
     } catch (err) {
       json(ctx, 502, { error: 'delivery_failed', error_description: String(err.message) });
       return true;
     }
     json(ctx, 200, { auth_req_id: id, result: verdict === 'approve' ? 'approved' : 'denied' });
+    return true;
+  }
+  if (path === '/dev/dpop' && (method === 'GET' || method === 'POST')) {
+    if (method === 'POST') {
+      const form = await readForm(ctx);
+      config.dpop.require_nonce = ['1', 'true', 'on', 'yes'].includes(String(form.require_nonce ?? 'true').toLowerCase());
+    }
+    json(ctx, 200, { require_nonce: !!config.dpop.require_nonce, bound: !!config.dpop.bound });
     return true;
   }
   if (path === '/dev/quirks' && (method === 'GET' || method === 'POST')) {
@@ -812,6 +935,9 @@ async function devRoutes(ctx, provider) {
         scope: code.params?.scope,
       });
       if (requested.length) code.resource = requested.length === 1 ? requested[0] : requested;
+      // the user approves exactly the details the device asked for (RFC 9396)
+      const rar = parseDetails(code.params?.authorization_details);
+      if (rar) code.rar = rar;
     }
     await code.save();
     json(ctx, 200, { user_code: userCode, result: verdict === 'approve' ? 'approved' : 'denied' });
@@ -844,7 +970,32 @@ function describeRequest(ctx) {
     client_auth: clientAuth,
     assertion_audience: assertionAudience,
     secret_fields: secretFields.sort(),
+    dpop: describeProof(ctx.headers.dpop),
+    dpop_jkt: form.dpop_jkt ?? null,
+    authorization_details: parseDetails(form.authorization_details) ?? null,
   };
+}
+
+// The decoded header and claims of a request's DPoP proof (not verified here: oidc-provider
+// verified it; tests check what the client put in it). `jwk_private` flags private members.
+function describeProof(proof) {
+  if (typeof proof !== 'string' || !proof) return null;
+  try {
+    const [h, p] = proof.split('.');
+    const header = b64urlJson(h);
+    const claims = b64urlJson(p);
+    const jwk = header.jwk || {};
+    return {
+      typ: header.typ ?? null,
+      alg: header.alg ?? null,
+      jwk_kty: jwk.kty ?? null,
+      jwk_private: ['d', 'p', 'q', 'dp', 'dq', 'qi', 'k'].some((m) => m in jwk),
+      header_members: Object.keys(header).sort(),
+      claims,
+    };
+  } catch {
+    return { malformed: true };
+  }
 }
 
 function applyQuirks(ctx, route) {
@@ -863,6 +1014,10 @@ function applyQuirks(ctx, route) {
   } else if (quirks.omit_scope && route === 'token' && ctx.status === 200 && body) {
     delete body.scope;
   }
+  if (quirks.dpop_token_type_bearer && route === 'token' && ctx.status === 200 && body
+    && body.token_type === 'DPoP') {
+    body.token_type = 'Bearer';
+  }
 }
 
 // ------------------------------------------------------------------ wiring
@@ -873,7 +1028,7 @@ function install(provider) {
     GT_TOKEN_EXCHANGE,
     tokenExchangeHandler,
     ['subject_token', 'subject_token_type', 'actor_token', 'actor_token_type',
-      'requested_token_type', 'resource', 'audience', 'scope'],
+      'requested_token_type', 'resource', 'audience', 'scope', 'authorization_details'],
     ['resource', 'audience'],
   );
 
@@ -939,6 +1094,7 @@ function install(provider) {
       const supported = new Set(ctx.body.scopes_supported || []);
       for (const s of resourceScopes) supported.add(s);
       ctx.body.scopes_supported = [...supported];
+      if (config.dpop.bound) ctx.body.dpop_bound_access_tokens = true;
     }
     if (route === 'device_authorization' && ctx.status === 200 && config.device.interval
       && ctx.body && typeof ctx.body === 'object') {

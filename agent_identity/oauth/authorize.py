@@ -23,6 +23,7 @@ upon before it is known to come from the right server (security item 18):
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
@@ -86,6 +87,11 @@ class PendingAuthorization:
     created_at: float
     expires_at: float
     max_age: int | None = None
+    #: RFC 9449 §10: the thumbprint of the DPoP key the code is bound to (``dpop_jkt``);
+    #: the code must be redeemed with a proof of that key.
+    dpop_jkt: str | None = None
+    #: RFC 9396: the authorization details asked for (JSON objects).
+    authorization_details: tuple[dict[str, Any], ...] = ()
 
     def __repr__(self) -> str:
         return (
@@ -109,6 +115,8 @@ def start_authorization(
     max_age: int | None = None,
     extra: Mapping[str, str] | None = None,
     scope_separator: str = " ",
+    authorization_details: Sequence[Mapping[str, Any]] = (),
+    dpop_jkt: str | None = None,
 ) -> tuple[PendingAuthorization, dict[str, Any]]:
     """Create the flow record and the authorization request parameters.
 
@@ -117,7 +125,8 @@ def start_authorization(
     ``extra`` parameters (``login_hint``-like provider parameters, ``ui_locales``, ...)
     are validated: they can never set or override a parameter the SDK controls
     (:data:`RESERVED_PARAMETERS`: ``state``, PKCE, ``redirect_uri``, ``client_id``, ...),
-    and names and values must be printable text.
+    and names and values must be printable text. ``authorization_details`` (RFC 9396 §2,
+    already validated JSON objects) and ``dpop_jkt`` (RFC 9449 §10) are added when given.
     """
     if metadata.authorization_endpoint is None or metadata.token_endpoint is None:
         raise ConfigurationError(
@@ -153,6 +162,15 @@ def start_authorization(
         params["acr_values"] = " ".join(acr_values)
     if max_age is not None:
         params["max_age"] = str(max_age)
+    if authorization_details:
+        params["authorization_details"] = json.dumps(
+            [dict(d) for d in authorization_details],
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+        )
+    if dpop_jkt is not None:
+        params["dpop_jkt"] = dpop_jkt
     for key, value in (extra or {}).items():
         check_extra_parameter(key, value)
         if key in params:
@@ -172,6 +190,8 @@ def start_authorization(
         created_at=now,
         expires_at=now + lifetime,
         max_age=max_age,
+        dpop_jkt=dpop_jkt,
+        authorization_details=tuple(dict(d) for d in authorization_details),
     )
     return pending, params
 
@@ -196,6 +216,8 @@ RESERVED_PARAMETERS = frozenset(
         "client_secret",
         "client_assertion",
         "client_assertion_type",
+        "authorization_details",
+        "dpop_jkt",
     }
 )
 _PARAMETER_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")

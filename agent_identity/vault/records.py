@@ -19,7 +19,11 @@ Serialisation (:meth:`GrantRecord.to_bytes` / :meth:`GrantRecord.from_bytes`) is
 versioned JSON object (``{"v": 2, ...}``) that round-trips exactly. Any content that is not
 exactly that format raises :class:`~agent_identity.errors.VaultCorrupted`: nothing is
 guessed. A change of format bumps ``v``; readers keep reading older versions (``v`` 1 rows
-have no ``client_id`` and no reported token scopes).
+have no ``client_id`` and no reported token scopes). Format 3 adds the grant's DPoP key
+(RFC 9449: the exported key, sealed with the refresh token it is bound to, so that losing
+one loses both), the grant's RFC 9396 ``authorization_details``, and per cached token the
+thumbprint of the key it is bound to and the details it carries. A record that uses none
+of these is still written as format 2, so an older reader can read it.
 
 Nothing here puts a token in a ``repr``: tokens are :class:`pydantic.SecretStr` and the
 records' ``repr`` names only non-secret fields.
@@ -49,7 +53,7 @@ __all__ = [
 ]
 
 GRANT_KIND: Final = "grant"
-_FORMAT_VERSION: Final = 2
+_FORMAT_VERSION: Final = 3
 
 #: How a cached access token is found in a :class:`GrantRecord`: (resource, scopes).
 TokenKey = tuple[str | None, frozenset[str]]
@@ -159,6 +163,8 @@ class CachedToken:
     ``scopes`` is what the token was asked for (its cache key); ``granted`` the scopes the
     server reported it carries when they differ (``None``: the same), ``verified`` whether
     the server reported them at all, and ``audience`` the ``aud`` of a readable JWT.
+    ``dpop_jkt`` is the thumbprint of the DPoP key a ``DPoP`` token is bound to, and
+    ``authorization_details`` the RFC 9396 details it carries (format 3).
     """
 
     resource: str | None
@@ -170,6 +176,8 @@ class CachedToken:
     granted: tuple[str, ...] | None = None
     verified: bool = True
     audience: tuple[str, ...] | None = None
+    dpop_jkt: str | None = None
+    authorization_details: tuple[dict[str, Any], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.resource is not None and not isinstance(self.resource, str):
@@ -195,6 +203,18 @@ class CachedToken:
             )
         if not isinstance(self.verified, bool):
             raise ConfigurationError("CachedToken.verified must be a bool")
+        if self.dpop_jkt is not None and (not isinstance(self.dpop_jkt, str) or not self.dpop_jkt):
+            raise ConfigurationError("CachedToken.dpop_jkt must be a non-empty string or None")
+        if self.authorization_details is not None:
+            object.__setattr__(
+                self,
+                "authorization_details",
+                _details(self.authorization_details, "CachedToken.authorization_details"),
+            )
+
+    @property
+    def uses_v3(self) -> bool:
+        return self.dpop_jkt is not None or self.authorization_details is not None
 
     @property
     def carried_scopes(self) -> tuple[str, ...]:
@@ -218,6 +238,15 @@ def _frozen_mapping(value: Mapping[Any, Any]) -> Mapping[Any, Any]:
     return MappingProxyType(dict(value))
 
 
+def _details(values: Iterable[Any], what: str) -> tuple[dict[str, Any], ...]:
+    if isinstance(values, str | Mapping):
+        raise ConfigurationError(f"{what} must be a sequence of objects")
+    result = tuple(values)
+    if not all(isinstance(v, Mapping) for v in result):
+        raise ConfigurationError(f"{what} must hold JSON objects only")
+    return tuple(dict(v) for v in result)
+
+
 @dataclass(frozen=True, repr=False, eq=True)
 class GrantRecord:
     """One grant: copy-on-write (use :meth:`replace` or :meth:`with_token`).
@@ -237,6 +266,11 @@ class GrantRecord:
     updated_at: float = 0.0
     #: The client the grant was issued to (``None`` in rows of format 1).
     client_id: str | None = None
+    #: The DPoP key the grant is bound to, as its key provider exported it (a private JWK
+    #: for software keys, a reference for KMS keys); ``None``: a bearer grant.
+    dpop_key: Mapping[str, Any] | None = None
+    #: The RFC 9396 details the user consented to with this grant.
+    authorization_details: tuple[dict[str, Any], ...] = ()
 
     __hash__ = None  # type: ignore[assignment]  # holds mappings
 
@@ -265,6 +299,17 @@ class GrantRecord:
         object.__setattr__(self, "id_token_claims", _frozen_mapping(self.id_token_claims))
         object.__setattr__(self, "created_at", _finite(self.created_at, "created_at"))
         object.__setattr__(self, "updated_at", _finite(self.updated_at, "updated_at"))
+        if self.dpop_key is not None:
+            if not isinstance(self.dpop_key, Mapping) or not all(
+                isinstance(k, str) for k in self.dpop_key
+            ):
+                raise ConfigurationError("GrantRecord.dpop_key must be a JSON object or None")
+            object.__setattr__(self, "dpop_key", _frozen_mapping(self.dpop_key))
+        object.__setattr__(
+            self,
+            "authorization_details",
+            _details(self.authorization_details, "GrantRecord.authorization_details"),
+        )
 
     def replace(self, **changes: Any) -> GrantRecord:
         """A copy with ``changes`` applied (validated like a new record)."""
@@ -281,15 +326,26 @@ class GrantRecord:
             f"scopes={list(self.scopes)!r}, resources={list(self.resources)!r}, "
             f"refresh_token={'present' if self.refresh_token is not None else None}, "
             f"tokens={len(self.tokens)}, id_token_claims={sorted(self.id_token_claims)!r}, "
+            f"dpop_key={'present' if self.dpop_key is not None else None}, "
+            f"authorization_details={[d.get('type') for d in self.authorization_details]!r}, "
             f"updated_at={self.updated_at!r})"
         )
 
     # -- serialisation ---------------------------------------------------------------------
 
+    def _uses_v3(self) -> bool:
+        return (
+            self.dpop_key is not None
+            or bool(self.authorization_details)
+            or any(t.uses_v3 for t in self.tokens.values())
+        )
+
     def to_bytes(self) -> bytes:
-        """The record as UTF-8 JSON, format ``v`` 2 (see :meth:`from_bytes`)."""
-        document = {
-            "v": _FORMAT_VERSION,
+        """The record as UTF-8 JSON (see :meth:`from_bytes`): format ``v`` 3 when it holds
+        a DPoP key or authorization details, else format 2 (readable by older readers)."""
+        version = _FORMAT_VERSION if self._uses_v3() else 2
+        document: dict[str, Any] = {
+            "v": version,
             "issuer": self.issuer,
             "client_id": self.client_id,
             "subject": self.subject,
@@ -309,6 +365,18 @@ class GrantRecord:
                     "granted": None if t.granted is None else list(t.granted),
                     "verified": t.verified,
                     "audience": None if t.audience is None else list(t.audience),
+                    **(
+                        {
+                            "dpop_jkt": t.dpop_jkt,
+                            "authorization_details": (
+                                None
+                                if t.authorization_details is None
+                                else [dict(d) for d in t.authorization_details]
+                            ),
+                        }
+                        if version >= 3
+                        else {}
+                    ),
                 }
                 for t in sorted(
                     self.tokens.values(), key=lambda t: (t.resource or "", sorted(t.scopes))
@@ -318,6 +386,9 @@ class GrantRecord:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
+        if version >= 3:
+            document["dpop_key"] = None if self.dpop_key is None else dict(self.dpop_key)
+            document["authorization_details"] = [dict(d) for d in self.authorization_details]
         try:
             return json.dumps(
                 document, separators=(",", ":"), ensure_ascii=False, allow_nan=False
@@ -349,6 +420,10 @@ class GrantRecord:
             if not isinstance(claims, dict):
                 raise VaultCorrupted("grant record id_token_claims is not an object")
             refresh = _opt_str(doc["refresh_token"], "refresh_token")
+            dpop_key = doc.get("dpop_key")
+            if dpop_key is not None and not isinstance(dpop_key, dict):
+                raise VaultCorrupted("grant record dpop_key is not an object")
+            details = _object_list(doc.get("authorization_details", []), "authorization_details")
             return cls(
                 issuer=_str(doc["issuer"], "issuer"),
                 subject=_opt_str(doc["subject"], "subject"),
@@ -360,6 +435,8 @@ class GrantRecord:
                 created_at=_number(doc["created_at"], "created_at"),
                 updated_at=_number(doc["updated_at"], "updated_at"),
                 client_id=_opt_str(doc.get("client_id"), "client_id"),
+                dpop_key=dpop_key,
+                authorization_details=details,
             )
         except ConfigurationError:
             raise VaultCorrupted("grant record content is invalid") from None
@@ -394,8 +471,16 @@ _TOKEN_MEMBERS: Final = frozenset(
     {"resource", "scopes", "value", "token_type", "expires_at", "issued_at"}
 )
 _TOKEN_MEMBERS_V2: Final = _TOKEN_MEMBERS | {"granted", "verified", "audience"}
-_MEMBERS_BY_VERSION: Final = {1: _RECORD_MEMBERS, 2: _RECORD_MEMBERS | {"client_id"}}
-_TOKEN_MEMBERS_BY_VERSION: Final = {1: _TOKEN_MEMBERS, 2: _TOKEN_MEMBERS_V2}
+_MEMBERS_BY_VERSION: Final = {
+    1: _RECORD_MEMBERS,
+    2: _RECORD_MEMBERS | {"client_id"},
+    3: _RECORD_MEMBERS | {"client_id", "dpop_key", "authorization_details"},
+}
+_TOKEN_MEMBERS_BY_VERSION: Final = {
+    1: _TOKEN_MEMBERS,
+    2: _TOKEN_MEMBERS_V2,
+    3: _TOKEN_MEMBERS_V2 | {"dpop_jkt", "authorization_details"},
+}
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -458,6 +543,13 @@ def _str_list(value: Any, what: str) -> list[str]:
     return [_str(v, what) for v in _list(value, what)]
 
 
+def _object_list(value: Any, what: str) -> tuple[dict[str, Any], ...]:
+    items = _list(value, what)
+    if not all(isinstance(v, dict) for v in items):
+        raise VaultCorrupted(f"grant record {what} holds a non-object")
+    return tuple(items)
+
+
 def _number(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise VaultCorrupted(f"grant record {what} is not a number")
@@ -476,6 +568,7 @@ def _token_from_json(item: Any, version: int) -> CachedToken:
     verified = item.get("verified", True)
     if not isinstance(verified, bool):
         raise VaultCorrupted("grant record token verified is not a boolean")
+    details = item.get("authorization_details")
     return CachedToken(
         resource=_opt_str(item["resource"], "token resource"),
         scopes=frozenset(scopes),
@@ -486,4 +579,8 @@ def _token_from_json(item: Any, version: int) -> CachedToken:
         granted=None if granted is None else tuple(_str_list(granted, "token granted")),
         verified=verified,
         audience=None if audience is None else tuple(_str_list(audience, "token audience")),
+        dpop_jkt=_opt_str(item.get("dpop_jkt"), "token dpop_jkt"),
+        authorization_details=(
+            None if details is None else _object_list(details, "token authorization_details")
+        ),
     )

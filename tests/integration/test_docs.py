@@ -253,9 +253,35 @@ async def _readme(docs: Docs) -> dict[str, Any]:
     return {"identity": await docs.client(), "list_events": list_events}
 
 
+async def _resources(docs: Docs) -> Callable[..., httpx2.AsyncClient]:
+    """``httpx2.AsyncClient(auth=...)`` of the docs becomes an http client whose transport
+    plays the calendar and payments APIs of ``tests/integration/_resource.py`` (real JWT
+    checks, DPoP proofs verified, payments only as the token's authorization details
+    say)."""
+    from _resource import CalendarAPI, PaymentsAPI
+
+    async with httpx2.AsyncClient(trust_env=False) as http:
+        jwks = (await http.get(f"{docs.idp.issuer}/jwks")).json()
+    apps = {
+        "calendar.example": CalendarAPI(issuer=docs.idp.issuer, jwks=jwks),
+        "payments.example": PaymentsAPI(issuer=docs.idp.issuer, jwks=jwks),
+    }
+
+    async def route(scope: Any, receive: Any, send: Any) -> None:
+        host = dict(scope["headers"])[b"host"].decode()
+        await apps[host](scope, receive, send)
+
+    def resource_client(**kwargs: Any) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=route), **kwargs)
+
+    docs.replace["httpx2.AsyncClient(auth="] = "resource_client(auth="
+    return resource_client
+
+
 async def _approval(docs: Docs) -> dict[str, Any]:
     """docs/approval.md: ``alice`` (user alice of tenant acme at my-agent) and
-    ``pay_invoice(token, **arguments)``. The ping receiver's port 8765 becomes a free port.
+    ``pay_invoice(token, **arguments)``. The ping receiver's port 8765 becomes a free port;
+    ``httpx2.AsyncClient(auth=...)`` talks to the test payments API (see ``_resources``).
     """
 
     async def pay_invoice(token: Any, **arguments: Any) -> None:
@@ -263,7 +289,17 @@ async def _approval(docs: Docs) -> dict[str, Any]:
 
     docs.replace["8765"] = str(_free_port())
     identity = await docs.client()
-    return {"alice": identity.user("alice", tenant="acme"), "pay_invoice": pay_invoice}
+    return {
+        "alice": identity.user("alice", tenant="acme"),
+        "pay_invoice": pay_invoice,
+        "resource_client": await _resources(docs),
+    }
+
+
+async def _dpop(docs: Docs) -> dict[str, Any]:
+    """docs/dpop.md: ``httpx2.AsyncClient(auth=...)`` talks to the test calendar API,
+    which verifies DPoP proofs (see ``_resources``)."""
+    return {"resource_client": await _resources(docs)}
 
 
 async def _guide(docs: Docs) -> dict[str, Any]:
@@ -382,6 +418,7 @@ PRELUDES: dict[str, Prelude] = {
     "docs/approval.md": _approval,
     "docs/guide.md": _guide,
     "docs/dev-idp.md": _dev_idp,
+    "docs/dpop.md": _dpop,
     "docs/langchain.md": _langchain,
     "docs/mcp.md": _mcp,
     "docs/vault.md": _vault,

@@ -25,6 +25,7 @@ from agent_identity import (
     IdentityClient,
     InvalidClient,
     SystemClock,
+    TokenPolicyError,
     TokenVault,
 )
 from agent_identity.approval import PingReceiver, flow, purge_expired
@@ -67,6 +68,8 @@ class FakeAS:
     tokens: list[tuple[float, dict[str, str]]] = field(default_factory=list)
     on_token: Callable[[], None] | None = None
     issued_ids: int = 0
+    #: echo the backchannel request's authorization_details in the token (RFC 9396 §7)
+    echo_details: bool = True
 
     def __post_init__(self) -> None:
         self.metadata = {
@@ -104,15 +107,16 @@ class FakeAS:
                 self.on_token()
             step = self.polls.pop(0) if self.polls else "authorization_pending"
             if step == "token":
-                return httpx2.Response(
-                    200,
-                    json={
-                        "access_token": ACCESS_TOKEN,
-                        "token_type": "Bearer",
-                        "expires_in": 300,
-                        "scope": "payments.write",
-                    },
-                )
+                body: dict[str, Any] = {
+                    "access_token": ACCESS_TOKEN,
+                    "token_type": "Bearer",
+                    "expires_in": 300,
+                    "scope": "payments.write",
+                }
+                asked = self.backchannel[-1].get("authorization_details")
+                if asked and self.echo_details:
+                    body["authorization_details"] = json.loads(asked)
+                return httpx2.Response(200, json=body)
             return httpx2.Response(400, json={"error": step})
         return httpx2.Response(404)
 
@@ -183,14 +187,40 @@ async def test_sec_41_authorization_details_when_the_type_is_supported(clock: Fa
     server = FakeAS(
         clock,
         metadata={"authorization_details_types_supported": ["payment_initiation", "agent_action"]},
-        polls=["token"],
+        polls=["token", "token"],
     )
     async with client_for(server, TokenVault.memory(), clock) as identity:
+        await identity.user("alice").approve(
+            action=PAY, scopes="payments.write", resource=PAYMENTS
+        )
+        # without a resource no details are sent (servers refuse RAR without one)
         await identity.user("alice").approve(action=PAY, scopes="payments.write")
     details = json.loads(server.backchannel[0]["authorization_details"])
     assert details[0]["type"] == "agent_action"
     assert details[0]["tool"] == "pay_invoice"
     assert details[0]["action_hash"] == f"sha-256:{PAY.digest}"
+    assert details[0]["locations"] == [PAYMENTS]
+    assert "authorization_details" not in server.backchannel[1]
+
+
+async def test_approval_token_without_the_details_asked_for_is_refused(clock: FakeClock) -> None:
+    """RFC 9396 §7: the server must return the authorization_details it granted; a token
+    that does not carry those asked for is refused with a typed error."""
+    server = FakeAS(
+        clock,
+        metadata={"authorization_details_types_supported": ["agent_action"]},
+        polls=["token"],
+        echo_details=False,
+    )
+    vault = TokenVault.memory()
+    async with client_for(server, vault, clock) as identity:
+        with pytest.raises(TokenPolicyError) as caught:
+            await identity.user("alice").approve(
+                action=PAY, scopes="payments.write", resource=PAYMENTS
+            )
+    assert caught.value.reason == "authorization_details"
+    assert caught.value.missing_details == ("agent_action",)
+    assert await pending_rows(vault) == []
 
 
 async def test_sec_41_explicit_hint_replaces_the_default(clock: FakeClock) -> None:

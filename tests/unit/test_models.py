@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from agent_identity.errors import ConfigurationError
 from agent_identity.models import (
     AccessToken,
     DeviceAuthorization,
@@ -93,9 +94,11 @@ def test_access_token_header_scheme() -> None:
         return AccessToken(SecretStr("t"), token_type, "https://as", None, (), None, 0.0)
 
     assert make("bearer").authorization_header() == "Bearer t"
-    assert make("DPoP").authorization_header() == "DPoP t"
-    assert make("dpop").authorization_header() == "DPoP t"
     assert make("N_A").authorization_header() == "Bearer t"
+    # security item 36: a DPoP-bound token is never sent without its proof
+    for kind in ("DPoP", "dpop"):
+        with pytest.raises(ConfigurationError, match="DPoP-bound"):
+            make(kind).authorization_header()
 
 
 def test_sec_24_access_token_expiry() -> None:

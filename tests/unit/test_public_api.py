@@ -33,6 +33,12 @@ EXPECTED = {
     "Actor",
     # MCP servers
     "McpAuth",
+    # sender-constrained tokens (DPoP) and rich authorization requests
+    "DPoPKey",
+    "DPoPKeyProvider",
+    "SoftwareDPoPKeys",
+    "TokenAuth",
+    "AuthorizationDetail",
     # human approval (CIBA)
     "Action",
     "Approval",
@@ -74,6 +80,7 @@ EXPECTED = {
     "OAuthError",
     "ProtocolViolation",
     "ReauthorizationRequired",
+    "TokenBindingError",
     "TokenPolicyError",
     "RequestTimeout",
     "SSRFBlockedError",

@@ -52,6 +52,7 @@ from agent_identity.consent import (
 from agent_identity.errors import (
     AgentIdentityError,
     AuthorizationResponseError,
+    ConfigurationError,
     ConsentDenied,
     ConsentTimeout,
     InvalidClient,
@@ -170,6 +171,9 @@ class CanaryAS:
     id_token_overrides: dict[str, Any] = field(default_factory=dict)
     foreign_key: ECKey | None = None
     live_refresh_tokens: set[str] = field(default_factory=set)
+    #: DPoP (RFC 9449): tokens asked for with a proof are DPoP-bound; the calendar API
+    #: asks for a nonce once.
+    resource_nonce_sent: bool = False
 
     def new(self, kind: str) -> str:
         value = f"CANARY-{kind}-{secrets.token_hex(12)}"
@@ -198,6 +202,14 @@ class CanaryAS:
         form = dict(parse_qsl(request.content.decode("ascii"))) if request.content else {}
         self._observe(request, form)
         path = request.url.path
+        if request.url.host == "calendar.example":
+            return self._calendar(request)
+        if path == "/token" and "dpop" in request.headers:
+            answer = await self._token(request, form)
+            body = answer.json() if answer.status_code == 200 else None
+            if body is not None and "access_token" in body:
+                return httpx2.Response(200, json={**body, "token_type": "DPoP"})
+            return answer
         self.requests.append(Seen(request.method, path, form))
         if path == "/.well-known/oauth-authorization-server":
             return httpx2.Response(200, json=self.document)
@@ -243,6 +255,20 @@ class CanaryAS:
                 decoded = base64.b64decode(credentials).decode()
                 assert decoded.startswith(f"{CLIENT_ID}:CANARY-CS-")
                 self.kinds_on_wire.add("client-secret")
+
+    def _calendar(self, request: httpx2.Request) -> httpx2.Response:
+        """The calendar API: asks once for a DPoP nonce (RFC 9449 §9), then answers 200."""
+        self.requests.append(Seen(request.method, request.url.path, {}))
+        if "dpop" in request.headers and not self.resource_nonce_sent:
+            self.resource_nonce_sent = True
+            return httpx2.Response(
+                401,
+                headers={
+                    "WWW-Authenticate": 'DPoP error="use_dpop_nonce"',
+                    "DPoP-Nonce": "resource-nonce-1",
+                },
+            )
+        return httpx2.Response(200, json={"events": []})
 
     async def _fault(self, fault: Fault, request: httpx2.Request) -> httpx2.Response:
         if isinstance(fault, Exception):
@@ -474,6 +500,35 @@ async def authorization_code_flow(env: Env) -> None:
     await identity.revoke(read.value, token_type_hint="access_token")
     await user.disconnect()
     assert (await user.grant()) is None
+
+
+async def dpop_flow(env: Env) -> None:
+    """DPoP (RFC 9449): consent with PAR and dpop_jkt, a resource request with a proof
+    and a nonce retry, a refresh, client credentials, a refused bearer use of a bound
+    token. The grant's private key is a secret too."""
+    identity = env.identity
+    user = env.user()
+    grant = await user.consent(scopes=["openid", "calendar.read"], resource=CALENDAR)
+    current = await identity.vault.load(user.key, fresh=True)
+    assert current is not None
+    assert current.record.dpop_key is not None
+    env.server.remember("dpop-private-key", current.record.dpop_key["jwk"]["d"])
+    token = await user.token(resource=CALENDAR, scopes=["calendar.read"])
+    assert token.token_type == "DPoP"
+    auth = user.http_auth(resource=CALENDAR, scopes="calendar.read")
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(env.server), auth=auth) as http:
+        assert (await http.get(f"{CALENDAR}/events")).status_code == 200
+    refreshed = await user.refresh_after_rejection(token)
+    own = await identity.client_credentials(scopes=["calendar.read"], resource=CALENDAR)
+    with pytest.raises(ConfigurationError) as refused:
+        token.authorization_header()
+    env.errors.append(refused.value)
+    headers = await refreshed.request_headers("GET", f"{CALENDAR}/events")
+    env.keep(grant, token, refreshed, own, token.dpop, token.dpop.key if token.dpop else None)
+    env.keep(current.record, auth)
+    env.texts.append(repr(sorted(headers)))
+    env.keep_client_state()
+    await user.disconnect()
 
 
 async def device_flow(env: Env) -> None:
@@ -710,6 +765,8 @@ class Flow:
     timeout: float = 5.0
     #: Secrets that must have been on the wire (so the search is not vacuous).
     on_wire: tuple[str, ...] = ()
+    #: More IdentityClient arguments.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 _CODE = ("code", "verifier", "refresh-token")
@@ -736,6 +793,13 @@ FLOWS = {
         on_wire=(*_CODE, "client-secret"),
     ),
     "device": Flow(device_flow, on_wire=("device-code", "refresh-token", "client-secret")),
+    "dpop": Flow(
+        dpop_flow,
+        document={"pushed_authorization_request_endpoint": f"{ISSUER}/par"},
+        use_par=True,
+        options={"dpop": True},
+        on_wire=("code", "verifier", "refresh-token", "client-secret"),
+    ),
     "device-failures": Flow(device_flow_failures, on_wire=("device-code",)),
     "loopback": Flow(loopback_flow, on_wire=("code", "verifier")),
     "console": Flow(console_flow, on_wire=("code", "verifier")),
@@ -880,7 +944,7 @@ async def test_sec_40_no_secret_in_logs_errors_or_reprs(
         server.remember("private-key-d", key["d"])
         kwargs["private_key"] = key
 
-    env = await run_flow(flow, server, monkeypatch, **kwargs)
+    env = await run_flow(flow, server, monkeypatch, **kwargs, **flow.options)
 
     # the search is not vacuous: the secrets really were used on the wire
     missing = set(flow.on_wire) - server.kinds_on_wire

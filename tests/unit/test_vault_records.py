@@ -148,6 +148,82 @@ def test_format_1_records_are_still_read() -> None:
     assert json.loads(old.to_bytes())["v"] == 2
 
 
+CANARY_DPOP_D = "canary-dpop-private-d"
+DPOP_KEY = {
+    "kind": "jwk",
+    "alg": "ES256",
+    "jwk": {"kty": "EC", "crv": "P-256", "x": "xx", "y": "yy", "d": CANARY_DPOP_D},
+}
+DETAILS = ({"type": "payment_initiation", "instructedAmount": {"amount": "1.00"}},)
+
+
+def dpop_record() -> GrantRecord:
+    token = CachedToken(
+        resource="https://api.example/",
+        scopes=frozenset({"read"}),
+        value=SecretStr(CANARY_AT),
+        token_type="DPoP",
+        expires_at=1_900_000_000.5,
+        issued_at=1_899_999_000.0,
+        dpop_jkt="thumb",
+        authorization_details=DETAILS,
+    )
+    return make_record(tokens={token.key: token}, dpop_key=DPOP_KEY, authorization_details=DETAILS)
+
+
+def test_format_3_holds_the_dpop_key_and_details_and_round_trips() -> None:
+    """The grant's DPoP key is sealed in the same row as the refresh token (RFC 9449)."""
+    record = dpop_record()
+    data = record.to_bytes()
+    doc = json.loads(data)
+    assert doc["v"] == 3
+    assert doc["dpop_key"] == DPOP_KEY
+    assert doc["refresh_token"] == CANARY_RT  # the same row: losing one loses both
+    assert doc["tokens"][0]["dpop_jkt"] == "thumb"
+    again = GrantRecord.from_bytes(data)
+    assert again == record
+    assert dict(again.dpop_key or {}) == DPOP_KEY
+    assert again.authorization_details == DETAILS
+    (token,) = again.tokens.values()
+    assert (token.dpop_jkt, token.authorization_details) == ("thumb", DETAILS)
+    # no key material, token or detail value in reprs (security item 40)
+    text = repr(again) + repr(token)
+    assert CANARY_DPOP_D not in text
+    assert "1.00" not in text
+    assert "dpop_key=present" in repr(again)
+
+
+def test_records_without_dpop_or_details_stay_format_2() -> None:
+    """Older readers keep reading what does not need format 3."""
+    assert json.loads(make_record().to_bytes())["v"] == 2
+    assert (
+        json.loads(
+            dpop_record().replace(dpop_key=None, authorization_details=(), tokens={}).to_bytes()
+        )["v"]
+        == 2
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d.update(dpop_key="a string"),
+        lambda d: d.update(authorization_details=[1]),
+        lambda d: d.update(authorization_details={"type": "x"}),
+        lambda d: d.pop("dpop_key"),
+        lambda d: d["tokens"][0].update(dpop_jkt=""),
+        lambda d: d["tokens"][0].update(authorization_details=["x"]),
+        lambda d: d["tokens"][0].pop("dpop_jkt"),
+        lambda d: d.update(v=2),  # format 2 has no such members
+    ],
+)
+def test_format_3_is_strict(change: Any) -> None:
+    doc = json.loads(dpop_record().to_bytes())
+    change(doc)
+    with pytest.raises(VaultCorrupted):
+        GrantRecord.from_bytes(json.dumps(doc).encode())
+
+
 def test_grant_keys_hold_the_client_id() -> None:
     """Issue 12, finding 2: the client id is part of a grant's identity."""
     a = GrantKey("t", "alice", "https://as.example", "agent-a")
