@@ -10,14 +10,11 @@ Unknown members of server documents are ignored (security item 4).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, SecretStr
 
 from agent_identity.errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from agent_identity.oauth.dpop import DPoPSigner
 
 __all__ = [
     "AccessToken",
@@ -132,6 +129,17 @@ class DeviceAuthorization(_Wire):
     interval: _Seconds = Field(default=5, ge=1)
 
 
+class ProofSigner(Protocol):
+    """What signs the DPoP proofs of a bound token (RFC 9449 §4): implemented by
+    :class:`agent_identity.oauth.dpop.DPoPSigner`."""
+
+    async def proof(self, method: str, url: str, *, access_token: str | None = None) -> str: ...
+
+    def remember_nonce(self, url: str, value: str | None) -> bool:
+        """Keep a ``DPoP-Nonce`` the server at ``url`` sent; ``True`` when it is new."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class AccessToken:
     """An access token ready to be sent to ``resource`` in an ``Authorization`` header.
@@ -162,7 +170,7 @@ class AccessToken:
     received_at: float
     scopes_verified: bool = True
     audience: tuple[str, ...] | None = None
-    dpop: DPoPSigner | None = field(default=None, compare=False)
+    dpop: ProofSigner | None = field(default=None, compare=False)
     authorization_details: tuple[dict[str, Any], ...] | None = field(default=None, compare=False)
 
     @property
