@@ -231,7 +231,11 @@ class UserIdentity:
         grant = self.main
         wanted = words(scopes, "scopes")
         audit = {"tool": action.tool, "resource": resource, "scopes_requested": wanted}
-        await grant.audit_event("approval.requested", approval_id=action.digest[:16], **audit)
+        async def requested() -> None:  # once per prompt on the user's device
+            await grant.audit_event(
+                "approval.requested", approval_id=action.digest[:16], **audit
+            )
+
         try:
             approval = await request_approval(
                 grant,
@@ -249,6 +253,7 @@ class UserIdentity:
                 authorization_details=authorization_details,
                 key=key,
                 wait=wait,
+                on_requested=requested,
             )
         except ApprovalPending:
             raise  # still pending: the decision is audited when it comes

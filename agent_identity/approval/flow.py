@@ -53,7 +53,7 @@ import math
 import re
 import unicodedata
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -375,8 +375,13 @@ async def request_approval(
     authorization_details: Details | None = None,
     key: str | None = None,
     wait: float | None = None,
+    on_requested: Callable[[], Awaitable[None]] | None = None,
 ) -> Approval:
     """Ask ``user`` to approve ``action`` and wait for the outcome (see the module doc).
+
+    ``on_requested`` is awaited once a NEW backchannel request was accepted by the server
+    (not when a pending one is resumed, nor when a remembered outcome is returned), e.g.
+    to write the ``approval.requested`` audit record exactly once per prompt.
 
     ``binding_message_template`` shapes the message on the user's device (see
     :func:`templated_binding_message`); ``authorization_details`` (typed
@@ -505,6 +510,8 @@ async def request_approval(
                     client_notification_token=notification_token,
                 )
                 poller = CibaPoller.start(ack, now=clock.monotonic())
+                if on_requested is not None:
+                    await on_requested()
                 pending = _Pending(
                     client_id=server.client_id,
                     issuer=metadata.issuer,

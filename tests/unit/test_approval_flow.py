@@ -554,3 +554,31 @@ async def test_sec_44_ping_mode_falls_back_to_polling(clock: FakeClock) -> None:
     assert real.monotonic() - started >= 2
     assert approval.use(PAY).value.get_secret_value() == ACCESS_TOKEN
     assert receiver._expected == {}
+
+
+async def test_a_resumed_approval_is_audited_as_requested_once(clock: FakeClock) -> None:
+    """One prompt, one ``approval.requested`` record: resuming the same pending request
+    (here after a restart) asks nobody again and writes no second request record."""
+    from agent_identity.audit import AuditTrail, MemorySink
+
+    vault = TokenVault.memory()
+    sink = MemorySink()
+    server = FakeAS(clock, polls=["authorization_pending"])
+
+    def crash() -> None:
+        raise Crash
+
+    server.on_token = crash
+    async with AuditTrail(sink) as trail:
+        with pytest.raises(Crash):
+            async with client_for(server, vault, clock, audit=trail) as identity:
+                await identity.user("alice").approve(action=PAY, scopes=["payments.write"])
+        server.on_token = None
+        server.polls = ["token"]
+        async with client_for(server, vault, clock, audit=trail) as identity:
+            await identity.user("alice").approve(action=PAY, scopes=["payments.write"])
+        await trail.flush()
+    kinds = [event.kind for event in sink.events]
+    assert len(server.backchannel) == 1
+    assert kinds.count("approval.requested") == 1
+    assert kinds.count("approval.granted") == 1
