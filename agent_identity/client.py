@@ -135,7 +135,8 @@ class IdentityClient:
         made in the process and sealed in the vault with the grant), or a
         :class:`~agent_identity.DPoPKeyProvider` whose keys stay in a KMS or HSM. DPoP is
         used anyway when the server's metadata says it binds every token
-        (``dpop_bound_access_tokens``). See ``docs/dpop.md``.
+        (``dpop_bound_access_tokens``). It applies to the authorization servers of MCP
+        servers too (``mcp_auth`` presents tokens with proofs). See ``docs/dpop.md``.
     :param action_details: ``{tool name: function(action) -> authorization details}``:
         the RFC 9396 details that a human approval of that tool's actions asks for (typed
         :class:`~agent_identity.AuthorizationDetail` models), so that the user approves
@@ -223,10 +224,6 @@ class IdentityClient:
                 lease_ttl=lease_ttl,
                 dpop=dpop,
             )
-        elif dpop is not False:
-            raise ConfigurationError(
-                "dpop= applies to the client's own authorization server; this client has none"
-            )
         self.client_id: str = client_id or ""
         self.issuer: str = self.server.issuer if self.server is not None else ""
         self.connection = connection or self.issuer
@@ -243,7 +240,12 @@ class IdentityClient:
             login_hint=login_hint,
             ciba_login_hint=ciba_login_hint,
             policy=self._policy,
-            server_options={"leeway": leeway, "use_par": use_par, "lease_ttl": lease_ttl},
+            server_options={
+                "leeway": leeway,
+                "use_par": use_par,
+                "lease_ttl": lease_ttl,
+                "dpop": dpop,
+            },
             action_details=dict(action_details or {}),
         )
         self._mcp_defaults = dict(mcp or {})

@@ -1555,8 +1555,20 @@ class _AuthorizationFlow:
             extra=self._extra,
             lifetime=lifetime,
             register=False,
+            authorization_details=self._details,
+            dpop=self._dpop,
         )
         return pending, url
+
+    @property
+    def dpop(self) -> DPoPSigner | None:
+        """The DPoP key the code of this authorization is bound to (``None``: bearer)."""
+        return self._dpop
+
+    @property
+    def authorization_details(self) -> tuple[dict[str, Any], ...]:
+        """The RFC 9396 details asked for (JSON objects)."""
+        return self._details
 
     async def complete(self, callback_url: str) -> None:
         server = self._grant.server

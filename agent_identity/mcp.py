@@ -82,7 +82,14 @@ import anyio
 import httpx2
 from pydantic import SecretStr
 
-from agent_identity._http import HttpDriver, TransportPolicy, bearer_challenge, require_token_target
+from agent_identity._http import (
+    HttpDriver,
+    TransportPolicy,
+    bearer_challenge,
+    present_token,
+    require_token_target,
+    wants_new_nonce,
+)
 from agent_identity.errors import (
     AgentIdentityError,
     ConfigurationError,
@@ -662,11 +669,18 @@ class McpAuth(httpx2.Auth):
         token: AccessToken | None = None
         if session is not None:
             token = await session.source.token(session.scopes)
-            request.headers["Authorization"] = token.authorization_header()
+            await present_token(request, token)
         response = yield request
         refreshed = False
         discovered = False
+        nonce_retried = False
         while True:
+            if token is not None and wants_new_nonce(response, token) and not nonce_retried:
+                # RFC 9449 §9: the MCP server wants a proof with its nonce: once.
+                nonce_retried = True
+                await present_token(request, token)
+                response = yield request
+                continue
             challenge = bearer_challenge(response)
             error = challenge.error if challenge is not None else None
             status = response.status_code
@@ -701,7 +715,7 @@ class McpAuth(httpx2.Auth):
                 if not (reauthenticate or more_scope):
                     self._step_ups.pop(operation, None)  # answered otherwise: a new budget
                 return
-            request.headers["Authorization"] = token.authorization_header()
+            await present_token(request, token)
             response = yield request
 
     async def _step_up(
@@ -890,6 +904,9 @@ class McpAuth(httpx2.Auth):
             use_par=options.get("use_par"),
             lease_ttl=options.get("lease_ttl"),
             redirect_uris=credentials.redirect_uris,
+            # DPoP (RFC 9449) when the agent asks for it, or when this authorization
+            # server binds every token: McpAuth presents tokens with proofs either way.
+            dpop=options.get("dpop") or server.dpop_bound_access_tokens,
         )
         self._registration_by_issuer[issuer] = credentials.source
         return self._clients_by_issuer.setdefault(issuer, client)

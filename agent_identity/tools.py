@@ -37,6 +37,8 @@ from agent_identity.consent.web import reset_resume, set_resume
 from agent_identity.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    import httpx2
+
     from agent_identity.approval import Approval, ApprovalPolicy, PingReceiver
     from agent_identity.audit import AuditTrail
     from agent_identity.client import IdentityClient
@@ -48,6 +50,7 @@ __all__ = [
     "ToolContext",
     "ToolGuard",
     "ToolRequirement",
+    "current_auth",
     "current_token",
     "current_tool_context",
 ]
@@ -199,6 +202,20 @@ def current_token() -> AccessToken:
     if token is None:
         raise ConfigurationError("this tool was protected without a resource: it has no token")
     return token
+
+
+def current_auth() -> httpx2.Auth:
+    """An ``httpx2.Auth`` presenting the current tool call's token: ``Authorization:
+    Bearer``, or for a DPoP-bound token (RFC 9449) ``Authorization: DPoP`` with a fresh
+    proof on every request (security items 34-37); only to URLs under the token's resource
+    (security item 23)::
+
+        async with httpx2.AsyncClient(auth=current_auth()) as http:
+            events = await http.get(f"{CALENDAR}/events")
+    """
+    from agent_identity._http import TokenAuth
+
+    return TokenAuth(current_token())
 
 
 class ToolGuard:

@@ -147,6 +147,12 @@ class _DetachableFlow(Protocol):
         self, redirect_uri: str, *, lifetime: float
     ) -> tuple[authz.PendingAuthorization, str]: ...
 
+    @property
+    def dpop(self) -> Any: ...
+
+    @property
+    def authorization_details(self) -> tuple[dict[str, Any], ...]: ...
+
 
 @dataclass(frozen=True)
 class WebConsentResult:
@@ -186,6 +192,13 @@ class _Sealed:
     expires_at: float
     resume: dict[str, Any]
     format: int = _FORMAT
+    #: RFC 9449 §10: the DPoP key the code is bound to (its export: a private JWK or a key
+    #: provider's reference), sealed with the flow so that any worker can redeem the code
+    #: and keep the key with the grant; ``dpop_jkt`` its thumbprint.
+    dpop_key: dict[str, Any] | None = None
+    dpop_jkt: str | None = None
+    #: RFC 9396: the authorization details asked for.
+    authorization_details: list[dict[str, Any]] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return f"_Sealed(tenant={self.tenant!r}, user={self.user!r}, scopes={self.scopes!r})"
@@ -220,6 +233,8 @@ class _Sealed:
             created_at=monotonic_now - max(0.0, wall_now - self.created_at),
             expires_at=monotonic_now + (self.expires_at - wall_now),
             max_age=self.max_age,
+            dpop_jkt=self.dpop_jkt,
+            authorization_details=tuple(self.authorization_details),
         )
 
 
@@ -360,6 +375,9 @@ class WebConsent:
             created_at=clock_now,
             expires_at=clock_now + self.lifetime,
             resume=resume,
+            dpop_key=grant_flow.dpop.key.export() if grant_flow.dpop is not None else None,
+            dpop_jkt=pending.dpop_jkt,
+            authorization_details=[dict(d) for d in grant_flow.authorization_details],
         )
         await self._purge(vault, clock_now)
         await vault.put_blob(
@@ -577,14 +595,20 @@ async def _redeem_and_store(
     async def job() -> Any:
         # The code is single-use: once redeemed, its grant must be stored (shielded from
         # cancellation, bounded in time).
-        with anyio.CancelScope(shield=True), anyio.fail_after(grant.server.policy.timeout * 3):
-            response, claims = await grant.server.redeem(pending, code, resource=sealed.primary)
+        server = grant.server
+        dpop = None if sealed.dpop_key is None else server.load_dpop_signer(sealed.dpop_key)
+        with anyio.CancelScope(shield=True), anyio.fail_after(server.policy.timeout * 3):
+            response, claims = await server.redeem(
+                pending, code, resource=sealed.primary, dpop=dpop
+            )
             return await grant.store_consent(
                 response,
                 claims,
                 requested=tuple(sealed.scopes),
                 resources=tuple(sealed.resources),
                 primary=sealed.primary,
+                dpop=dpop,
+                authorization_details=tuple(sealed.authorization_details),
             )
 
     return await grant.context.detached.run(job)

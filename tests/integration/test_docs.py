@@ -228,18 +228,6 @@ async def _base(docs: Docs) -> dict[str, Any]:
     return {"issuer": docs.idp.issuer, "secret": MY_AGENT_SECRET, "CALENDAR": CALENDAR}
 
 
-def _calendar_api() -> httpx2.AsyncClient:
-    """An http client whose transport plays the calendar API: it answers with alice's
-    events when the request carries a bearer token."""
-
-    def handler(request: httpx2.Request) -> httpx2.Response:
-        if not request.headers.get("authorization", "").startswith("Bearer "):
-            return httpx2.Response(401)
-        return httpx2.Response(200, json={"events": ["standup 09:30"]})
-
-    return httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
-
-
 async def _readme(docs: Docs) -> dict[str, Any]:
     """README.md: after the (illustrative) tour, ``identity`` (an entered client of
     my-agent) and ``list_events`` (a LangChain tool)."""
@@ -324,8 +312,8 @@ async def _dev_idp(docs: Docs) -> dict[str, Any]:
 
 
 async def _langchain(docs: Docs) -> dict[str, Any]:
-    """docs/langchain.md: ``http`` (a client of the calendar API, played by a mock
-    transport), ``create_event`` (a tool), ``list_events_sync`` (a synchronous tool),
+    """docs/langchain.md: ``httpx2.AsyncClient(auth=...)`` talks to the test calendar API
+    (see ``_resources``), ``create_event`` (a tool), ``list_events_sync`` (a synchronous tool),
     ``audit`` (an entered AuditTrail), ``pay_invoice`` (a tool), and the chat models
     ``model`` (calls ``list_events`` for monday, then answers) and ``payments_model``
     (calls ``pay_invoice`` for INV-7, 120.0, then answers): scripted fakes."""
@@ -359,10 +347,9 @@ async def _langchain(docs: Docs) -> dict[str, Any]:
         """List the user's calendar events on a day."""
         return f"{day}: {current_token().scopes}"
 
-    http = await docs.stack.enter_async_context(_calendar_api())
     audit = await docs.stack.enter_async_context(AuditTrail(MemorySink()))
     return {
-        "http": http,
+        "resource_client": await _resources(docs),
         "create_event": create_event,
         "list_events_sync": list_events_sync,
         "audit": audit,

@@ -18,6 +18,7 @@ import httpx2
 import pytest
 import uvicorn
 from _helpers import make_client
+from _resource import Refused, TokenCheck
 from joserfc import jwt
 from joserfc.jwk import KeySet
 from mcp.client.session import ClientSession
@@ -62,6 +63,8 @@ class ToolServer:
         self.always_insufficient = False
         self.reject_next = 0
         self.seen: list[dict[str, Any]] = []
+        #: When set, tokens must be DPoP-bound and come with valid proofs (RFC 9449).
+        self.dpop: TokenCheck | None = None
         server = MCPServer(
             "tools",
             token_verifier=self,
@@ -145,6 +148,23 @@ class ToolServer:
             document.update(self.prm_overrides)
             await _respond(send, 200, document)
             return
+        if self.dpop is not None:
+            url = f"http://127.0.0.1:{self.port}{scope['path']}"
+            try:
+                self.dpop.authenticate(scope["method"], url, headers)
+            except Refused as refused:
+                extra = {"www-authenticate": refused.challenge}
+                if refused.nonce is not None:
+                    extra["dpop-nonce"] = refused.nonce
+                await _respond(send, refused.status, {"error": "invalid_token"}, extra)
+                return
+            # the MCP library's middleware reads bearer tokens: hand the checked one on
+            token = headers["authorization"].partition(" ")[2]
+            kept = [
+                (k, v) for k, v in scope["headers"] if k.lower() not in (b"authorization", b"dpop")
+            ]
+            scope = {**scope, "headers": [*kept, (b"authorization", f"Bearer {token}".encode())]}
+            headers["authorization"] = f"Bearer {token}"
         body = b""
         if scope["method"] == "POST":
             more = True
@@ -534,3 +554,37 @@ def test_example_mcp_agent_runs_headless() -> None:
     assert "as the agent: called by client agent-confidential" in result.stdout
     assert "agent registration: own" in result.stdout
     assert result.stdout.rstrip().endswith("Done.")
+
+
+async def test_sec_34_36_37_mcp_auth_presents_dpop_bound_tokens_with_proofs(
+    dev_idp_factory: Callable[..., DevIdP], tools: ToolServer
+) -> None:
+    """Issue 13: DPoP through ``mcp_auth()`` too. With ``IdentityClient(dpop=True)`` the
+    MCP server's authorization server issues DPoP-bound tokens (``cnf.jkt``), and every
+    request to the MCP server carries ``Authorization: DPoP`` with a fresh proof (``ath``,
+    ``htm``, ``htu``), retried once with the server's nonce (security items 34, 36, 37)."""
+    idp = _idp_for(dev_idp_factory, tools)
+    jwks = await _jwks(idp)
+    tools.use(idp.issuer, jwks)
+    check = TokenCheck(issuer=idp.issuer, jwks=jwks, resource=tools.url, require_nonce=True)
+    tools.dpop = check
+    identity = make_client(
+        idp,
+        consent=LoopbackConsent(browser=CountingBrowser()),
+        allow_private_addresses=True,
+        use_par=False,
+        dpop=True,
+    )
+    async with (
+        identity,
+        identity.user("alice").mcp_auth(tools.url) as auth,
+        _mcp(tools.url, auth) as session,
+    ):
+        assert _text(await session.call_tool("whoami", {})) == "alice"
+    assert check.proofs, "no DPoP proof reached the MCP server"
+    assert all(p["header"]["typ"] == "dpop+jwt" for p in check.proofs)
+    assert any(p["claims"].get("nonce") == check.nonce for p in check.proofs)
+    assert len({p["claims"]["jti"] for p in check.proofs}) == len(check.proofs)
+    authorizations = [s["auth"] for s in tools.seen if s["auth"]]
+    assert authorizations
+    assert all(a.startswith("DPoP ") for a in authorizations)

@@ -290,3 +290,29 @@ async def test_the_callback_app_in_starlette_never_redirects(
     assert post.status_code == 405
     assert len(results) == 1
     assert results[0].user == "alice"
+
+
+async def test_sec_36_a_dpop_client_completes_on_another_worker_with_the_flows_key(
+    dev_idp: DevIdP, tmp_path: Path
+) -> None:
+    """DPoP (RFC 9449 §10): the code is bound to the flow's key (``dpop_jkt``), so the key
+    is sealed with the pending consent; the worker that completes it redeems the code with
+    a proof of that key and keeps the key with the grant: the tokens it then gets are
+    DPoP-bound and usable after another restart."""
+    consent = WebConsent(REDIRECT)
+    async with worker(dev_idp, tmp_path, consent, dpop=True) as a:
+        url = await consent.start(a.user("alice"), scopes=["calendar.read"], resource=CALENDAR)
+    assert "dpop_jkt=" in url or "request_uri=" in url
+    callback = await visit(url)
+    async with worker(dev_idp, tmp_path, WebConsent(REDIRECT), dpop=True) as b:
+        await b_consent(b).complete(b, callback)
+        token = await b.user("alice").token(resource=CALENDAR, scopes=["calendar.read"])
+        assert token.dpop_bound
+        assert token.dpop is not None
+        redeemed = (await token_requests(dev_idp))[-1]
+        assert redeemed["status"] == 200
+    async with worker(dev_idp, tmp_path, WebConsent(REDIRECT), dpop=True) as c:
+        again = await c.user("alice").refresh_after_rejection(token)
+        assert again.dpop_bound
+        assert again.dpop is not None
+        assert again.dpop.jkt == token.dpop.jkt  # the grant's key, restored from the vault

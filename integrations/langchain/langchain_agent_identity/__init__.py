@@ -24,6 +24,7 @@ from agent_identity.tools import (
     ApprovalOptions,
     ToolGuard,
     ToolRequirement,
+    current_auth,
     current_token,
     current_tool_context,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "UserUnknown",
     "__version__",
     "acting_for",
+    "current_auth",
     "current_token",
     "current_tool_context",
     "protect",

@@ -7,9 +7,11 @@ import threading
 from typing import Annotated, Any
 
 import anyio
+import httpx2
 import pytest
 from _helpers import CALENDAR, MAIL
 from _lc_helpers import AsUser, NoHumanHere, blocking_client, calendar_api, call_calendar, client
+from _resource import CalendarAPI
 from langchain_agent_identity import (
     ProtectedTool,
     acting_for,
@@ -469,3 +471,38 @@ async def _gather(*awaitables: Any) -> list[Any]:
         for i, awaitable in enumerate(awaitables):
             tg.start_soon(one, i, awaitable)
     return results
+
+
+async def test_sec_34_36_a_protected_tool_presents_a_dpop_bound_token_with_proofs(
+    dev_idp: DevIdP,
+) -> None:
+    """Issue 13: DPoP through the LangChain wrappers. With ``IdentityClient(dpop=True)``
+    the tool's narrow token is DPoP-bound; ``current_auth()`` presents it with a fresh
+    proof on every request (and the resource's nonce), which the calendar API verifies
+    (``ath``, ``htm``, ``htu``, key thumbprint)."""
+    from langchain_agent_identity import current_auth
+
+    async with httpx2.AsyncClient() as http:
+        jwks = (await http.get(f"{dev_idp.issuer}/jwks")).json()
+    api = CalendarAPI(issuer=dev_idp.issuer, jwks=jwks, require_nonce=True)
+
+    @tool
+    async def list_events(day: str) -> str:
+        """List the user's calendar events on a day."""
+        async with httpx2.AsyncClient(
+            auth=current_auth(), transport=httpx2.ASGITransport(app=api)
+        ) as http:
+            first = await http.get(f"{CALENDAR}/events", params={"day": day})
+            second = await http.get(f"{CALENDAR}/events", params={"day": day})
+        return f"{first.status_code} {second.status_code}"
+
+    async with client(dev_idp, dpop=True) as identity:
+        protected = protect(
+            list_events, identity=identity, resource=CALENDAR, scopes="calendar.read"
+        )
+        assert await protected.ainvoke({"day": "monday"}, config=ALICE) == "200 200"
+    schemes = [seen["headers"]["authorization"].split()[0] for seen in api.seen]
+    assert set(schemes) == {"DPoP"}
+    assert api.check is not None
+    jtis = [proof["claims"]["jti"] for proof in api.check.proofs]
+    assert len(jtis) == len(set(jtis)) >= 2  # a fresh proof per request, retries included
