@@ -254,3 +254,99 @@ def test_verify_never_raises_on_garbage(tmp_path: Path, data: bytes) -> None:
     path.write_bytes(data)
     result = verify_chain([path])
     assert result.ok == (data == b"")
+
+
+# -- issue 12 item 10: verification never raises, whatever the third line holds ------------
+
+
+def _record(number: bytes) -> bytes:
+    """A line shaped like a record (hex hashes, the right members) holding ``number``."""
+    hexes = b'"hash":"' + b"a" * 64 + b'","prev_hash":"' + b"b" * 64 + b'"'
+    return b'{"event":{"n":' + number + b"}," + hexes + b',"seq":2,"v":1}'
+
+
+HOSTILE_LINES = [
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, id="deeply-nested-array"),
+    pytest.param(b'{"a":' * 50_000 + b"1" + b"}" * 50_000, id="deeply-nested-object"),
+    pytest.param(_record(b"NaN"), id="nan"),
+    pytest.param(_record(b"-Infinity"), id="infinity"),
+    pytest.param(_record(b"1e400"), id="1e400"),
+    pytest.param(_record(b"9" * 4000), id="4000-digits"),
+    pytest.param(b'{"event":{"n":' + b"9" * 5000 + b'},"v":1}', id="5000-digits"),
+    pytest.param(b'{"event":{},"event":{},"hash":"","prev_hash":"","seq":2,"v":1}', id="dup"),
+    pytest.param(
+        b'{"event":{"s":"\\ud800"},"hash":"'
+        + b"0" * 64
+        + b'","prev_hash":"'
+        + b"0" * 64
+        + b'","seq":2,"v":1}',
+        id="lone-surrogate",
+    ),
+    pytest.param(b"\xff\xfe\xed\xa0\x80 not utf-8", id="non-utf-8"),
+    pytest.param(b'{"event":{"tool":"x"', id="truncated"),
+    pytest.param(b"\x00" * 1000, id="nul-bytes"),
+    pytest.param(b"[]", id="not-an-object"),
+    pytest.param(
+        b'{"event":{},"hash":"' + b"a" * 64 + b'","prev_hash":"x","seq":true,"v":1}', id="bool-seq"
+    ),
+]
+
+
+def _replace_third_line(path: Path, line: bytes) -> None:
+    lines = _lines(path)
+    lines[2] = line + b"\n"
+    path.write_bytes(b"".join(lines))
+
+
+async def _chain_with_third_line(path: Path, line: bytes) -> None:
+    await _write(path, 4)
+    _replace_third_line(path, line)
+
+
+@pytest.mark.parametrize("line", HOSTILE_LINES)
+async def test_verify_reports_hostile_lines_as_broken_at_their_line(
+    tmp_path: Path, line: bytes
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    await _chain_with_third_line(path, line)
+    result = verify_chain([path])
+    assert not result.ok
+    assert result.first_broken == (str(path), 3)
+    assert result.records == 2
+    assert result.reason
+
+
+async def test_cli_verify_reports_hostile_lines_as_broken(tmp_path: Path) -> None:
+    """The command line, in a fresh process: BROKEN with the line number, exit 1."""
+    for index, param in enumerate(HOSTILE_LINES):
+        path = tmp_path / f"audit-{index}.jsonl"
+        await _chain_with_third_line(path, param.values[0])
+    for index in range(len(HOSTILE_LINES)):
+        path = tmp_path / f"audit-{index}.jsonl"
+        outcome = _cli(str(path))
+        assert outcome.returncode == 1, (HOSTILE_LINES[index].id, outcome.stderr)
+        assert outcome.stdout.startswith(f"BROKEN: {path}:3: "), HOSTILE_LINES[index].id
+        assert outcome.stderr == ""
+
+
+async def test_cli_verify_odd_file_names(tmp_path: Path) -> None:
+    undecodable = tmp_path / "audit-\udcff.jsonl"  # a POSIX name that is not UTF-8
+    outcome = _cli(str(undecodable))
+    assert outcome.returncode == 1
+    assert "file is missing" in outcome.stdout
+    assert outcome.stderr == ""
+    assert not verify_chain([tmp_path / "a\x00b"]).ok
+    assert verify_chain([tmp_path]).first_broken == (str(tmp_path), 0)  # a directory
+
+
+def _append(path: Path, data: bytes) -> None:
+    with path.open("ab") as fh:
+        fh.write(data)
+
+
+async def test_sink_reopens_after_a_garbage_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 2)
+    _append(path, b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    await _write(path, 1)  # resumes from the last readable record instead of crashing
+    assert verify_chain([path]).first_broken == (str(path), 3)
