@@ -209,6 +209,24 @@ def test_policy_threshold_fails_closed_on_unreadable_values() -> None:
     assert not above({"amount": "  42 EUR"})
 
 
+@pytest.mark.parametrize(
+    "amount",
+    ["1e9", "1E9", "0x10", "0b1", "42EUR", "100.5.3", "\u0661\u0662\u0660", "\uff11\uff12\uff10",
+     "4\u0662", pytest.param(10**5000, id="5000-digits")],
+)  # fmt: skip
+def test_policy_threshold_reads_only_plain_numbers(amount: object) -> None:
+    """A number a tool could read as something larger (``1e9`` is a billion to float())
+    is never read as a small one: it counts as above the limit (fail closed)."""
+    assert ApprovalPolicy.above("amount", "100")({"amount": amount})
+    assert not ApprovalPolicy.above("amount", "100")({"amount": "42 EUR"})
+
+
+def test_action_refuses_arguments_that_are_not_json_text() -> None:
+    for arguments in ({"memo": "\ud800"}, {"\udc80": 1}, {"n": 10**5000}):
+        with pytest.raises(ConfigurationError):
+            Action("pay", arguments)
+
+
 def test_policy_predicate_errors_fail_closed(caplog: pytest.LogCaptureFixture) -> None:
     def broken(arguments: Any) -> bool:
         raise KeyError("canary-secret-argument")

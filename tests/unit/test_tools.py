@@ -1,0 +1,225 @@
+"""The tool guard's audit guarantees (security item 40; issue 12 item 11): every
+invocation is recorded whatever its arguments hold, and with a strict trail a record that
+cannot be written stops the tool before it runs. The caller only ever sees typed errors.
+
+No authorization server is needed: these calls name no resource, so no token is fetched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_identity import ApprovalPolicy, IdentityClient
+from agent_identity.audit import (
+    AuditEvent,
+    AuditTrail,
+    JsonlSink,
+    MemorySink,
+    arguments_hash,
+    verify_chain,
+)
+from agent_identity.errors import AgentIdentityError, AuditError, ConfigurationError
+from agent_identity.tools import ToolCall, ToolGuard, ToolRequirement
+
+pytestmark = pytest.mark.anyio
+
+NO_TOKEN = ToolRequirement()
+
+
+class FailingSink(MemorySink):
+    async def write(self, events: Sequence[AuditEvent]) -> None:
+        raise OSError(28, "No space left on device")
+
+
+@asynccontextmanager
+async def identity() -> AsyncIterator[IdentityClient]:
+    client = IdentityClient("https://as.example", client_id="agent")
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def _cyclic() -> dict[str, Any]:
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    return loop
+
+
+class _BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+ODD_ARGUMENTS = [
+    pytest.param({"text": "\ud800"}, id="lone-surrogate"),
+    pytest.param({"\udc80key": 1}, id="surrogate-name"),
+    pytest.param({"n": 10**5000}, id="5000-digit-integer"),
+    pytest.param({"x": float("nan"), "y": float("inf")}, id="nan-inf"),
+    pytest.param({"loop": _cyclic()}, id="cycle"),
+    pytest.param({"deep": _nested(5000)}, id="nested-5000"),
+    pytest.param({"obj": _BadRepr()}, id="repr-raises"),
+    pytest.param({1: "int key", (2, 3): "tuple key"}, id="non-string-names"),
+    pytest.param({"ctl": "\x00\x1b[2J\u202e"}, id="control-characters"),
+]
+
+
+@pytest.mark.parametrize("arguments", ODD_ARGUMENTS)
+@pytest.mark.parametrize("include_arguments", [False, True])
+async def test_every_invocation_is_recorded_whatever_the_arguments(
+    arguments: dict[Any, Any], include_arguments: bool, tmp_path: Path
+) -> None:
+    memory = MemorySink()
+    path = tmp_path / "audit.jsonl"
+    ran: list[str] = []
+
+    async def tool() -> str:
+        ran.append("ran")
+        return "done"
+
+    for sink, strict in ((memory, False), (JsonlSink(path), True)):
+        async with identity() as client, AuditTrail(sink, strict=strict) as trail:
+            guard = ToolGuard(client, audit=trail, include_arguments=include_arguments)
+            call = ToolCall("odd_tool", arguments, user="alice")
+            assert await guard.run(call, NO_TOKEN, tool) == "done"
+    assert ran == ["ran", "ran"]
+    (record,) = memory.events
+    assert record.kind == "tool.succeeded"
+    assert record.arguments_hash == arguments_hash(arguments)
+    json.dumps(record.to_json_dict()).encode("utf-8")  # any sink can write it
+    lines = path.read_bytes().splitlines()
+    assert [json.loads(line)["event"]["kind"] for line in lines] == [
+        "tool.started",
+        "tool.succeeded",
+    ]
+    assert verify_chain([path]).ok
+
+
+def test_arguments_hash_tells_a_lone_surrogate_from_its_replacement() -> None:
+    assert arguments_hash({"a": "\ud800"}) != arguments_hash({"a": "\ufffd"})
+    assert arguments_hash({"a": "\ud800"}) == arguments_hash({"a": "\ud800"})
+    assert arguments_hash({"n": 10**5000}) != arguments_hash({"n": 10**5000 + 1})
+
+
+async def test_strict_trail_that_cannot_write_stops_the_tool_before_it_runs() -> None:
+    ran: list[str] = []
+
+    async def tool() -> str:
+        ran.append("ran")
+        return "done"
+
+    async with identity() as client, AuditTrail(FailingSink(), strict=True) as trail:
+        guard = ToolGuard(client, audit=trail)
+        with pytest.raises(AuditError):
+            await guard.run(ToolCall("pay", {"amount": 5}, user="alice"), NO_TOKEN, tool)
+    assert ran == []
+
+
+async def test_strict_trail_records_start_then_outcome() -> None:
+    sink = MemorySink()
+
+    async def tool() -> str:
+        raise RuntimeError("tool failed")
+
+    async with identity() as client, AuditTrail(sink, strict=True) as trail:
+        guard = ToolGuard(client, audit=trail)
+        with pytest.raises(RuntimeError):
+            await guard.run(ToolCall("pay", {"amount": 5}, user="alice"), NO_TOKEN, tool)
+    started, failed = sink.events
+    assert (started.kind, started.outcome) == ("tool.started", None)
+    assert (failed.kind, failed.outcome, failed.error_type) == (
+        "tool.failed",
+        "error",
+        "RuntimeError",
+    )
+    assert started.arguments_hash == failed.arguments_hash == arguments_hash({"amount": 5})
+
+
+async def test_normal_trail_keeps_one_record_per_invocation() -> None:
+    sink = MemorySink()
+
+    async def tool() -> str:
+        return "done"
+
+    async with identity() as client, AuditTrail(sink) as trail:
+        guard = ToolGuard(client, audit=trail)
+        await guard.run(ToolCall("t", {}, user="alice"), NO_TOKEN, tool)
+        await trail.flush()
+    assert [e.kind for e in sink.events] == ["tool.succeeded"]
+
+
+async def test_approval_of_odd_arguments_is_a_typed_error_and_still_recorded() -> None:
+    """An approval binds the exact call; arguments that cannot be hashed as UTF-8 JSON
+    cannot be approved: the caller gets ConfigurationError, the tool does not run, and the
+    record says so."""
+    sink = MemorySink()
+    ran: list[str] = []
+
+    async def tool() -> str:
+        ran.append("ran")
+        return "paid"
+
+    requirement = ToolRequirement(approval=ApprovalPolicy(always=["pay"]))
+    async with identity() as client, AuditTrail(sink) as trail:
+        guard = ToolGuard(client, audit=trail)
+        for arguments in ({"memo": "\ud800"}, {"amount": 10**5000}):
+            with pytest.raises(ConfigurationError):
+                await guard.run(ToolCall("pay", arguments, user="alice"), requirement, tool)
+        await trail.flush()
+    assert ran == []
+    assert [(e.kind, e.error_type) for e in sink.events] == [
+        ("tool.failed", "ConfigurationError"),
+        ("tool.failed", "ConfigurationError"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tool", "user"),
+    [("t\ud800", "alice"), ("t", "al\x00ice"), ("x" * 2000, "alice"), ("t", "a\nb")],
+)
+def test_tool_call_names_must_be_printable(tool: str, user: str) -> None:
+    with pytest.raises(ConfigurationError):
+        ToolCall(tool, {}, user=user)
+
+
+async def test_a_record_that_cannot_be_built_is_a_typed_error_in_strict_mode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> AuditEvent:
+        raise ValueError("cannot build")
+
+    monkeypatch.setattr(AuditEvent, "for_tool_call", broken)
+    ran: list[str] = []
+
+    async def tool() -> str:
+        ran.append("ran")
+        return "done"
+
+    async with identity() as client:
+        async with AuditTrail(MemorySink(), strict=True) as trail:
+            with pytest.raises(AuditError) as info:
+                await ToolGuard(client, audit=trail).run(
+                    ToolCall("t", {}, user="alice"), NO_TOKEN, tool
+                )
+        assert isinstance(info.value, AgentIdentityError)
+        assert ran == []
+        async with AuditTrail(MemorySink()) as trail:  # normal mode: logged, never raised
+            assert (
+                await ToolGuard(client, audit=trail).run(
+                    ToolCall("t", {}, user="alice"), NO_TOKEN, tool
+                )
+                == "done"
+            )
