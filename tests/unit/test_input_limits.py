@@ -86,7 +86,7 @@ def test_bounded_int_accepts_and_clamps(value: object, expected: int) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [True, False, None, 1.5, float("nan"), float("inf"), -1, -HUGE, "²", "\u0663", "1e3",
+    [True, False, None, 1.5, float("nan"), float("inf"), -1, -HUGE, "\u00b2", "\u0663", "1e3",
      " 5", "-5", "", "5\x00", [5], {"n": 5}],
 )  # fmt: skip
 def test_bounded_int_refuses_what_is_not_a_whole_number(value: object) -> None:
@@ -114,7 +114,7 @@ def test_numeric_date_bounds() -> None:
 def test_delta_seconds_are_ascii_digits_clamped() -> None:
     assert parse_delta_seconds("120") == 120
     assert parse_delta_seconds("9" * 5000) == MAX_LIFETIME
-    for bad in ("²", "\u0661\u0662", "-1", "1.5", "", " 1"):
+    for bad in ("\u00b2", "\u0661\u0662", "-1", "1.5", "", " 1"):
         assert parse_delta_seconds(bad) is None
 
 
@@ -157,7 +157,7 @@ def test_huge_expires_in_is_clamped_not_a_crash() -> None:
     assert parse_token_response(_json(200, _token(expires_in="3599"))).expires_in == 3599
 
 
-@pytest.mark.parametrize("value", ["²", "\u0663\u0666", True, -1, 1.5, "1e3"])
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663\u0666", True, -1, 1.5, "1e3"])
 def test_expires_in_that_is_not_a_number_is_refused(value: object) -> None:
     with pytest.raises(InvalidResponse, match="expires_in") as info:
         parse_token_response(_json(200, _token(expires_in=value)))
@@ -252,7 +252,7 @@ def test_device_authorization_bounds() -> None:
     for members in (
         {"interval": HUGE},
         {"interval": MAX_INTERVAL + 1},
-        {"expires_in": "²"},
+        {"expires_in": "\u00b2"},
         {"interval": "\u0663"},
         {"user_code": "WDJB\x1b[2J"},
         {"verification_uri": "https://as.example/\r\n"},
@@ -363,7 +363,7 @@ def test_id_token_claims_out_of_bounds_are_invalid_tokens(
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("300", 300), ('"300"', 300), ("²", None), ("\u0663", None), ("9" * 500, MAX_LIFETIME),
+    [("300", 300), ('"300"', 300), ("\u00b2", None), ("\u0663", None), ("9" * 500, MAX_LIFETIME),
      ("-5", None), ("", None)],
 )  # fmt: skip
 def test_challenge_max_age_is_bounded(value: str, expected: int | None) -> None:
