@@ -21,7 +21,7 @@ from agent_identity.audit import (
     chain_files,
     verify_chain,
 )
-from agent_identity.audit.chain import make_record
+from agent_identity.audit.chain import VerifyResult, make_record
 
 pytestmark = pytest.mark.anyio
 
@@ -350,3 +350,53 @@ async def test_sink_reopens_after_a_garbage_last_line(tmp_path: Path) -> None:
     _append(path, b"[" * 100_000 + b"]" * 100_000 + b"\n")
     await _write(path, 1)  # resumes from the last readable record instead of crashing
     assert verify_chain([path]).first_broken == (str(path), 3)
+
+
+# -- tests that kill the mutants that survived the first mutation run (docs/security.md) ----
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+async def test_an_emptied_rotated_file_breaks_the_chain(tmp_path: Path) -> None:
+    """Verification goes on past an empty file (it does not stop there and report OK):
+    the next file's first record then no longer links."""
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 12, rotate_bytes=1200)
+    files = chain_files(path)
+    _truncate(files[1])
+    result = verify_chain(files)
+    assert result.ok is False
+    assert result.first_broken == (str(files[2]), 1)
+
+
+async def test_verify_results_are_exact(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 2)
+    assert verify_chain([tmp_path]) == VerifyResult(
+        False, 0, (str(tmp_path), 0), "unreadable (IsADirectoryError)"
+    )
+    missing = tmp_path / "gone.jsonl"
+    assert verify_chain([path, missing]) == VerifyResult(
+        False, 2, (str(missing), 0), "file is missing"
+    )
+    data = path.read_bytes()
+    path.write_bytes(data[:-1])
+    assert verify_chain([path]) == VerifyResult(
+        False, 1, (str(path), 2), "truncated record (no line end)"
+    )
+
+
+async def test_chain_files_lists_only_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 12, rotate_bytes=1200)
+    rotated = chain_files(path)[:-1]
+    for foreign in ("audit.jsonl.x.1", "audit.jsonl.01", "audit.jsonl.1.bak", "other.jsonl.1"):
+        (tmp_path / foreign).write_bytes(b"not part of the chain\n")
+    assert chain_files(path) == [*rotated, path]
+    path.unlink()  # only rotated files left: the live file is not listed
+    assert chain_files(path) == rotated
+    for file in rotated:
+        file.unlink()
+    assert chain_files(path) == [path]  # nothing at all: the live file, reported missing
