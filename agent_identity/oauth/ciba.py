@@ -161,12 +161,19 @@ def backchannel_authentication_request(
     if acr_values:
         form["acr_values"] = " ".join(acr_values)
     if authorization_details:
-        form["authorization_details"] = json.dumps(
-            [dict(detail) for detail in authorization_details],
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-        )
+        details: str | None = None
+        try:
+            details = json.dumps(
+                [dict(detail) for detail in authorization_details],
+                separators=(",", ":"),
+                ensure_ascii=False,
+                allow_nan=False,
+            )
+        except (ValueError, TypeError, RecursionError):
+            details = None
+        if details is None:  # raised outside the handler: no chained values
+            raise ConfigurationError("authorization_details must be JSON objects (no NaN)")
+        form["authorization_details"] = details
     if resource is not None:
         form["resource"] = resource
     if client_notification_token is not None:

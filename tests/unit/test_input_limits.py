@@ -26,7 +26,9 @@ from agent_identity.oauth._limits import (
     MAX_EPOCH,
     MAX_INTERVAL,
     MAX_LIFETIME,
+    MAX_TOKEN,
     bounded_int,
+    check_access_token,
     display_text,
     numeric_date,
     parse_delta_seconds,
@@ -455,3 +457,43 @@ async def test_huge_expires_in_in_a_refresh_response_keeps_the_rotated_grant() -
 
 
 CALENDAR = "https://calendar.example/api"
+
+
+# -- exact boundaries (mutation testing: docs/security.md) -----------------------------------
+
+
+def test_boundaries_are_exact() -> None:
+    def clamp(value: object) -> int:
+        return bounded_int(value, "x", minimum=0, maximum=1000, over="refuse", strings=True)
+
+    assert clamp(1000) == 1000
+    assert clamp(1000.0) == 1000
+    assert clamp("0" * 30 + "999") == 999
+    assert bounded_int("9" * 18, "x", minimum=0, maximum=10**18, over="refuse", strings=True) == (
+        10**18 - 1
+    )
+    assert (
+        bounded_int("9" * 19, "x", minimum=0, maximum=10**19, over="clamp", strings=True) == 10**19
+    )
+    assert parse_delta_seconds("9" * 18, maximum=10**18) == 10**18 - 1
+    assert parse_delta_seconds("1" + "0" * 18, maximum=10**19) == 10**19
+    assert numeric_date(0, "exp") == 0.0
+    assert numeric_date(0.5, "exp") == 0.5
+    assert sane_text("x" * 10, "x", max_length=10) == "x" * 10
+    with pytest.raises(InvalidResponse):
+        sane_text("x" * 11, "x", max_length=10)
+    assert check_access_token("a" * MAX_TOKEN) == "a" * MAX_TOKEN
+    assert display_text("x" * 512) == "x" * 512
+    assert display_text("x" * 513) == "x" * 511 + "\u2026"
+    assert display_text("x" * 10_000, max_length=5) == "xxxx\u2026"
+
+
+def test_json_boundary_messages_say_what_is_wrong() -> None:
+    with pytest.raises(InvalidResponse, match="nested too deeply"):
+        parse_json_object(b"[" * 100_000 + b"]" * 100_000, what="token response")
+    with pytest.raises(InvalidResponse, match=r"^token response is not valid JSON$"):
+        parse_json_object(b"{", what="token response")
+    with pytest.raises(InvalidResponse, match=r"^duplicate JSON member 'a'$"):
+        parse_json_object(b'{"a": 1, "a": 2}', what="token response")
+    with pytest.raises(InvalidResponse, match=r"^non-standard JSON constant NaN$"):
+        parse_json_object(b'{"a": NaN}', what="token response")
