@@ -223,3 +223,157 @@ async def test_a_record_that_cannot_be_built_is_a_typed_error_in_strict_mode(
                 )
                 == "done"
             )
+
+
+# -- what the guard asks for and records (mutation testing: docs/security.md) -----------------
+
+
+class _User:
+    """Stands in for UserIdentity: hands out tokens and approvals, records the requests."""
+
+    def __init__(self, log: list[tuple[str, Any]]) -> None:
+        self.log = log
+
+    def _token(self, resource: str | None, scopes: tuple[str, ...], value: str) -> Any:
+        from pydantic import SecretStr
+
+        from agent_identity.models import AccessToken
+
+        return AccessToken(
+            value=SecretStr(value), token_type="Bearer", issuer="https://as.example",
+            resource=resource, scopes=scopes, expires_at=None, received_at=0.0,
+        )  # fmt: skip
+
+    async def token(self, *, resource: str, scopes: tuple[str, ...]) -> Any:
+        self.log.append(("token", (resource, tuple(scopes))))
+        return self._token(resource, ("granted",), "TOKEN-PLAIN")
+
+    async def exchange(self, *, resource: str, scopes: tuple[str, ...]) -> Any:
+        self.log.append(("exchange", (resource, tuple(scopes))))
+        return self._token(resource, ("granted",), "TOKEN-EXCHANGED")
+
+    async def approve(self, *, action: Any, scopes: tuple[str, ...], resource: str | None) -> Any:
+        from agent_identity.approval.flow import Approval
+        from agent_identity.clock import SystemClock
+
+        self.log.append(("approve", (action.tool, dict(action.arguments), tuple(scopes), resource)))
+        token = self._token(resource, ("granted",), "TOKEN-APPROVED")
+        return Approval(
+            action=action, token=token, binding_message="pay 5 · K7Q2", subject=None,
+            clock=SystemClock(),
+        )  # fmt: skip
+
+
+class _Identity:
+    client_id = "agent-1"
+    issuer = "https://as.example"
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, Any]] = []
+
+    def user(self, user_id: str, *, tenant: str = "default") -> _User:
+        self.log.append(("user", (user_id, tenant)))
+        return _User(self.log)
+
+
+@pytest.mark.parametrize("delegate", [False, True])
+async def test_the_tool_gets_the_narrow_token_and_the_record_says_so(delegate: bool) -> None:
+    from agent_identity.audit import fingerprint
+    from agent_identity.tools import current_token, current_tool_context
+
+    identity = _Identity()
+    sink = MemorySink()
+    seen: list[Any] = []
+
+    async def tool() -> str:
+        seen.append((current_token().value.get_secret_value(), current_tool_context().call))
+        return "ok"
+
+    requirement = ToolRequirement(resource="https://api.example", scopes="read write",
+                                  delegate=delegate)  # fmt: skip
+    assert requirement.scopes == ("read", "write")
+    call = ToolCall("list", {"day": "mon"}, user="alice", tenant="acme")
+    async with AuditTrail(sink, strict=True) as trail:
+        guard = ToolGuard(identity, audit=trail)  # type: ignore[arg-type]
+        assert await guard.run(call, requirement, tool) == "ok"
+    value = "TOKEN-EXCHANGED" if delegate else "TOKEN-PLAIN"
+    assert seen == [(value, call)]
+    kind = "exchange" if delegate else "token"
+    assert identity.log == [
+        ("user", ("alice", "acme")), (kind, ("https://api.example", ("read", "write")))
+    ]  # fmt: skip
+    started, done = sink.events
+    for record in (started, done):
+        assert (record.tool, record.tenant, record.user) == ("list", "acme", "alice")
+        assert (record.agent, record.issuer) == ("agent-1", "https://as.example")
+        assert record.resource == "https://api.example"
+        assert record.scopes_requested == ("read", "write")
+        assert record.scopes_granted == ("granted",)
+        assert record.token_fingerprint == fingerprint(value)
+        assert record.arguments is None
+    assert done.outcome == "ok"
+    assert done.latency_ms is not None
+    assert 0 <= done.latency_ms < 60_000
+
+
+async def test_approved_calls_use_the_approval_for_that_exact_action() -> None:
+    from agent_identity.tools import current_token, current_tool_context
+
+    identity = _Identity()
+    sink = MemorySink()
+    seen: list[Any] = []
+
+    async def tool() -> str:
+        context = current_tool_context()
+        seen.append((current_token().value.get_secret_value(), context.approval is not None))
+        return "paid"
+
+    requirement = ToolRequirement(resource="https://pay.example", scopes=("pay",),
+                                  approval=ApprovalPolicy(always=["pay"]))  # fmt: skip
+    async with AuditTrail(sink, include_arguments=True) as trail:
+        guard = ToolGuard(identity, audit=trail, include_arguments=True)  # type: ignore[arg-type]
+        assert guard.include_arguments is True
+        call = ToolCall("pay", {"amount": 5}, user="alice")
+        assert await guard.run(call, requirement, tool) == "paid"
+        await trail.flush()
+    assert seen == [("TOKEN-APPROVED", True)]
+    assert identity.log[1] == ("approve", ("pay", {"amount": 5}, ("pay",), "https://pay.example"))
+    (record,) = sink.events
+    assert record.approval_id is not None
+    assert len(record.approval_id) == 16
+    assert record.binding_message == "pay 5 · K7Q2"
+    assert record.arguments == {"amount": 5}
+
+
+async def test_guard_defaults_and_failures_in_the_record() -> None:
+    identity = _Identity()
+    sink = MemorySink()
+
+    async def broken() -> str:
+        raise RuntimeError("down")
+
+    async with AuditTrail(sink, include_arguments=True) as trail:
+        guard = ToolGuard(identity, audit=trail)  # type: ignore[arg-type]
+        assert guard.include_arguments is False
+        with pytest.raises(RuntimeError):
+            await guard.run(ToolCall("t", {"a": 1}, user="u"), NO_TOKEN, broken)
+        await trail.flush()
+    (record,) = sink.events
+    assert (record.kind, record.outcome, record.error_type) == (
+        "tool.failed",
+        "error",
+        "RuntimeError",
+    )
+    assert record.arguments is None  # the guard did not opt in
+    assert record.token_fingerprint is None
+    assert record.scopes_granted is None
+
+
+def test_tool_call_and_requirement_rules() -> None:
+    assert ToolCall("t" * 1024, {}, user="u").tool == "t" * 1024
+    for user, tenant in (("", "acme"), ("alice", "")):
+        with pytest.raises(ConfigurationError):
+            ToolCall("t", {}, user=user, tenant=tenant)
+    with pytest.raises(ConfigurationError):
+        ToolRequirement(scopes=("read",))
+    assert ToolRequirement(resource="https://api.example", scopes=()).scopes == ()
