@@ -400,3 +400,15 @@ async def test_chain_files_lists_only_the_chain(tmp_path: Path) -> None:
     for file in rotated:
         file.unlink()
     assert chain_files(path) == [path]  # nothing at all: the live file, reported missing
+
+
+async def test_a_relinked_record_with_a_boolean_sequence_is_broken(tmp_path: Path) -> None:
+    """``true`` is not sequence number 1, even in a record whose hash was recomputed."""
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 1)
+    first = json.loads(_lines(path)[0])
+    line, _ = make_record({"kind": "x"}, seq=True, prev_hash=first["hash"])  # type: ignore[arg-type]
+    _append(path, line)
+    result = verify_chain([path])
+    assert result.first_broken == (str(path), 2)
+    assert result.reason == "malformed sequence number"
