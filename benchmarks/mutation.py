@@ -51,6 +51,7 @@ GROUPS: dict[str, Group] = {
         ("agent_identity/oauth/*.py",),
         (
             "tests/unit/test_input_limits.py",
+            "tests/unit/test_oauth_edges.py",
             "tests/unit/test_json.py",
             "tests/unit/test_token.py",
             "tests/unit/test_models.py",
@@ -74,6 +75,7 @@ GROUPS: dict[str, Group] = {
         ("agent_identity/_http.py",),
         (
             "tests/unit/test_http.py",
+            "tests/unit/test_http_edges.py",
             "tests/unit/test_resource_auth.py",
             "tests/unit/test_client_faults.py",
         ),
