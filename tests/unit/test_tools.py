@@ -228,6 +228,20 @@ async def test_a_record_that_cannot_be_built_is_a_typed_error_in_strict_mode(
 # -- what the guard asks for and records (mutation testing: docs/security.md) -----------------
 
 
+def _jwt(claims: dict[str, Any]) -> str:
+    import base64
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(b'{"alg":"ES256"}')
+    return f"{header}.{b64(json.dumps(claims).encode())}.c2ln"
+
+
+#: An exchanged token names the agent as the current actor (RFC 8693 §4.1).
+EXCHANGED = _jwt({"sub": "alice", "act": {"sub": "agent-1", "act": {"sub": "orchestrator"}}})
+
+
 class _User:
     """Stands in for UserIdentity: hands out tokens and approvals, records the requests."""
 
@@ -250,7 +264,7 @@ class _User:
 
     async def exchange(self, *, resource: str, scopes: tuple[str, ...]) -> Any:
         self.log.append(("exchange", (resource, tuple(scopes))))
-        return self._token(resource, ("granted",), "TOKEN-EXCHANGED")
+        return self._token(resource, ("granted",), EXCHANGED)
 
     async def approve(self, *, action: Any, scopes: tuple[str, ...], resource: str | None) -> Any:
         from agent_identity.approval.flow import Approval
@@ -296,7 +310,7 @@ async def test_the_tool_gets_the_narrow_token_and_the_record_says_so(delegate: b
     async with AuditTrail(sink, strict=True) as trail:
         guard = ToolGuard(identity, audit=trail)  # type: ignore[arg-type]
         assert await guard.run(call, requirement, tool) == "ok"
-    value = "TOKEN-EXCHANGED" if delegate else "TOKEN-PLAIN"
+    value = EXCHANGED if delegate else "TOKEN-PLAIN"
     assert seen == [(value, call)]
     kind = "exchange" if delegate else "token"
     assert identity.log == [
@@ -312,6 +326,8 @@ async def test_the_tool_gets_the_narrow_token_and_the_record_says_so(delegate: b
         assert record.token_fingerprint == fingerprint(value)
         assert record.arguments is None
     assert done.outcome == "ok"
+    assert done.error_type is None
+    assert started.actors == done.actors == (("agent-1", "orchestrator") if delegate else ())
     assert done.latency_ms is not None
     assert 0 <= done.latency_ms < 60_000
 
@@ -328,9 +344,10 @@ async def test_approved_calls_use_the_approval_for_that_exact_action() -> None:
         seen.append((current_token().value.get_secret_value(), context.approval is not None))
         return "paid"
 
+    policy = ApprovalPolicy(when={"pay": ApprovalPolicy.above("amount", 1)})
     requirement = ToolRequirement(resource="https://pay.example", scopes=("pay",),
-                                  approval=ApprovalPolicy(always=["pay"]))  # fmt: skip
-    async with AuditTrail(sink, include_arguments=True) as trail:
+                                  approval=policy)  # fmt: skip
+    async with AuditTrail(sink, include_arguments=True, strict=True) as trail:
         guard = ToolGuard(identity, audit=trail, include_arguments=True)  # type: ignore[arg-type]
         assert guard.include_arguments is True
         call = ToolCall("pay", {"amount": 5}, user="alice")
@@ -338,11 +355,44 @@ async def test_approved_calls_use_the_approval_for_that_exact_action() -> None:
         await trail.flush()
     assert seen == [("TOKEN-APPROVED", True)]
     assert identity.log[1] == ("approve", ("pay", {"amount": 5}, ("pay",), "https://pay.example"))
-    (record,) = sink.events
+    started, record = sink.events
     assert record.approval_id is not None
     assert len(record.approval_id) == 16
+    assert started.approval_id == record.approval_id
     assert record.binding_message == "pay 5 · K7Q2"
     assert record.arguments == {"amount": 5}
+    # below the threshold: the policy reads the call's arguments, no approval is asked
+    async with AuditTrail(MemorySink()) as trail:
+        small = ToolCall("pay", {"amount": 1}, user="alice")
+        assert await ToolGuard(identity, audit=trail).run(small, requirement, tool) == "paid"  # type: ignore[arg-type]
+    assert [entry[0] for entry in identity.log].count("approve") == 1
+    assert identity.log[-1][0] == "token"
+
+
+async def test_refused_consent_is_recorded_as_denied() -> None:
+    from agent_identity.errors import ConsentRequired
+
+    class _Refusing(_User):
+        async def token(self, *, resource: str, scopes: tuple[str, ...]) -> Any:
+            raise ConsentRequired("consent needed", scopes=tuple(scopes), resource=resource)
+
+    identity = _Identity()
+    identity.user = lambda user_id, tenant="default": _Refusing(identity.log)  # type: ignore[method-assign]
+    sink = MemorySink()
+
+    async def tool() -> str:
+        return "never"
+
+    async with AuditTrail(sink) as trail:
+        with pytest.raises(ConsentRequired):
+            await ToolGuard(identity, audit=trail).run(  # type: ignore[arg-type]
+                ToolCall("t", {}, user="u"), ToolRequirement(resource="https://api.example"), tool
+            )
+        await trail.flush()
+    (record,) = sink.events
+    assert (record.kind, record.outcome, record.error_type) == (
+        "tool.denied", "denied", "ConsentRequired"
+    )  # fmt: skip
 
 
 async def test_guard_defaults_and_failures_in_the_record() -> None:
