@@ -30,6 +30,7 @@ from agent_identity.errors import (
     ConfigurationError,
     InvalidResponse,
     RequestTimeout,
+    SSRFBlockedError,
 )
 from agent_identity.models import AccessToken
 from agent_identity.oauth._message import HttpRequest
@@ -301,3 +302,46 @@ async def test_one_refresh_per_request_and_none_for_a_403() -> None:
         401, headers={"www-authenticate": 'Bearer error="insufficient_scope", scope="w"'}
     )
     assert (await _run(scope_on_401))[1] == [("token", None), ("unauthorized", None)]
+
+
+async def test_sec_02_connect_time_guard_also_on_retried_requests() -> None:
+    """Idempotent requests go through the retry loop: the guard must be armed there too
+    (a server-supplied metadata GET that rebinds to loopback is refused)."""
+    from test_http import serve
+
+    answers = [["93.184.216.34"], ["127.0.0.1"]]
+
+    async def rebinding(host: str, port: int) -> Sequence[str]:
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    async with serve() as server:
+        policy = TransportPolicy(timeout=5, max_retries=2)
+        async with HttpDriver(policy, resolve=rebinding) as driver:
+            with pytest.raises(SSRFBlockedError, match=r"127\.0\.0\.1"):
+                await driver.send(
+                    HttpRequest(
+                        "GET", f"https://rebind.example:{server.port}/.well-known/x",
+                        server_supplied=True, idempotent=True,
+                    )
+                )  # fmt: skip
+        assert server.connections == 0
+
+
+async def test_step_up_count_with_the_default_limit() -> None:
+    mfa = httpx2.Response(
+        401, headers={"www-authenticate": 'Bearer error="insufficient_user_authentication"'}
+    )
+    status, calls, sent = await _run(mfa)  # the default: two step-ups
+    assert (status, sent) == (401, 4)
+    assert [name for name, _ in calls] == [
+        "token", "authentication", "authentication", "unauthorized"
+    ]  # fmt: skip
+    source = _Source()
+    auth = ResourceAuth(source, resource="https://api.example")
+    scope = httpx2.Response(
+        403, headers={"www-authenticate": 'Bearer error="insufficient_scope", scope="w"'}
+    )
+    transport = httpx2.MockTransport(lambda r: httpx2.Response(403, headers=scope.headers))
+    async with httpx2.AsyncClient(transport=transport, auth=auth) as client:
+        await client.get("https://api.example/x")
+    assert [name for name, _ in source.calls] == ["token", "scope", "scope"]
