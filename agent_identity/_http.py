@@ -52,8 +52,15 @@ from agent_identity.errors import (
     TransportError,
 )
 from agent_identity.models import AccessToken
+from agent_identity.oauth._limits import MAX_LIFETIME, parse_delta_seconds
 from agent_identity.oauth._message import HttpRequest, HttpResponse
-from agent_identity.oauth.urls import check_endpoint_url, check_ssrf_literal, is_public_ip
+from agent_identity.oauth.urls import (
+    check_endpoint_url,
+    check_ssrf_literal,
+    is_public_ip,
+    lenient_path,
+    normalized_path,
+)
 from agent_identity.oauth.www_authenticate import Challenge, parse_www_authenticate
 
 if TYPE_CHECKING:
@@ -125,8 +132,9 @@ _DEFAULT_POLICY = TransportPolicy()
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
     """Parse a ``Retry-After`` value (RFC 9110 §10.2.3) into seconds to wait.
 
-    Accepts delta-seconds or an HTTP-date (a date in the past gives ``0.0``); returns
-    ``None`` for a missing or unparsable value. ``now`` defaults to the current UTC time.
+    Accepts delta-seconds (ASCII digits, clamped to one year) or an HTTP-date (a date in
+    the past gives ``0.0``); returns ``None`` for a missing or unparsable value. ``now``
+    defaults to the current UTC time. Never raises.
     """
     if value is None:
         return None
@@ -134,7 +142,10 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if not text:
         return None
     if _DELTA_SECONDS.fullmatch(text):
-        return float(text)  # arbitrarily long digit strings become inf, never an error
+        # The bounded-number rule: ASCII digits only, clamped to a year (far beyond any
+        # ``max_retry_wait``), so an absurd value is simply "too long to wait".
+        seconds = parse_delta_seconds(text, maximum=MAX_LIFETIME)
+        return None if seconds is None else float(seconds)
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -605,22 +616,52 @@ class TokenSource(Protocol):
     ) -> AccessToken: ...
 
 
+def _raw_path(url: httpx2.URL) -> str:
+    return url.raw_path.decode("latin-1").partition("?")[0]
+
+
+def _under(path: str, prefix: str) -> bool:
+    prefix = prefix.rstrip("/")
+    return not prefix or path == prefix or path.startswith(prefix + "/")
+
+
 def _is_under(url: httpx2.URL, resource: str) -> bool:
     """Whether ``url`` is ``resource`` or below it: same scheme, host and port, and a path
-    equal to the resource's or under it at a segment boundary."""
-    base = httpx2.URL(resource)
+    equal to the resource's or under it at a segment boundary.
+
+    Paths are compared in two readings, and both must be under the resource (security
+    item 23; RFC 3986 §6 and §5.2.4; issue 12 item 12):
+
+    - the RFC 3986 §6.2.2 normal form (unreserved escapes decoded, dot segments removed);
+    - the most lenient reading a server might apply: all escapes decoded (``%2e%2e``,
+      ``%2f``, ``%5c``, double encoding), backslashes as slashes, ``;`` parameters
+      dropped, then dot segments removed.
+
+    So ``/v1/%2e%2e/admin``, ``/v1/..%2fadmin``, ``/v1%2f..%2fadmin`` and ``/v1/..;/admin``
+    are refused for a resource ``/v1``, while an encoded slash that stays inside it
+    (``/v1/projects/group%2Fname``) is not ambiguous and is allowed. A path with a stray
+    ``%`` has no normal form and is refused.
+    """
+    try:
+        base = httpx2.URL(resource)
+    except (httpx2.InvalidURL, ValueError, TypeError):
+        return False
     if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
         return False
-    prefix = base.path.rstrip("/")
-    return not prefix or url.path == prefix or url.path.startswith(prefix + "/")
+    path, prefix = _raw_path(url), _raw_path(base)
+    strict, strict_prefix = normalized_path(path), normalized_path(prefix)
+    if strict is None or strict_prefix is None:
+        return False
+    return _under(strict, strict_prefix) and _under(lenient_path(path), lenient_path(prefix))
 
 
 def require_token_target(url: httpx2.URL, resource: str) -> None:
-    """Security item 23: a token for ``resource`` goes only to URLs under it."""
+    """Security item 23: a token for ``resource`` goes only to URLs under it (see
+    :func:`_is_under` for how encoded paths are read)."""
     if not _is_under(url, resource):
         raise InsecureURLError(
             f"a token for {resource} is never sent to "
-            f"{url.scheme}://{url.host}{url.path} (no token passthrough)"
+            f"{url.scheme}://{url.host}{_raw_path(url)[:200]} (no token passthrough)"
         )
 
 
@@ -721,11 +762,9 @@ class ResourceAuth(httpx2.Auth):
                 and step_ups < self._max_step_ups
             ):
                 step_ups += 1
-                max_age = challenge.get("max_age")
                 acr = challenge.get("acr_values")
                 token = await self._source.after_insufficient_authentication(
-                    tuple(acr.split()) if acr else (),
-                    int(max_age) if max_age and max_age.isdigit() else None,
+                    tuple(acr.split()) if acr else (), challenge.max_age
                 )
             elif response.status_code == 401 and not refreshed:
                 refreshed = True

@@ -4,7 +4,11 @@ Every secret is a :class:`pydantic.SecretStr`, so ``repr``/``str``/``model_dump`
 model shows ``'**********'`` instead of the value; read a secret with
 ``.get_secret_value()`` at the single place that sends it.
 
-Unknown members of server documents are ignored (security item 4).
+Unknown members of server documents are ignored (security item 4). The members that are
+used follow the bounded-number and text-sanity rules of
+:mod:`agent_identity.oauth._limits` (security item 4; issue 12 items 7-8): lifetimes are
+whole seconds clamped to one year, access tokens match the RFC 6750 §2.1 ``b64token``
+syntax, and no token, code or identifier holds control characters.
 """
 
 from __future__ import annotations
@@ -12,9 +16,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, SecretStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PrivateAttr, SecretStr
 
 from agent_identity.errors import ConfigurationError
+from agent_identity.oauth._limits import (
+    MAX_INTERVAL,
+    MAX_LIFETIME,
+    MAX_TOKEN,
+    bounded_int,
+    check_access_token,
+    sane_text,
+)
 
 __all__ = [
     "AccessToken",
@@ -25,19 +37,59 @@ __all__ = [
 ]
 
 
-def _not_bool(value: object) -> object:
-    # pydantic's lax mode reads JSON ``true`` as the integer 1; a boolean where a number of
-    # seconds belongs is a mistyped member (security item 4), not one second.
-    if isinstance(value, bool):
-        raise ValueError("a boolean is not a number of seconds")
+def _lifetime(minimum: int) -> BeforeValidator:
+    """``expires_in``: whole seconds (a numeric string is tolerated), clamped to a year."""
+
+    def check(value: object) -> int | None:
+        if value is None:
+            return None
+        return bounded_int(
+            value,
+            "expires_in",
+            minimum=minimum,
+            maximum=MAX_LIFETIME,
+            over="clamp",
+            strings=True,
+            error=ValueError,
+        )
+
+    return BeforeValidator(check)
+
+
+def _interval(value: object) -> int:
+    return bounded_int(
+        value, "interval", minimum=1, maximum=MAX_INTERVAL, over="refuse", strings=True,
+        error=ValueError,
+    )  # fmt: skip
+
+
+def _text(name: str, max_length: int = 8 * 1024, *, spaces: bool = False) -> BeforeValidator:
+    """A member used verbatim: no control characters, no lone surrogates, bounded."""
+
+    def check(value: object) -> object:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, str):
+            sane_text(
+                text, name, max_length=max_length, allow_empty=True, allow_whitespace=spaces,
+                error=ValueError,
+            )  # fmt: skip
+        return value
+
+    return BeforeValidator(check)
+
+
+def _access_token(value: object) -> object:
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if isinstance(text, str):
+        check_access_token(text, error=ValueError)
     return value
 
 
-_Seconds = Annotated[int, BeforeValidator(_not_bool)]
-
-
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=False)
+    # ``hide_input_in_errors``: a validation error never quotes a member (a token).
+    model_config = ConfigDict(
+        extra="ignore", frozen=True, str_strip_whitespace=False, hide_input_in_errors=True
+    )
 
 
 class ServerMetadata(_Wire):
@@ -83,13 +135,13 @@ class ServerMetadata(_Wire):
 class TokenResponse(_Wire):
     """A successful token endpoint response (RFC 6749 §5.1, RFC 8693 §2.2.1)."""
 
-    access_token: SecretStr
-    token_type: str
-    expires_in: _Seconds | None = Field(default=None, ge=0)
-    refresh_token: SecretStr | None = None
-    scope: str | None = None
-    id_token: SecretStr | None = None
-    issued_token_type: str | None = None
+    access_token: Annotated[SecretStr, BeforeValidator(_access_token)]
+    token_type: Annotated[str, _text("token_type", 64)]
+    expires_in: Annotated[int | None, _lifetime(0)] = None
+    refresh_token: Annotated[SecretStr | None, _text("refresh_token", MAX_TOKEN)] = None
+    scope: Annotated[str | None, _text("scope", spaces=True)] = None
+    id_token: Annotated[SecretStr | None, _text("id_token", MAX_TOKEN)] = None
+    issued_token_type: Annotated[str | None, _text("issued_token_type", 1024)] = None
     #: RFC 9396 §7.1: what the token was granted, as sent (read with
     #: :func:`agent_identity.oauth.rar.parse_granted`; a malformed value counts as absent).
     authorization_details: Any = None
@@ -121,12 +173,12 @@ class TokenResponse(_Wire):
 class DeviceAuthorization(_Wire):
     """A device authorization response (RFC 8628 §3.2)."""
 
-    device_code: SecretStr
-    user_code: str
-    verification_uri: str
-    verification_uri_complete: str | None = None
-    expires_in: _Seconds = Field(gt=0)
-    interval: _Seconds = Field(default=5, ge=1)
+    device_code: Annotated[SecretStr, _text("device_code", MAX_TOKEN)]
+    user_code: Annotated[str, _text("user_code", 256)]
+    verification_uri: Annotated[str, _text("verification_uri", 4096)]
+    verification_uri_complete: Annotated[str | None, _text("verification_uri", 4096)] = None
+    expires_in: Annotated[int, _lifetime(1)]
+    interval: Annotated[int, BeforeValidator(_interval)] = 5
 
 
 class ProofSigner(Protocol):

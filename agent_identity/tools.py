@@ -11,12 +11,18 @@ Every protected tool call goes through :meth:`ToolGuard.run`:
    ``call_id``) asks once: the CIBA request is kept under that key, and running the same
    call again (a resumed graph) continues it instead of prompting the user again; a
    denial stays a denial for that call;
-3. the call itself, which reads its credential with :func:`current_token` (or
+3. with a strict audit trail, a ``tool.started`` record, written before the call: if it
+   cannot be written the tool does not run and the caller gets
+   :class:`~agent_identity.errors.AuditError`;
+4. the call itself, which reads its credential with :func:`current_token` (or
    :func:`current_tool_context`): the token never passes through the model, the tool's
    arguments or its schema;
-4. exactly one audit record for the invocation, whatever happened (security item 40).
-   A call refused before it could start (no user known, a configuration error) is
-   recorded and logged with :meth:`ToolGuard.refuse`.
+5. exactly one outcome record for the invocation (``tool.succeeded``, ``tool.failed`` or
+   ``tool.denied``), whatever happened and whatever the arguments hold (security item
+   40; issue 12 item 11): they are hashed even when they are not valid Unicode, nested
+   without end or hold values JSON cannot spell. A call refused before it could start (no
+   user known, a configuration error) is recorded and logged with
+   :meth:`ToolGuard.refuse`.
 
 Guards compose: a protected tool calling another protected tool gets its own context,
 and the outer one is restored afterwards (context variables, so concurrent calls in one
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +41,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent_identity.consent.web import reset_resume, set_resume
-from agent_identity.errors import ConfigurationError
+from agent_identity.errors import AuditError, ConfigurationError
 
 if TYPE_CHECKING:
     import httpx2
@@ -56,6 +63,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("agent_identity.tools")
+
+_MAX_NAME = 1024  # the audit record's bound for names
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 logger = logging.getLogger("agent_identity.tools")
@@ -147,6 +159,14 @@ class ToolCall:
                 "a protected tool was called without a user: pass the user (and tenant) "
                 "of the person the agent acts for"
             )
+        for name, value in (("tool", self.tool), ("user", self.user), ("tenant", self.tenant)):
+            # named in every audit record: printable, valid Unicode, bounded
+            if not isinstance(value, str) or len(value) > _MAX_NAME or _UNSAFE.search(value):
+                raise ConfigurationError(
+                    f"a tool call's {name} must be printable text of at most {_MAX_NAME} characters"
+                )
+        if not isinstance(self.arguments, Mapping):
+            raise ConfigurationError("a tool call's arguments must be a mapping")
         object.__setattr__(self, "arguments", MappingProxyType(dict(self.arguments)))
 
     def __repr__(self) -> str:
@@ -270,6 +290,9 @@ class ToolGuard:
                         )
                 finally:
                     reset_resume(resume)
+            if self.audit is not None and self.audit.strict:
+                # strict: no record, no call (AuditError propagates before the tool runs)
+                await self._audit(call, requirement, token, approval, "started", None, started)
             reset = _CONTEXT.set(ToolContext(call=call, token=token, approval=approval))
             try:
                 result = await func()
@@ -368,28 +391,38 @@ class ToolGuard:
         assert self.audit is not None
         from agent_identity.audit import AuditEvent, fingerprint
 
-        kind = {"ok": "tool.succeeded", "denied": "tool.denied"}.get(outcome, "tool.failed")
-        event = AuditEvent.for_tool_call(
-            kind,  # type: ignore[arg-type]
-            tool=call.tool,
-            arguments=call.arguments,
-            include_arguments=self.include_arguments,
-            tenant=call.tenant,
-            user=call.user,
-            agent=self.identity.client_id,
-            issuer=self.identity.issuer,
-            resource=requirement.resource,
-            scopes_requested=requirement.scopes,
-            scopes_granted=token.scopes if token is not None else None,
-            approval_id=approval.action_digest[:16] if approval is not None else None,
-            binding_message=approval.binding_message if approval is not None else None,
-            outcome=outcome,
-            error_type=type(error).__name__ if error is not None else None,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            token_fingerprint=fingerprint(token.value) if token is not None else None,
-            actors=_actors(token) if requirement.delegate and token is not None else (),
-        )
-        await self.audit.emit(event)
+        kind = {
+            "ok": "tool.succeeded", "denied": "tool.denied", "started": "tool.started"
+        }.get(outcome, "tool.failed")  # fmt: skip
+        try:
+            event = AuditEvent.for_tool_call(
+                kind,  # type: ignore[arg-type]
+                tool=call.tool,
+                arguments=call.arguments,
+                include_arguments=self.include_arguments,
+                tenant=call.tenant,
+                user=call.user,
+                agent=self.identity.client_id,
+                issuer=self.identity.issuer,
+                resource=requirement.resource,
+                scopes_requested=requirement.scopes,
+                scopes_granted=token.scopes if token is not None else None,
+                approval_id=approval.action_digest[:16] if approval is not None else None,
+                binding_message=approval.binding_message if approval is not None else None,
+                outcome=None if outcome == "started" else outcome,
+                error_type=type(error).__name__ if error is not None else None,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                token_fingerprint=fingerprint(token.value) if token is not None else None,
+                actors=_actors(token) if requirement.delegate and token is not None else (),
+            )
+        except Exception as exc:  # the record cannot be built: say so, never a foreign error
+            problem = type(exc).__name__
+        else:
+            await self.audit.emit(event)
+            return
+        if self.audit.strict:
+            raise AuditError(f"audit record of tool {call.tool!r} could not be built ({problem})")
+        logger.warning("audit record of a tool call could not be built (%s)", problem)
 
 
 def _actors(token: AccessToken) -> tuple[str, ...]:

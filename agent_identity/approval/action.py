@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import secrets
 import unicodedata
 from collections.abc import Mapping
@@ -49,15 +50,29 @@ _SEPARATOR: Final = " · "
 _ELLIPSIS: Final = "…"
 _MAX_DEPTH: Final = 32
 _MAX_TOOL: Final = 128
+_MAX_INT_BITS: Final = 10_000
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def _text(value: str) -> str:
+    # A lone surrogate is not Unicode text: it could not be hashed as UTF-8, shown to the
+    # user or sent to the authorization server (issue 12 item 11).
+    if _SURROGATE.search(value):
+        raise ConfigurationError("action arguments must be valid Unicode text")
+    return value
 
 
 def _freeze(value: Any, depth: int = 0) -> Any:
     """A JSON-compatible deep copy (tuples become lists), or ConfigurationError."""
     if depth > _MAX_DEPTH:
         raise ConfigurationError("action arguments are nested too deeply")
-    if value is None or isinstance(value, bool | str):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return _text(value)
     if isinstance(value, int):
+        if value.bit_length() > _MAX_INT_BITS:  # JSON text of it is refused by ``str``
+            raise ConfigurationError("action arguments hold an integer too large for JSON")
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -70,7 +85,7 @@ def _freeze(value: Any, depth: int = 0) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ConfigurationError("action argument names must be strings")
-            out[key] = _freeze(item, depth + 1)
+            out[_text(key)] = _freeze(item, depth + 1)
         return out
     raise ConfigurationError(
         f"action arguments must be JSON values (got {type(value).__name__}); "

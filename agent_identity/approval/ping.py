@@ -18,12 +18,20 @@ the one stored for that ``auth_req_id``; a missing or wrong one gets ``401`` and
 else happens (no token request); a good one gets ``204`` and only then wakes the waiting
 approval, which fetches the token. It never answers with a redirect. The receiver must
 run in the event loop of the agent that waits for the approvals (one process).
+
+The standalone server survives any request (issue 12 item 9): ``Content-Length`` is
+1*DIGIT in ASCII (RFC 9110 §8.6) and bounded before conversion, the head is capped at
+8 KiB, the body at ``max_body``, each connection at :data:`_CONNECTION_DEADLINE` seconds
+in all and :data:`_MAX_CONNECTIONS` connections at a time (more are closed at once); a
+connection that fails in any way is closed and logged, and the failure never reaches the
+task group of the application that runs the server.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -54,6 +62,11 @@ Send = Callable[[Message], Awaitable[None]]
 
 _MAX_HEAD: Final = 8 * 1024
 _READ_TIMEOUT: Final = 10.0
+#: The longest a connection may take from accept to reply (slow clients are cut off).
+_CONNECTION_DEADLINE: Final = 15.0
+#: Connections served at a time; more are closed without an answer.
+_MAX_CONNECTIONS: Final = 64
+_ASCII_DIGITS: Final = re.compile(rb"[0-9]+")
 _LOOPBACK_LITERALS: Final = ("127.0.0.1", "::1")
 _REASONS: Final = {
     204: "No Content",
@@ -139,7 +152,12 @@ class PingReceiver:
             return
         expectation: _Expectation | None = None
         try:
-            status, expectation = await self._check(scope, receive)
+            try:
+                status, expectation = await self._check(scope, receive)
+            except Exception as exc:  # a malformed request from the server or client
+                logger.warning("CIBA ping refused: malformed request (%s)", type(exc).__name__)
+                self.rejected += 1
+                status, expectation = 400, None
             headers: list[tuple[bytes, bytes]] = [(b"cache-control", b"no-store")]
             if status == 401:
                 headers.append((b"www-authenticate", b"Bearer"))
@@ -203,9 +221,22 @@ class PingReceiver:
         url = f"http://{literal}:{bound}{path}"
         self.url = url
 
+        limiter = anyio.CapacityLimiter(_MAX_CONNECTIONS)
+
         async def handle(stream: anyio.abc.SocketStream) -> None:
             async with stream:
-                await _serve_one(stream, self, path, self._max_body)
+                try:
+                    limiter.acquire_nowait()
+                except anyio.WouldBlock:
+                    logger.warning("CIBA ping refused: too many connections")
+                    return
+                try:
+                    with anyio.move_on_after(_CONNECTION_DEADLINE):
+                        await _serve_one(stream, self, path, self._max_body)
+                except Exception as exc:  # one bad connection never stops the server
+                    logger.warning("CIBA ping connection failed (%s)", type(exc).__name__)
+                finally:
+                    limiter.release()
 
         try:
             async with anyio.create_task_group() as tg:
@@ -295,10 +326,16 @@ async def _serve_one(
     lengths = [value for name, value in headers if name == b"content-length"]
     length = 0
     if lengths:
-        if len(set(lengths)) != 1 or not lengths[0].isdigit():
+        # RFC 9110 §8.6: 1*DIGIT, ASCII only ("²" passes str.isdigit()); compared as text
+        # first so that a 5,000-digit value is never converted.
+        if len(set(lengths)) != 1 or not _ASCII_DIGITS.fullmatch(lengths[0]):
             await _reply(stream, 400)
             return
-        length = int(lengths[0])
+        digits = lengths[0].lstrip(b"0") or b"0"
+        if len(digits) > len(str(max_body)):
+            await _reply(stream, 413)
+            return
+        length = int(digits)
     if length > max_body:
         await _reply(stream, 413)
         return

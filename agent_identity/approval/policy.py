@@ -33,7 +33,10 @@ logger = logging.getLogger("agent_identity.approval")
 #: A test over an action's arguments: ``True`` means the call needs approval.
 Predicate = Callable[[Mapping[str, Any]], bool]
 
-_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
+# ASCII digits only: ``\d`` would read Arabic-Indic or fullwidth digits, which a tool may
+# read differently (or not at all). A number must end where the text does or at a
+# separator: ``1e9``, ``0x10`` or ``1.2.3`` are unreadable, so they fail closed.
+_NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?![\w.])")
 
 
 class ApprovalPolicy:
@@ -108,7 +111,9 @@ class ApprovalPolicy:
         """A predicate: the number at the start of ``argument`` exceeds ``limit``.
 
         Reads ``120``, ``"120.00"`` and ``"120.00 EUR"`` alike (exact decimal arithmetic).
-        A missing or unreadable value counts as above the limit (fail closed).
+        A missing or unreadable value counts as above the limit (fail closed): also text
+        whose number does not end at a space or the end (``"1e9"``, ``"0x10"``), and
+        digits other than ASCII ones.
         """
         bound = Decimal(str(limit))
 
@@ -134,7 +139,9 @@ def _names(values: Iterable[str]) -> list[str]:
 def _leading_number(value: object) -> Decimal | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
+    if isinstance(value, int):
+        return Decimal(value)  # exact, however large (``repr`` refuses 4,300+ digits)
+    if isinstance(value, float):
         text = repr(value)
     elif isinstance(value, str):
         match = _NUMBER.match(value.strip().replace(",", ""))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ GENESIS: Final = "0" * 64
 FORMAT_VERSION: Final = 1
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _KEYS = frozenset({"event", "hash", "prev_hash", "seq", "v"})
+#: Far above any record the writer produces (events are bounded to a few KiB).
+_MAX_LINE: Final = 16 * 1024 * 1024
 
 
 def _digest(body: dict[str, Any]) -> str:
@@ -98,10 +101,44 @@ class _Broken(Exception):
     pass
 
 
+def _not_a_constant(name: str) -> Any:
+    raise _Broken(f"non-standard JSON constant {name} (edited)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Broken("number out of range (edited)")
+    return value
+
+
 def _check_line(raw: bytes, seq: int, prev_hash: str, first_of_file: bool) -> str:
+    """The record's hash if ``raw`` is the next valid link, else :class:`_Broken`.
+
+    Whatever the bytes: non-UTF-8, NaN/Infinity, numbers out of range, duplicate
+    members, nesting too deep for the parser, lone surrogates (a record the writer could
+    never have produced), everything ends as :class:`_Broken`, never another exception."""
     try:
-        record = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError, _Broken):
+        return _check_record(raw, seq, prev_hash, first_of_file)
+    except _Broken:
+        raise
+    except RecursionError:
+        raise _Broken("record is nested too deeply (edited)") from None
+    except Exception as exc:  # the contract: bad input never raises
+        raise _Broken(f"unreadable record ({type(exc).__name__})") from None
+
+
+def _check_record(raw: bytes, seq: int, prev_hash: str, first_of_file: bool) -> str:
+    if len(raw) > _MAX_LINE:
+        raise _Broken("record is too large (edited)")
+    try:
+        record = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_not_a_constant,
+            parse_float=_finite,
+        )
+    except (UnicodeDecodeError, ValueError):
         raise _Broken("not a valid JSON record (edited or truncated)") from None
     if not isinstance(record, dict) or set(record) != _KEYS:
         raise _Broken("not an audit record (unexpected members)")
@@ -110,7 +147,11 @@ def _check_line(raw: bytes, seq: int, prev_hash: str, first_of_file: bool) -> st
     digest = record["hash"]
     if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
         raise _Broken("malformed hash")
-    if canonical_json(record).encode("utf-8") != raw:
+    try:
+        canonical = canonical_json(record).encode("utf-8")
+    except ValueError:  # a lone surrogate: not text the writer could have encoded
+        raise _Broken("record holds invalid Unicode (edited)") from None
+    if canonical != raw:
         raise _Broken("record is not in canonical form (edited)")
     body = {k: v for k, v in record.items() if k != "hash"}
     if _digest(body) != digest:
@@ -145,7 +186,9 @@ def verify_chain(paths: Iterable[str | Path]) -> VerifyResult:
     """Verify the hash chain across ``paths``, taken in the order given (oldest first;
     :func:`chain_files` gives that order). Reports the FIRST broken link: an edited,
     deleted, reordered, duplicated or truncated record, a file that is missing, or a chain
-    that does not start at sequence 0. Reads each file once; never raises for bad input.
+    that does not start at sequence 0. Reads each file once; never raises for bad input
+    (garbage bytes, non-UTF-8, NaN, huge numbers, deep nesting, duplicate members, lone
+    surrogates, unreadable or oddly named files): it reports them as the broken line.
     """
     files: Sequence[Path] = [Path(p) for p in paths]
     seq, prev = 0, GENESIS
@@ -154,7 +197,7 @@ def verify_chain(paths: Iterable[str | Path]) -> VerifyResult:
             data = path.read_bytes()
         except FileNotFoundError:
             return VerifyResult(False, seq, (str(path), 0), "file is missing")
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the file name
             return VerifyResult(False, seq, (str(path), 0), f"unreadable ({type(exc).__name__})")
         if not data:
             continue
@@ -179,7 +222,10 @@ def cli_verify(files: Sequence[str]) -> int:
     ordered: list[Path] = []
     for name in files:
         path = Path(name)
-        group = chain_files(path) if rotation_index(path) is None else [path]
+        try:
+            group = chain_files(path) if rotation_index(path) is None else [path]
+        except (OSError, ValueError):  # an unreadable directory: verify reports the file
+            group = [path]
         ordered.extend(p for p in group if p not in ordered)
     ordered.sort(key=_chain_order)
     result = verify_chain(ordered)
@@ -188,8 +234,17 @@ def cli_verify(files: Sequence[str]) -> int:
         return 0
     assert result.first_broken is not None
     file, line = result.first_broken
-    print(f"BROKEN: {file}:{line}: {result.reason} ({result.records} valid record(s) before)")
+    print(
+        f"BROKEN: {_printable(file)}:{line}: {result.reason} "
+        f"({result.records} valid record(s) before)"
+    )
     return 1
+
+
+def _printable(name: str) -> str:
+    """A file name as text any terminal encoding takes (undecodable bytes of a POSIX name
+    arrive as lone surrogates, which ``print`` cannot encode)."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _chain_order(path: Path) -> tuple[str, int]:

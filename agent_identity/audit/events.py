@@ -77,6 +77,7 @@ _Text = Annotated[str, StringConstraints(max_length=1024)]
 _Url = Annotated[str, StringConstraints(max_length=4096)]
 _Scope = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 _EXTRA_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 #: Identifiers set by the SDK and its caller (who, which tool, which server): few distinct
 #: values, so their redaction is memoised.
 _IDENTIFIER_FIELDS = ("tenant", "user", "agent", "issuer", "resource", "tool")
@@ -93,38 +94,70 @@ def _redact_identifier(value: str) -> str:
     return _redact_identifier_cached(value) if len(value) <= 256 else redact_text(value)
 
 
-def to_jsonable(value: Any) -> Any:
-    """Convert ``value`` to plain JSON values, deterministically.
+#: Nesting kept by :func:`to_jsonable`; deeper values (and cycles) are tagged instead.
+MAX_DEPTH: Final = 64
+#: Integers wider than this many bits (about 3,000 digits) are tagged in hexadecimal:
+#: ``str(int)`` refuses more than 4,300 digits, ``hex`` has no such limit.
+_MAX_INT_BITS: Final = 10_000
 
-    ``None``, booleans, integers, finite floats and strings stay; mappings become objects
+
+def to_jsonable(value: Any, _depth: int = 0) -> Any:
+    """Convert ``value`` to plain JSON values, deterministically, whatever it holds.
+
+    ``None``, booleans, integers, finite floats and strings stay (strings as they are,
+    lone surrogates included: see :func:`arguments_hash`); mappings become objects
     (non-string keys are tagged), lists and tuples arrays, sets sorted arrays; pydantic
     models are dumped in JSON mode (``SecretStr`` stays masked). Anything else becomes
     ``{"$type": "<module.qualname>", "$repr": repr(value)}``, deterministic as long as the
-    value's ``repr`` is.
+    value's ``repr`` is. Values nested deeper than :data:`MAX_DEPTH` (cycles included)
+    become ``{"$type": ..., "$depth": "truncated"}``; integers too wide for decimal text
+    become ``{"$type": "int", "$hex": ...}``. Never raises (issue 12 item 11).
     """
-    if value is None or isinstance(value, bool | int | str):
+    if value is None or isinstance(value, bool | str):
         return value
+    if isinstance(value, int):
+        if value.bit_length() > _MAX_INT_BITS:
+            return {"$type": "int", "$hex": hex(value)}
+        return int(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else {"$type": "float", "$repr": repr(value)}
+    if _depth >= MAX_DEPTH:
+        return {"$type": _type_name(value), "$depth": "truncated"}
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for key, member in value.items():
             name = key if isinstance(key, str) else canonical_json(_tag(key))
-            out[name] = to_jsonable(member)
+            out[name] = to_jsonable(member, _depth + 1)
         return out
     if isinstance(value, list | tuple):
-        return [to_jsonable(item) for item in value]
+        return [to_jsonable(item, _depth + 1) for item in value]
     if isinstance(value, Set):
-        items = [to_jsonable(item) for item in value]
-        return {"$type": type(value).__name__, "$items": sorted(items, key=canonical_json)}
+        items = [to_jsonable(item, _depth + 1) for item in value]
+        return {"$type": type(value).__name__, "$items": sorted(items, key=_sort_key)}
     if isinstance(value, BaseModel):
-        return to_jsonable(value.model_dump(mode="json"))
+        try:
+            dumped = value.model_dump(mode="json")
+        except Exception:  # a model that cannot be dumped is described, not dumped
+            return _tag(value)
+        return to_jsonable(dumped, _depth + 1)
     return _tag(value)
 
 
-def _tag(value: Any) -> dict[str, str]:
+def _type_name(value: Any) -> str:
     cls = type(value)
-    return {"$type": f"{cls.__module__}.{cls.__qualname__}", "$repr": repr(value)}
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _tag(value: Any) -> dict[str, str]:
+    try:
+        text = repr(value)
+    except Exception as exc:  # a repr that raises must not cost the record
+        text = f"<repr failed: {type(exc).__name__}>"
+    return {"$type": _type_name(value), "$repr": text}
+
+
+def _sort_key(value: Any) -> str:
+    return canonical_json(value)
 
 
 def canonical_json(value: Any) -> str:
@@ -139,10 +172,24 @@ def arguments_hash(arguments: Mapping[str, Any]) -> str:
     """SHA-256 (hex) of the canonical JSON of ``arguments`` (see :func:`to_jsonable`).
 
     Independent of member order; equal arguments always give the same hash, so a record
-    can be matched with a call without storing the arguments themselves.
+    can be matched with a call without storing the arguments themselves. Any arguments
+    hash: a lone surrogate (not valid Unicode) is encoded with ``surrogatepass``, which no
+    valid string encodes to, so distinct arguments keep distinct hashes.
     """
     text = canonical_json(to_jsonable(arguments))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _valid_unicode(value: Any) -> Any:
+    """``value`` (plain JSON) with every lone surrogate replaced by U+FFFD, so that the
+    record can be encoded as UTF-8 by any sink."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_valid_unicode(k): _valid_unicode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_valid_unicode(item) for item in value]
+    return value
 
 
 def fingerprint(value: str | SecretStr) -> str:
@@ -249,7 +296,7 @@ class AuditEvent(BaseModel):
             return None
         if not isinstance(value, Mapping):
             raise ValueError("arguments must be a mapping")
-        cleaned = redact(to_jsonable(value))
+        cleaned = _valid_unicode(redact(to_jsonable(value)))
         if len(canonical_json(cleaned).encode("utf-8")) > MAX_ARGUMENTS_BYTES:
             return {"$omitted": f"arguments larger than {MAX_ARGUMENTS_BYTES} bytes"}
         return cleaned

@@ -372,8 +372,8 @@ def _resume(files: list[Path]) -> tuple[int, str]:
                 continue
             try:
                 record = json.loads(raw)
-            except ValueError:
-                continue  # a torn line: verification reports it
+            except (ValueError, RecursionError):
+                continue  # a torn or garbage line: verification reports it
             if isinstance(record, dict):
                 seq, digest = record.get("seq"), record.get("hash")
                 if isinstance(seq, int) and isinstance(digest, str):

@@ -40,13 +40,14 @@ from agent_identity.errors import (
     InvalidResponse,
     IssuerMismatch,
     StateMismatch,
-    oauth_error_from_response,
 )
 from agent_identity.models import ServerMetadata
 from agent_identity.oauth._json import parse_json_object
+from agent_identity.oauth._limits import MAX_LIFETIME, bounded_int, display_text, sane_text
 from agent_identity.oauth._message import HttpRequest, HttpResponse
 from agent_identity.oauth.client_auth import ClientAuthentication
 from agent_identity.oauth.pkce import generate_pkce
+from agent_identity.oauth.token import oauth_error_from_body
 
 __all__ = [
     "RESERVED_PARAMETERS",
@@ -298,27 +299,21 @@ def parse_par_response(response: HttpResponse) -> tuple[str, int]:
     body = parse_json_object(response.content, what="PAR response")
     if response.status_code not in (200, 201):
         _raise_oauth_error(body, response.status_code)
-    request_uri = body.get("request_uri")
-    expires_in = body.get("expires_in")
-    if not isinstance(request_uri, str) or not request_uri:
-        raise InvalidResponse("PAR response has no request_uri")
-    if not isinstance(expires_in, int) or isinstance(expires_in, bool) or expires_in <= 0:
-        raise InvalidResponse("PAR response has no valid expires_in")
+    request_uri = sane_text(body.get("request_uri"), "PAR response request_uri", max_length=4096)
+    if "expires_in" not in body:
+        raise InvalidResponse("PAR response has no expires_in")
+    expires_in = bounded_int(
+        body["expires_in"],
+        "PAR response expires_in",
+        minimum=1,
+        maximum=MAX_LIFETIME,
+        over="clamp",
+    )
     return request_uri, expires_in
 
 
 def _raise_oauth_error(body: Mapping[str, Any], status: int) -> None:
-    error = body.get("error")
-    if not isinstance(error, str):
-        raise InvalidResponse(f"HTTP {status} without an OAuth error member")
-    description = body.get("error_description")
-    uri = body.get("error_uri")
-    raise oauth_error_from_response(
-        error,
-        description if isinstance(description, str) else None,
-        uri if isinstance(uri, str) else None,
-        status,
-    )
+    raise oauth_error_from_body(body, status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,16 +442,23 @@ def validate_callback(
         )
     error = callback.get("error")
     if error is not None:
-        description = callback.get("error_description")
+        description = display_text(callback.get("error_description"))
         if error == "access_denied":
             raise ConsentDenied(
                 "the user or the authorization server denied the authorization request"
                 + (f": {description}" if description else "")
             )
-        raise oauth_error_from_response(error, description, callback.get("error_uri"))
+        failure = oauth_error_from_body(callback.params, None)
+        if isinstance(failure, InvalidResponse):  # a malformed error code
+            raise AuthorizationResponseError("authorization response has a malformed error")
+        raise failure
     code = callback.get("code")
     if not code:
         raise AuthorizationResponseError("authorization response has neither code nor error")
+    # RFC 6749 §4.1.2 / Appendix A.11: code = 1*VSCHAR. It is sent back in a form; a
+    # control character or a lone surrogate in it is an attack or garbage, not a code.
+    sane_text(code, "authorization response code", max_length=4096,
+              error=AuthorizationResponseError)  # fmt: skip
     return pending, SecretStr(code)
 
 

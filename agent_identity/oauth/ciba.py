@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import math
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -46,6 +45,7 @@ from agent_identity.errors import (
 )
 from agent_identity.models import TokenResponse
 from agent_identity.oauth._json import parse_json_object
+from agent_identity.oauth._limits import MAX_INTERVAL, MAX_LIFETIME, bounded_int
 from agent_identity.oauth._message import HttpRequest, HttpResponse
 from agent_identity.oauth.client_auth import ClientAuthentication
 from agent_identity.oauth.token import parse_oauth_error, parse_token_response, token_request
@@ -76,8 +76,7 @@ _B64TOKEN: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _MIN_NOTIFICATION_TOKEN: Final = 22
 _MAX_NOTIFICATION_TOKEN: Final = 1024
 _MAX_AUTH_REQ_ID: Final = 1024
-_MAX_EXPIRES_IN: Final = 365 * 24 * 3600
-_MAX_INTERVAL: Final = 3600
+_MAX_EXPIRES_IN: Final = MAX_LIFETIME
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -162,12 +161,19 @@ def backchannel_authentication_request(
     if acr_values:
         form["acr_values"] = " ".join(acr_values)
     if authorization_details:
-        form["authorization_details"] = json.dumps(
-            [dict(detail) for detail in authorization_details],
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-        )
+        details: str | None = None
+        try:
+            details = json.dumps(
+                [dict(detail) for detail in authorization_details],
+                separators=(",", ":"),
+                ensure_ascii=False,
+                allow_nan=False,
+            )
+        except (ValueError, TypeError, RecursionError):
+            details = None
+        if details is None:  # raised outside the handler: no chained values
+            raise ConfigurationError("authorization_details must be JSON objects (no NaN)")
+        form["authorization_details"] = details
     if resource is not None:
         form["resource"] = resource
     if client_notification_token is not None:
@@ -188,18 +194,6 @@ class BackchannelAuthentication:
         return f"BackchannelAuthentication(expires_in={self.expires_in}, interval={self.interval})"
 
 
-def _seconds(value: object, name: str, *, maximum: int) -> int:
-    # JSON ``true`` is not a number of seconds; 5.0 is accepted, 5.5 is not.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidResponse(f"backchannel authentication response: {name} is not a number")
-    if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
-        raise InvalidResponse(f"backchannel authentication response: {name} is not whole")
-    seconds = int(value)
-    if not 0 < seconds <= maximum:
-        raise InvalidResponse(f"backchannel authentication response: {name} is out of range")
-    return seconds
-
-
 def parse_backchannel_response(response: HttpResponse) -> BackchannelAuthentication:
     """Parse a §7.3 response, or raise the §13 error as a typed
     :class:`~agent_identity.errors.OAuthError` (``unknown_user_id``,
@@ -217,10 +211,24 @@ def parse_backchannel_response(response: HttpResponse) -> BackchannelAuthenticat
         raise InvalidResponse("backchannel authentication response: invalid auth_req_id")
     if "expires_in" not in data:
         raise InvalidResponse("backchannel authentication response: missing expires_in")
-    expires_in = _seconds(data["expires_in"], "expires_in", maximum=_MAX_EXPIRES_IN)
+    # The bounded-number rule (:mod:`._limits`): JSON ``true`` is not a number of seconds;
+    # 5.0 is accepted, 5.5 is not; a lifetime beyond a year is read as a year.
+    expires_in = bounded_int(
+        data["expires_in"],
+        "backchannel authentication response: expires_in",
+        minimum=1,
+        maximum=MAX_LIFETIME,
+        over="clamp",
+    )
     interval = DEFAULT_INTERVAL
     if data.get("interval") is not None:
-        interval = _seconds(data["interval"], "interval", maximum=_MAX_INTERVAL)
+        interval = bounded_int(
+            data["interval"],
+            "backchannel authentication response: interval",
+            minimum=1,
+            maximum=MAX_INTERVAL,
+            over="refuse",
+        )
     return BackchannelAuthentication(auth_req_id, expires_in, interval)
 
 
@@ -327,6 +335,7 @@ def check_notification_bearer(authorization: str | None, expected: SecretStr) ->
     scheme, _, presented = authorization.strip().partition(" ")
     if scheme.lower() != "bearer":
         return False
-    presented_bytes = presented.strip().encode("utf-8", "surrogateescape")
+    # ``surrogatepass``: any str (even one holding a lone surrogate) has bytes to compare.
+    presented_bytes = presented.strip().encode("utf-8", "surrogatepass")
     expected_bytes = expected.get_secret_value().encode("utf-8")
     return hmac.compare_digest(presented_bytes, expected_bytes)

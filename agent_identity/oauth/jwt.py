@@ -40,6 +40,7 @@ from pydantic import SecretStr
 
 from agent_identity.errors import ConfigurationError, InvalidResponse, InvalidTokenError
 from agent_identity.oauth._json import parse_json_object
+from agent_identity.oauth._limits import MAX_EPOCH, numeric_date, sane_text
 
 __all__ = [
     "DEFAULT_ALGORITHMS",
@@ -380,12 +381,12 @@ def _short(value: object) -> str:
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    # The bounded-number rule (:mod:`._limits`): a NumericDate within 0..year 9999, so
+    # that no later arithmetic or ``datetime`` conversion can overflow.
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidTokenError(f"ID token {name!r} claim is not a NumericDate")
-    return value
+    return numeric_date(value, f"ID token {name!r} claim", error=InvalidTokenError)
 
 
 def _required_number(claims: Mapping[str, Any], name: str) -> float:
@@ -396,10 +397,16 @@ def _required_number(claims: Mapping[str, Any], name: str) -> float:
 
 
 def _string(claims: Mapping[str, Any], name: str) -> str | None:
+    # The text-sanity rule: these claims are compared, stored and shown verbatim.
     value = claims.get(name)
-    if value is not None and not isinstance(value, str):
+    if value is None:
+        return None
+    if not isinstance(value, str):
         raise InvalidTokenError(f"ID token {name!r} claim is not a string")
-    return value
+    return sane_text(
+        value, f"ID token {name!r} claim", max_length=4096, allow_empty=True,
+        error=InvalidTokenError,
+    )  # fmt: skip
 
 
 def _required_string(claims: Mapping[str, Any], name: str) -> str:
@@ -411,8 +418,11 @@ def _required_string(claims: Mapping[str, Any], name: str) -> str:
 
 def _string_list(value: object, name: str, *, allow_string: bool) -> tuple[str, ...]:
     if allow_string and isinstance(value, str):
+        sane_text(value, f"ID token {name!r} claim", max_length=4096, error=InvalidTokenError)
         return (value,)
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        for item in value:
+            sane_text(item, f"ID token {name!r} claim", max_length=4096, error=InvalidTokenError)
         return tuple(value)
     raise InvalidTokenError(f"ID token {name!r} claim has the wrong type")
 
@@ -460,8 +470,10 @@ def validate_id_token(
         raise ConfigurationError("'none' can never be an allowed algorithm")
     if not math.isfinite(leeway) or leeway < 0:
         raise ConfigurationError("leeway must be a finite number of seconds >= 0")
-    if max_age is not None and max_age < 0:
-        raise ConfigurationError("max_age must be >= 0")
+    if max_age is not None and (
+        isinstance(max_age, bool) or not isinstance(max_age, int) or not 0 <= max_age <= MAX_EPOCH
+    ):
+        raise ConfigurationError("max_age must be a whole number of seconds >= 0")
 
     header_b64, _payload_b64, _sig_b64 = _split(token)
     header = _json_segment(header_b64, "header")

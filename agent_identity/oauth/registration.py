@@ -40,9 +40,10 @@ from pydantic import SecretStr
 
 from agent_identity.errors import ConfigurationError, InvalidResponse, VaultCorrupted
 from agent_identity.oauth._json import parse_json_object
+from agent_identity.oauth._limits import MAX_EPOCH, MAX_TOKEN, bounded_int, sane_text
 from agent_identity.oauth._message import HttpRequest, HttpResponse
 from agent_identity.oauth.token import parse_oauth_error
-from agent_identity.oauth.urls import check_endpoint_url, is_loopback_host
+from agent_identity.oauth.urls import check_endpoint_url, is_loopback_host, path_is_ambiguous
 
 __all__ = [
     "SHARED_SECRET_METHODS",
@@ -203,22 +204,31 @@ def parse_registration(
     if response.status_code not in (200, 201):
         raise parse_oauth_error(response)
     body = parse_json_object(response.content, what="registration response")
-    client_id = body.get("client_id")
-    if not isinstance(client_id, str) or not client_id:
+    if not body.get("client_id"):
         raise InvalidResponse("registration response has no client_id")
+    client_id = sane_text(body["client_id"], "registration response client_id", max_length=4096)
     secret = body.get("client_secret")
     if secret is not None and (not isinstance(secret, str) or not secret):
         raise InvalidResponse("registration response has an invalid client_secret")
-    expires = body.get("client_secret_expires_at", 0)
-    if expires is None and "client_secret_expires_at" in body and secret is None:
-        expires = 0  # null beside no secret: nothing expires
-    if (
-        isinstance(expires, bool)
-        or not isinstance(expires, int | float)
-        or not math.isfinite(expires)
-        or expires < 0
-    ):
-        raise InvalidResponse("registration response has an invalid client_secret_expires_at")
+    if secret is not None:
+        sane_text(secret, "registration response client_secret", max_length=MAX_TOKEN)
+    raw = body.get("client_secret_expires_at")
+    if raw is None:
+        # RFC 7591 §3.2.1 wants it with a secret, but servers omit it (or send null) and
+        # every other client reads that as "does not expire" (0)
+        expires = 0
+    else:
+        # seconds since the epoch, 0 = never. The bounded-number rule; a time after year
+        # 9999 is read as 9999 (never, for us). Fractions are cut.
+        if isinstance(raw, float) and math.isfinite(raw) and raw >= 0:
+            raw = math.floor(min(raw, float(MAX_EPOCH)))
+        expires = bounded_int(
+            raw,
+            "registration response client_secret_expires_at",
+            minimum=0,
+            maximum=MAX_EPOCH,
+            over="clamp",
+        )
     method = body.get("token_endpoint_auth_method", requested_method)
     if method is not None and (not isinstance(method, str) or not method):
         raise InvalidResponse("registration response has an invalid token_endpoint_auth_method")
@@ -239,7 +249,7 @@ def parse_registration(
         issuer=issuer,
         client_id=client_id,
         client_secret=SecretStr(secret) if secret is not None else None,
-        client_secret_expires_at=int(expires),
+        client_secret_expires_at=expires,
         token_endpoint_auth_method=method,
         redirect_uris=tuple(u for u in uris if isinstance(u, str))
         if isinstance(uris, list)
@@ -290,8 +300,13 @@ def check_client_id_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.path in ("", "/"):
         raise ConfigurationError("a client id metadata URL must have a path")
-    if any(segment in (".", "..") for segment in parts.path.split("/")):
-        raise ConfigurationError("a client id metadata URL must not contain dot segments")
+    if path_is_ambiguous(parts.path):
+        # RFC 3986 §6, §5.2.4: ``..``, ``%2e%2e``, ``..%2f``, ``%5c``, ``..;`` or a stray
+        # ``%`` could make a server fetch another document than the one this URL names.
+        raise ConfigurationError(
+            "a client id metadata URL must not contain dot segments or encoded dots, "
+            "slashes or backslashes"
+        )
     if parts.query:
         raise ConfigurationError("a client id metadata URL should not have a query")
     return url

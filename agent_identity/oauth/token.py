@@ -24,6 +24,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from agent_identity.errors import InvalidResponse, oauth_error_from_response
 from agent_identity.models import TokenResponse
 from agent_identity.oauth._json import parse_json_object
+from agent_identity.oauth._limits import display_text, sane_text
 from agent_identity.oauth._message import HttpRequest, HttpResponse
 from agent_identity.oauth.client_auth import ClientAuthentication
 
@@ -32,6 +33,7 @@ __all__ = [
     "authorization_code_request",
     "client_credentials_request",
     "device_code_request",
+    "oauth_error_from_body",
     "parse_oauth_error",
     "parse_token_response",
     "refresh_request",
@@ -131,13 +133,27 @@ def device_code_request(
 def invalid_fields(model: type[BaseModel], data: Mapping[str, Any]) -> list[str] | None:
     """The names of the members of ``data`` that ``model`` refuses, or ``None`` if valid.
 
-    The caller raises *outside* any ``except`` block, so pydantic's error (which quotes
+    A member refused by one of the SDK's own rules (:mod:`._limits`, whose messages never
+    quote a value) carries the reason: ``access_token (holds characters outside ...)``.
+    The caller raises *outside* any ``except`` block, so pydantic's error (which may quote
     the input values, tokens included) never becomes an exception's ``__context__``.
     """
     try:
         model.model_validate(data)
     except ValidationError as exc:
-        return sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]}) or ["(document)"]
+        found: dict[str, str] = {}
+        for error in exc.errors(include_input=False, include_url=False):
+            if not error["loc"]:
+                continue
+            name = str(error["loc"][0])
+            reason = ""
+            if error["type"] == "value_error" and isinstance(error.get("ctx"), dict):
+                cause = error["ctx"].get("error")
+                text = str(cause) if cause is not None else ""
+                if text.startswith(name):  # our own rule: "<member> is ..." (no value)
+                    reason = f" ({text[len(name) :].strip()})"
+            found.setdefault(name, f"{name}{reason}")
+        return [found[k] for k in sorted(found)] or ["(document)"]
     return None
 
 
@@ -150,16 +166,29 @@ def parse_oauth_error(response: HttpResponse, body: Mapping[str, Any] | None = N
             return InvalidResponse(
                 f"token endpoint answered HTTP {response.status_code} without a JSON error"
             )
+    return oauth_error_from_body(body, response.status_code)
+
+
+def oauth_error_from_body(body: Mapping[str, Any], status_code: int | None) -> Exception:
+    """The typed error for an RFC 6749 §5.2 error object. The text-sanity rule applies:
+    ``error`` must be a short printable code; ``error_description`` and ``error_uri`` are
+    free text, made displayable (control characters and lone surrogates replaced, cut to
+    a few hundred characters) so that messages and logs can always be written."""
     error = body.get("error")
+    status = f"HTTP {status_code}" if status_code is not None else "the"
     if not isinstance(error, str) or not error:
-        return InvalidResponse(f"HTTP {response.status_code} response without an error code")
-    description = body.get("error_description")
-    uri = body.get("error_uri")
+        return InvalidResponse(f"{status} response without an error code")
+    try:
+        code = sane_text(error, "error", max_length=128)
+    except InvalidResponse:
+        code = None
+    if code is None:
+        return InvalidResponse(f"{status} response has a malformed error code")
     return oauth_error_from_response(
-        error,
-        description if isinstance(description, str) else None,
-        uri if isinstance(uri, str) else None,
-        response.status_code,
+        code,
+        display_text(body.get("error_description")),
+        display_text(body.get("error_uri"), max_length=2048),
+        status_code,
     )
 
 
@@ -179,8 +208,6 @@ def parse_token_response(response: HttpResponse) -> TokenResponse:
             f"token response is missing or has invalid members: {', '.join(fields)}"
         )
     token = TokenResponse.model_validate(data)
-    if not token.access_token.get_secret_value():
-        raise InvalidResponse("token response has an empty access_token")
     if not token.token_type:
         raise InvalidResponse("token response has an empty token_type")
     return token

@@ -14,6 +14,9 @@ request; the protocol modules apply them to URLs found in metadata.
   (security item 19).
 - :func:`is_public_ip` and :func:`check_ssrf_literal`: server-supplied URLs must not reach
   private, loopback or link-local addresses (RFC 9700 §4.17 SSRF; security item 2).
+- :func:`normalized_path` and :func:`lenient_path`: two readings of a percent-encoded path
+  (RFC 3986 §6.2.2 normal form; the most lenient server's reading) used to decide whether
+  a path stays under another (security items 13 and 23).
 
 Every URL accepted here is plain ASCII without whitespace, control characters or
 backslashes, so that this module and the HTTP client cannot disagree about where a URL
@@ -45,6 +48,10 @@ __all__ = [
     "check_ssrf_literal",
     "is_loopback_host",
     "is_public_ip",
+    "lenient_path",
+    "normalized_path",
+    "path_is_ambiguous",
+    "remove_dot_segments",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -430,3 +437,74 @@ def check_ssrf_literal(url: str, *, allow_private: bool) -> None:
         raise SSRFBlockedError(
             f"server-supplied URL {where} points at a non-public address ({address})"
         )
+
+
+# -- paths ------------------------------------------------------------------------------
+
+
+_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 §5.2.4 for the paths of absolute URLs (empty, or starting with ``/``)."""
+    output: list[str] = []
+    segments = path.split("/")
+    for index, segment in enumerate(segments[1:], start=1):
+        last = index == len(segments) - 1
+        if segment == "..":
+            if output:
+                output.pop()
+            if last:
+                output.append("")
+        elif segment == ".":
+            if last:
+                output.append("")
+        else:
+            output.append(segment)
+    return "/" + "/".join(output) if path.startswith("/") or output else ""
+
+
+def normalized_path(raw: str) -> str | None:
+    """The RFC 3986 §6.2.2 normal form of a raw (percent-encoded) path: escapes of
+    unreserved characters decoded, other escapes in upper case, dot segments removed.
+    ``None`` for a stray ``%`` (no normal form)."""
+    if "%" in _PERCENT.sub("", raw):
+        return None
+
+    def fix(match: re.Match[str]) -> str:
+        octet = int(match.group(1), 16)
+        return chr(octet) if octet in _UNRESERVED else f"%{match.group(1).upper()}"
+
+    return remove_dot_segments(_PERCENT.sub(fix, raw))
+
+
+def _lenient_segments(raw: str) -> list[str]:
+    text = raw
+    for _ in range(4):
+        decoded = _PERCENT.sub(lambda m: chr(int(m.group(1), 16)), text)
+        if decoded == text:
+            break
+        text = decoded
+    text = text.replace("\\", "/")
+    return [segment.partition(";")[0] for segment in text.split("/")]
+
+
+def lenient_path(raw: str) -> str:
+    """The path as the most lenient server could read it: every escape decoded (again
+    and again: double encoding), ``\\`` taken as ``/``, ``;`` parameters dropped from
+    each segment (``..;/``), then dot segments removed. Characters stand for octets
+    one-to-one (as Latin-1 would)."""
+    return remove_dot_segments("/".join(_lenient_segments(raw)))
+
+
+def path_is_ambiguous(raw: str) -> bool:
+    """Whether a raw path could point elsewhere once a server decodes it: a stray ``%``,
+    a dot segment (``.``, ``..``, also encoded or with ``;`` parameters), or an encoded
+    slash or backslash that would split a segment."""
+    if normalized_path(raw) is None:
+        return True
+    segments = _lenient_segments(raw)
+    if len(segments) != len(raw.split("/")):
+        return True
+    return any(segment in (".", "..") for segment in segments)

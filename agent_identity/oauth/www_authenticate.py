@@ -7,7 +7,10 @@ token68 credentials, and never raises for garbage: it returns what it could pars
 dropping malformed parameters (an unquoted value is never truncated at a character a
 token may not hold: ``scope=read:all`` is dropped, not read as ``read``). Parameter
 names are case-insensitive (lower-cased); a parameter repeated in one challenge is
-ambiguous, so the challenge keeps neither.
+ambiguous, so the challenge keeps neither. A parameter value holding control characters
+or lone surrogates is dropped too (the text-sanity rule of :mod:`._limits`), and
+:attr:`Challenge.max_age` applies the bounded-number rule: ASCII digits only (``"²"``
+passes ``str.isdigit()`` but is not a number), clamped to one year.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from agent_identity.oauth._limits import MAX_LIFETIME, parse_delta_seconds
+
 __all__ = ["Challenge", "parse_www_authenticate"]
 
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -24,6 +29,7 @@ _TOKEN68 = r"[A-Za-z0-9\-._~+/]+=*"
 _RE_TOKEN = re.compile(_TOKEN)
 _RE_TOKEN68 = re.compile(_TOKEN68)
 _RE_WS = re.compile(r"[ \t]*")
+_RE_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +51,13 @@ class Challenge:
     @property
     def error(self) -> str | None:
         return self.get("error")
+
+    @property
+    def max_age(self) -> int | None:
+        """RFC 9470 §3 ``max_age``: seconds as ASCII digits, clamped to one year; ``None``
+        when absent or not a number."""
+        value = self.get("max_age")
+        return None if value is None else parse_delta_seconds(value, maximum=MAX_LIFETIME)
 
 
 class _Scanner:
@@ -142,6 +155,8 @@ def parse_www_authenticate(value: str) -> list[Challenge]:
             key = name.lower()
             if key in params:
                 repeated.add(key)
+            if _RE_UNSAFE.search(val):
+                repeated.add(key)  # a value no caller can use verbatim: dropped
             params[key] = val
             continue
         if s.peek() == "=" and scheme is None:

@@ -209,6 +209,24 @@ def test_policy_threshold_fails_closed_on_unreadable_values() -> None:
     assert not above({"amount": "  42 EUR"})
 
 
+@pytest.mark.parametrize(
+    "amount",
+    ["1e9", "1E9", "0x10", "0b1", "42EUR", "100.5.3", "\u0661\u0662\u0660", "\uff11\uff12\uff10",
+     "4\u0662", pytest.param(10**5000, id="5000-digits")],
+)  # fmt: skip
+def test_policy_threshold_reads_only_plain_numbers(amount: object) -> None:
+    """A number a tool could read as something larger (``1e9`` is a billion to float())
+    is never read as a small one: it counts as above the limit (fail closed)."""
+    assert ApprovalPolicy.above("amount", "100")({"amount": amount})
+    assert not ApprovalPolicy.above("amount", "100")({"amount": "42 EUR"})
+
+
+def test_action_refuses_arguments_that_are_not_json_text() -> None:
+    for arguments in ({"memo": "\ud800"}, {"\udc80": 1}, {"n": 10**5000}):
+        with pytest.raises(ConfigurationError):
+            Action("pay", arguments)
+
+
 def test_policy_predicate_errors_fail_closed(caplog: pytest.LogCaptureFixture) -> None:
     def broken(arguments: Any) -> bool:
         raise KeyError("canary-secret-argument")
@@ -231,3 +249,47 @@ def test_policy_refuses_a_tool_listed_twice_and_bad_arguments() -> None:
         ApprovalPolicy(default="sometimes")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):
         ApprovalPolicy().requires(PAY, {"x": 1})
+
+
+# -- exact behaviour asked for by mutation testing (docs/security.md) --------------------------
+
+
+def test_sec_45_digest_does_not_depend_on_argument_order_or_escaping() -> None:
+    # built here, not at import time, with the names in reverse order and non-ASCII text
+    action = Action("pay", {"z": "\u00e9", "a": 1})
+    assert action.canonical_json() == '{"arguments":{"a":1,"z":"\u00e9"},"tool":"pay"}'.encode()
+    assert action == Action("pay", {"a": 1, "z": "\u00e9"})
+    assert hash(action) != hash(Action("pay", {"a": 2, "z": "\u00e9"}))
+
+
+def test_action_limits_are_exact() -> None:
+    nested: Any = 1
+    for _ in range(31):
+        nested = [nested]
+    Action("t", {"n": nested})  # the innermost value 32 levels below the arguments
+    with pytest.raises(ConfigurationError, match="nested too deeply"):
+        Action("t", {"n": [nested]})
+    deep_map: Any = 1
+    for _ in range(32):
+        deep_map = {"k": deep_map}
+    Action("t", deep_map)
+    with pytest.raises(ConfigurationError, match="nested too deeply"):
+        Action("t", {"k": deep_map})
+    Action("t", {"n": 2**10_000 - 1})  # 10,000 bits
+    with pytest.raises(ConfigurationError):
+        Action("t", {"n": 2**10_000})
+    Action("t" * 128)
+    with pytest.raises(ConfigurationError):
+        Action("t" * 129)
+
+
+def test_binding_message_limits_are_exact() -> None:
+    action = Action("pay", {"memo": "a\tb  c"})
+    assert binding_message(action, "K7Q2") == "pay a b c · K7Q2"
+    assert binding_message(Action("abcdef"), "K7Q2", max_length=9) == "a… · K7Q2"
+    with pytest.raises(ConfigurationError):
+        binding_message(Action("abcdef"), "K7Q2", max_length=8)
+    exact = Action("abcd")
+    assert binding_message(exact, "K7Q2", max_length=11) == "abcd · K7Q2"
+    spaced = Action("abc", {"x": "def ghi"})
+    assert binding_message(spaced, "K7Q2", max_length=16) == "abc def… · K7Q2"

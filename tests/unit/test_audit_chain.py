@@ -21,7 +21,7 @@ from agent_identity.audit import (
     chain_files,
     verify_chain,
 )
-from agent_identity.audit.chain import make_record
+from agent_identity.audit.chain import VerifyResult, make_record
 
 pytestmark = pytest.mark.anyio
 
@@ -254,3 +254,161 @@ def test_verify_never_raises_on_garbage(tmp_path: Path, data: bytes) -> None:
     path.write_bytes(data)
     result = verify_chain([path])
     assert result.ok == (data == b"")
+
+
+# -- issue 12 item 10: verification never raises, whatever the third line holds ------------
+
+
+def _record(number: bytes) -> bytes:
+    """A line shaped like a record (hex hashes, the right members) holding ``number``."""
+    hexes = b'"hash":"' + b"a" * 64 + b'","prev_hash":"' + b"b" * 64 + b'"'
+    return b'{"event":{"n":' + number + b"}," + hexes + b',"seq":2,"v":1}'
+
+
+HOSTILE_LINES = [
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, id="deeply-nested-array"),
+    pytest.param(b'{"a":' * 50_000 + b"1" + b"}" * 50_000, id="deeply-nested-object"),
+    pytest.param(_record(b"NaN"), id="nan"),
+    pytest.param(_record(b"-Infinity"), id="infinity"),
+    pytest.param(_record(b"1e400"), id="1e400"),
+    pytest.param(_record(b"9" * 4000), id="4000-digits"),
+    pytest.param(b'{"event":{"n":' + b"9" * 5000 + b'},"v":1}', id="5000-digits"),
+    pytest.param(b'{"event":{},"event":{},"hash":"","prev_hash":"","seq":2,"v":1}', id="dup"),
+    pytest.param(
+        b'{"event":{"s":"\\ud800"},"hash":"'
+        + b"0" * 64
+        + b'","prev_hash":"'
+        + b"0" * 64
+        + b'","seq":2,"v":1}',
+        id="lone-surrogate",
+    ),
+    pytest.param(b"\xff\xfe\xed\xa0\x80 not utf-8", id="non-utf-8"),
+    pytest.param(b'{"event":{"tool":"x"', id="truncated"),
+    pytest.param(b"\x00" * 1000, id="nul-bytes"),
+    pytest.param(b"[]", id="not-an-object"),
+    pytest.param(
+        b'{"event":{},"hash":"' + b"a" * 64 + b'","prev_hash":"x","seq":true,"v":1}', id="bool-seq"
+    ),
+]
+
+
+def _replace_third_line(path: Path, line: bytes) -> None:
+    lines = _lines(path)
+    lines[2] = line + b"\n"
+    path.write_bytes(b"".join(lines))
+
+
+async def _chain_with_third_line(path: Path, line: bytes) -> None:
+    await _write(path, 4)
+    _replace_third_line(path, line)
+
+
+@pytest.mark.parametrize("line", HOSTILE_LINES)
+async def test_verify_reports_hostile_lines_as_broken_at_their_line(
+    tmp_path: Path, line: bytes
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    await _chain_with_third_line(path, line)
+    result = verify_chain([path])
+    assert not result.ok
+    assert result.first_broken == (str(path), 3)
+    assert result.records == 2
+    assert result.reason
+
+
+async def test_cli_verify_reports_hostile_lines_as_broken(tmp_path: Path) -> None:
+    """The command line, in a fresh process: BROKEN with the line number, exit 1."""
+    for index, param in enumerate(HOSTILE_LINES):
+        path = tmp_path / f"audit-{index}.jsonl"
+        await _chain_with_third_line(path, param.values[0])
+    for index in range(len(HOSTILE_LINES)):
+        path = tmp_path / f"audit-{index}.jsonl"
+        outcome = _cli(str(path))
+        assert outcome.returncode == 1, (HOSTILE_LINES[index].id, outcome.stderr)
+        assert outcome.stdout.startswith(f"BROKEN: {path}:3: "), HOSTILE_LINES[index].id
+        assert outcome.stderr == ""
+
+
+async def test_cli_verify_odd_file_names(tmp_path: Path) -> None:
+    undecodable = tmp_path / "audit-\udcff.jsonl"  # a POSIX name that is not UTF-8
+    outcome = _cli(str(undecodable))
+    assert outcome.returncode == 1
+    assert "file is missing" in outcome.stdout
+    assert outcome.stderr == ""
+    assert not verify_chain([tmp_path / "a\x00b"]).ok
+    assert verify_chain([tmp_path]).first_broken == (str(tmp_path), 0)  # a directory
+
+
+def _append(path: Path, data: bytes) -> None:
+    with path.open("ab") as fh:
+        fh.write(data)
+
+
+async def test_sink_reopens_after_a_garbage_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 2)
+    _append(path, b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    await _write(path, 1)  # resumes from the last readable record instead of crashing
+    assert verify_chain([path]).first_broken == (str(path), 3)
+
+
+# -- tests that kill the mutants that survived the first mutation run (docs/security.md) ----
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+async def test_an_emptied_rotated_file_breaks_the_chain(tmp_path: Path) -> None:
+    """Verification goes on past an empty file (it does not stop there and report OK):
+    the next file's first record then no longer links."""
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 12, rotate_bytes=1200)
+    files = chain_files(path)
+    _truncate(files[1])
+    result = verify_chain(files)
+    assert result.ok is False
+    assert result.first_broken == (str(files[2]), 1)
+
+
+async def test_verify_results_are_exact(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 2)
+    assert verify_chain([tmp_path]) == VerifyResult(
+        False, 0, (str(tmp_path), 0), "unreadable (IsADirectoryError)"
+    )
+    missing = tmp_path / "gone.jsonl"
+    assert verify_chain([path, missing]) == VerifyResult(
+        False, 2, (str(missing), 0), "file is missing"
+    )
+    data = path.read_bytes()
+    path.write_bytes(data[:-1])
+    assert verify_chain([path]) == VerifyResult(
+        False, 1, (str(path), 2), "truncated record (no line end)"
+    )
+
+
+async def test_chain_files_lists_only_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 12, rotate_bytes=1200)
+    rotated = chain_files(path)[:-1]
+    for foreign in ("audit.jsonl.x.1", "audit.jsonl.01", "audit.jsonl.1.bak", "other.jsonl.1"):
+        (tmp_path / foreign).write_bytes(b"not part of the chain\n")
+    assert chain_files(path) == [*rotated, path]
+    path.unlink()  # only rotated files left: the live file is not listed
+    assert chain_files(path) == rotated
+    for file in rotated:
+        file.unlink()
+    assert chain_files(path) == [path]  # nothing at all: the live file, reported missing
+
+
+async def test_a_relinked_record_with_a_boolean_sequence_is_broken(tmp_path: Path) -> None:
+    """``true`` is not sequence number 1, even in a record whose hash was recomputed."""
+    path = tmp_path / "audit.jsonl"
+    await _write(path, 1)
+    first = json.loads(_lines(path)[0])
+    line, _ = make_record({"kind": "x"}, seq=True, prev_hash=first["hash"])  # type: ignore[arg-type]
+    _append(path, line)
+    result = verify_chain([path])
+    assert result.first_broken == (str(path), 2)
+    assert result.reason == "malformed sequence number"

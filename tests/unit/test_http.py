@@ -620,7 +620,9 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("1.5") is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after("\u0661\u0662") is None  # Arabic-Indic digits are not delta-seconds
-    assert parse_retry_after("9" * 5000) == float("inf")
+    # the bounded-number rule: clamped to a year, far beyond any max_retry_wait
+    assert parse_retry_after("9" * 5000) == 365 * 24 * 3600
+    assert parse_retry_after("00000000000000000000000000000042") == 42.0
 
 
 @given(st.text(max_size=60))

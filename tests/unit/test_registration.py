@@ -182,6 +182,35 @@ def test_sec_13_client_id_url_rules() -> None:
             check_client_id_url(bad)
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/a/%2e%2e/client.json",
+        "/a/%2E%2E/client.json",
+        "/a/.%2e/client.json",
+        "/a/..%2fclient.json",
+        "/a%2f..%2fclient.json",
+        "/a%5c..%5cclient.json",
+        "/a%2fclient.json",
+        "/a/..;/client.json",
+        "/a/%252e%252e/client.json",
+        "/a/%zz/client.json",
+        "/a/%2e/client.json",
+    ],
+)
+def test_sec_13_client_id_url_without_encoded_dots_or_slashes(path: str) -> None:
+    # RFC 3986 §6, §5.2.4 (issue 12 item 12): a server that decodes or normalises the
+    # path must not fetch another document than the one the client id names.
+    with pytest.raises(ConfigurationError):
+        check_client_id_url(f"https://agent.example.com{path}")
+
+
+def test_sec_13_client_id_url_with_harmless_escapes_is_kept() -> None:
+    for path in ("/a%20b/client.json", "/clients/agent-1.json", "/a/.well-known/client"):
+        url = f"https://agent.example.com{path}"
+        assert check_client_id_url(url) == url
+
+
 def test_sec_13_document_builder_and_validator() -> None:
     document = client_metadata_document(
         CIMD, client_name="Agent", redirect_uris=["http://127.0.0.1/callback"]
