@@ -41,6 +41,7 @@ import anyio
 import httpcore2
 import httpx2
 
+from agent_identity._limits import MAX_LIFETIME, parse_delta_seconds
 from agent_identity._version import __version__
 from agent_identity.errors import (
     AgentIdentityError,
@@ -52,7 +53,6 @@ from agent_identity.errors import (
     TransportError,
 )
 from agent_identity.models import AccessToken
-from agent_identity.oauth._limits import MAX_LIFETIME, parse_delta_seconds
 from agent_identity.oauth._message import HttpRequest, HttpResponse
 from agent_identity.oauth.urls import (
     check_endpoint_url,

@@ -6,7 +6,7 @@ model shows ``'**********'`` instead of the value; read a secret with
 
 Unknown members of server documents are ignored (security item 4). The members that are
 used follow the bounded-number and text-sanity rules of
-:mod:`agent_identity.oauth._limits` (security item 4; issue 12 items 7-8): lifetimes are
+:mod:`agent_identity._limits` (security item 4; issue 12 items 7-8): lifetimes are
 whole seconds clamped to one year, access tokens match the RFC 6750 §2.1 ``b64token``
 syntax, and no token, code or identifier holds control characters.
 """
@@ -18,8 +18,7 @@ from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PrivateAttr, SecretStr
 
-from agent_identity.errors import ConfigurationError
-from agent_identity.oauth._limits import (
+from agent_identity._limits import (
     MAX_INTERVAL,
     MAX_LIFETIME,
     MAX_TOKEN,
@@ -27,6 +26,7 @@ from agent_identity.oauth._limits import (
     check_access_token,
     sane_text,
 )
+from agent_identity.errors import ConfigurationError
 
 __all__ = [
     "AccessToken",

@@ -44,7 +44,7 @@ def _finite_float(text: str) -> float:
 
 
 def _holds_lone_surrogate(value: Any) -> bool:
-    from agent_identity.oauth._limits import has_lone_surrogate
+    from agent_identity._limits import has_lone_surrogate
 
     stack = [value]
     while stack:

@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import SecretStr
 
+from agent_identity._limits import MAX_LIFETIME, bounded_int, display_text, sane_text
 from agent_identity.errors import (
     AuthorizationResponseError,
     ConfigurationError,
@@ -43,7 +44,6 @@ from agent_identity.errors import (
 )
 from agent_identity.models import ServerMetadata
 from agent_identity.oauth._json import parse_json_object
-from agent_identity.oauth._limits import MAX_LIFETIME, bounded_int, display_text, sane_text
 from agent_identity.oauth._message import HttpRequest, HttpResponse
 from agent_identity.oauth.client_auth import ClientAuthentication
 from agent_identity.oauth.pkce import generate_pkce

@@ -33,6 +33,7 @@ from typing import Any, Final, Literal
 
 from pydantic import SecretStr
 
+from agent_identity._limits import MAX_INTERVAL, MAX_LIFETIME, bounded_int
 from agent_identity.errors import (
     AccessDenied,
     ApprovalDenied,
@@ -45,7 +46,6 @@ from agent_identity.errors import (
 )
 from agent_identity.models import TokenResponse
 from agent_identity.oauth._json import parse_json_object
-from agent_identity.oauth._limits import MAX_INTERVAL, MAX_LIFETIME, bounded_int
 from agent_identity.oauth._message import HttpRequest, HttpResponse
 from agent_identity.oauth.client_auth import ClientAuthentication
 from agent_identity.oauth.token import parse_oauth_error, parse_token_response, token_request

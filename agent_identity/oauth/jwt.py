@@ -38,9 +38,9 @@ from joserfc.jwk import ECKey, Key, KeySet, OctKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry, deserialize_compact
 from pydantic import SecretStr
 
+from agent_identity._limits import MAX_EPOCH, numeric_date, sane_text
 from agent_identity.errors import ConfigurationError, InvalidResponse, InvalidTokenError
 from agent_identity.oauth._json import parse_json_object
-from agent_identity.oauth._limits import MAX_EPOCH, numeric_date, sane_text
 
 __all__ = [
     "DEFAULT_ALGORITHMS",

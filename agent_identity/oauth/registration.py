@@ -38,9 +38,9 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from agent_identity._limits import MAX_EPOCH, MAX_TOKEN, bounded_int, sane_text
 from agent_identity.errors import ConfigurationError, InvalidResponse, VaultCorrupted
 from agent_identity.oauth._json import parse_json_object
-from agent_identity.oauth._limits import MAX_EPOCH, MAX_TOKEN, bounded_int, sane_text
 from agent_identity.oauth._message import HttpRequest, HttpResponse
 from agent_identity.oauth.token import parse_oauth_error
 from agent_identity.oauth.urls import check_endpoint_url, is_loopback_host, path_is_ambiguous
@@ -213,9 +213,11 @@ def parse_registration(
     if secret is not None:
         sane_text(secret, "registration response client_secret", max_length=MAX_TOKEN)
     raw = body.get("client_secret_expires_at")
+    if raw is None and "client_secret_expires_at" in body and secret is not None:
+        raise InvalidResponse("registration response has an invalid client_secret_expires_at")
     if raw is None:
-        # RFC 7591 §3.2.1 wants it with a secret, but servers omit it (or send null) and
-        # every other client reads that as "does not expire" (0)
+        # RFC 7591 §3.2.1 wants it with a secret, but servers omit it and every other
+        # client reads that as "does not expire" (0); null beside no secret: nothing expires
         expires = 0
     else:
         # seconds since the epoch, 0 = never. The bounded-number rule; a time after year

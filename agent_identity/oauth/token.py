@@ -21,10 +21,10 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
+from agent_identity._limits import display_text, sane_text
 from agent_identity.errors import InvalidResponse, oauth_error_from_response
 from agent_identity.models import TokenResponse
 from agent_identity.oauth._json import parse_json_object
-from agent_identity.oauth._limits import display_text, sane_text
 from agent_identity.oauth._message import HttpRequest, HttpResponse
 from agent_identity.oauth.client_auth import ClientAuthentication
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from agent_identity.oauth._limits import MAX_LIFETIME, parse_delta_seconds
+from agent_identity._limits import MAX_LIFETIME, parse_delta_seconds
 
 __all__ = ["Challenge", "parse_www_authenticate"]
 

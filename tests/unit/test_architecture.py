@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
         "agent_identity.errors",
         "agent_identity.models",
         "agent_identity.clock",
+        "agent_identity._limits",
         "agent_identity._version",
     ),
 ]

@@ -100,9 +100,12 @@ async def test_sec_17_code_goes_to_the_endpoint_recorded_at_start_not_to_newer_m
         assert identity.metadata.token_endpoint == f"{ISSUER}/token"
 
         def metadata_moves() -> None:
-            # what a metadata refresh would bring; the client keeps it on ``_metadata``
-            assert hasattr(identity, "_metadata"), "update this test to the new metadata seam"
-            identity._metadata = identity.metadata.model_copy(update={"token_endpoint": MOVED})
+            # what a metadata refresh would bring (the server's metadata is replaced)
+            server_object = identity.server
+            assert server_object is not None
+            server_object._set_metadata(  # noqa: SLF001 - simulating a metadata refresh
+                identity.metadata.model_copy(update={"token_endpoint": MOVED})
+            )
 
         browser.between.append(metadata_moves)
         await identity.user("alice", tenant="acme").consent(

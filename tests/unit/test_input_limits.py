@@ -12,17 +12,7 @@ import pytest
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey, KeySet
 
-from agent_identity.errors import (
-    AgentIdentityError,
-    AuthorizationResponseError,
-    ConsentDenied,
-    InvalidGrant,
-    InvalidResponse,
-    InvalidTokenError,
-)
-from agent_identity.oauth import authorize, ciba, device, registration
-from agent_identity.oauth._json import parse_json_object
-from agent_identity.oauth._limits import (
+from agent_identity._limits import (
     MAX_EPOCH,
     MAX_INTERVAL,
     MAX_LIFETIME,
@@ -34,6 +24,16 @@ from agent_identity.oauth._limits import (
     parse_delta_seconds,
     sane_text,
 )
+from agent_identity.errors import (
+    AgentIdentityError,
+    AuthorizationResponseError,
+    ConsentDenied,
+    InvalidGrant,
+    InvalidResponse,
+    InvalidTokenError,
+)
+from agent_identity.oauth import authorize, ciba, device, registration
+from agent_identity.oauth._json import parse_json_object
 from agent_identity.oauth._message import HttpResponse
 from agent_identity.oauth.jwt import parse_jwks, validate_id_token
 from agent_identity.oauth.token import parse_token_response

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from agent_identity._http import parse_retry_after, require_token_target
+from agent_identity._limits import MAX_EPOCH, MAX_LIFETIME
 from agent_identity.approval import Action
 from agent_identity.approval.ping import PingReceiver
 from agent_identity.audit import AuditEvent, arguments_hash
@@ -35,7 +36,6 @@ from agent_identity.errors import (
 from agent_identity.models import TokenResponse
 from agent_identity.oauth import authorize, ciba, device, registration, revocation, token
 from agent_identity.oauth._json import parse_json_object
-from agent_identity.oauth._limits import MAX_EPOCH, MAX_LIFETIME
 from agent_identity.oauth._message import HttpResponse
 from agent_identity.oauth.discovery import parse_metadata
 from agent_identity.oauth.exchange import parse_token_exchange_response

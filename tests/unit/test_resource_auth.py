@@ -15,9 +15,9 @@ import pytest
 from pydantic import SecretStr
 
 from agent_identity._http import ResourceAuth, require_token_target
+from agent_identity._limits import MAX_LIFETIME
 from agent_identity.errors import InsecureURLError
 from agent_identity.models import AccessToken
-from agent_identity.oauth._limits import MAX_LIFETIME
 
 pytestmark = pytest.mark.anyio
 
@@ -26,6 +26,14 @@ SECRETS = ("CANARY-TOKEN-ONE", "CANARY-TOKEN-TWO", "CANARY-TOKEN-THREE", "CANARY
 
 
 def _token(n: int, token_type: str = "Bearer") -> AccessToken:
+    signer = None
+    if token_type.lower() == "dpop":  # a DPoP-bound token travels with its key's signer
+        import time
+
+        from agent_identity.oauth.dpop import DPoPNonces, DPoPSigner, SoftwareDPoPKeys
+
+        key = SoftwareDPoPKeys().generate_now("ES256")
+        signer = DPoPSigner(key, nonces=DPoPNonces(), time=time.time)
     return AccessToken(
         value=SecretStr(SECRETS[n]),
         token_type=token_type,
@@ -34,6 +42,7 @@ def _token(n: int, token_type: str = "Bearer") -> AccessToken:
         scopes=("read",),
         expires_at=None,
         received_at=0.0,
+        dpop=signer,
     )
 
 

@@ -266,7 +266,9 @@ class _User:
         self.log.append(("exchange", (resource, tuple(scopes))))
         return self._token(resource, ("granted",), EXCHANGED)
 
-    async def approve(self, *, action: Any, scopes: tuple[str, ...], resource: str | None) -> Any:
+    async def approve(
+        self, *, action: Any, scopes: tuple[str, ...], resource: str | None, **options: Any
+    ) -> Any:
         from agent_identity.approval.flow import Approval
         from agent_identity.clock import SystemClock
 

@@ -135,7 +135,8 @@ async def test_create_agent_tools_get_the_users_narrow_token(
     assert echoed.content == "hi"  # not named: untouched
     records = [e for e in sink.events if e.kind.startswith("tool.")]
     assert [(e.kind, e.tool, e.user) for e in records] == [
-        ("tool.succeeded", "list_events", "alice")
+        ("tool.started", "list_events", "alice"),  # strict: written before the tool runs
+        ("tool.succeeded", "list_events", "alice"),
     ]
 
 
