@@ -103,7 +103,7 @@ async def test_sec_17_code_goes_to_the_endpoint_recorded_at_start_not_to_newer_m
             # what a metadata refresh would bring (the server's metadata is replaced)
             server_object = identity.server
             assert server_object is not None
-            server_object._set_metadata(  # noqa: SLF001 - simulating a metadata refresh
+            server_object._set_metadata(  # simulating a metadata refresh
                 identity.metadata.model_copy(update={"token_endpoint": MOVED})
             )
 
