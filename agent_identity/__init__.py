@@ -60,7 +60,7 @@ from agent_identity.errors import (
 )
 
 if TYPE_CHECKING:
-    from agent_identity._http import TokenAuth
+    from agent_identity._resource_auth import TokenAuth
     from agent_identity.approval import Action, Approval, ApprovalPolicy
     from agent_identity.client import IdentityClient, UserIdentity
     from agent_identity.clock import Clock, SystemClock
@@ -125,7 +125,7 @@ _LAZY = {
     "DPoPKeyProvider": "agent_identity.oauth.dpop",
     "SoftwareDPoPKeys": "agent_identity.oauth.dpop",
     "AuthorizationDetail": "agent_identity.oauth.rar",
-    "TokenAuth": "agent_identity._http",
+    "TokenAuth": "agent_identity._resource_auth",
     "KeyProvider": "agent_identity.vault",
     "Keyring": "agent_identity.vault",
     "TokenVault": "agent_identity.vault",

@@ -1111,7 +1111,7 @@ class UserGrant:
         request, then the last response is returned. The token is only ever sent to URLs
         under ``resource`` (security item 23).
         """
-        from agent_identity._http import ResourceAuth
+        from agent_identity._resource_auth import ResourceAuth
 
         canonical = canonical_resource_uri(resource)
         return ResourceAuth(
@@ -1319,7 +1319,6 @@ class UserGrant:
     async def _forget_id_token(self) -> None:
         with contextlib.suppress(VersionConflict):
             await self._context.vault.delete_blob(ID_TOKEN_KIND, self.key.storage_key)
-
 
     async def _revoke_all(self, record: GrantRecord) -> None:
         server = self._server
@@ -1638,7 +1637,7 @@ class _AuthorizationFlow:
 
 
 class UserTokenSource:
-    """What :class:`~agent_identity._http.ResourceAuth` asks for, implemented for a grant."""
+    """What :class:`~agent_identity._resource_auth.ResourceAuth` needs, for a grant."""
 
     def __init__(self, grant: UserGrant, resource: str, scopes: tuple[str, ...]) -> None:
         self._grant = grant

@@ -82,9 +82,8 @@ import anyio
 import httpx2
 from pydantic import SecretStr
 
-from agent_identity._http import (
-    HttpDriver,
-    TransportPolicy,
+from agent_identity._http import HttpDriver, TransportPolicy
+from agent_identity._resource_auth import (
     bearer_challenge,
     present_token,
     require_token_target,

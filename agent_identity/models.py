@@ -88,7 +88,11 @@ def _access_token(value: object) -> object:
 class _Wire(BaseModel):
     # ``hide_input_in_errors``: a validation error never quotes a member (a token).
     model_config = ConfigDict(
-        extra="ignore", frozen=True, str_strip_whitespace=False, hide_input_in_errors=True
+        extra="ignore",
+        frozen=True,
+        str_strip_whitespace=False,
+        hide_input_in_errors=True,
+        defer_build=True,
     )
 
 

@@ -233,7 +233,7 @@ def current_auth() -> httpx2.Auth:
         async with httpx2.AsyncClient(auth=current_auth()) as http:
             events = await http.get(f"{CALENDAR}/events")
     """
-    from agent_identity._http import TokenAuth
+    from agent_identity._resource_auth import TokenAuth
 
     return TokenAuth(current_token())
 

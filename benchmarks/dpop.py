@@ -146,7 +146,7 @@ async def _client_side(count: int) -> None:
     from pydantic import SecretStr
 
     from agent_identity import AccessToken
-    from agent_identity._http import present_token, wants_new_nonce
+    from agent_identity._resource_auth import present_token, wants_new_nonce
 
     print(f"3. http_auth's own work per request, no I/O (median of {count}):")
     signer = DPoPSigner(

@@ -57,7 +57,8 @@ import anyio
 import httpx2
 from pydantic import SecretStr
 
-from agent_identity._http import parse_retry_after, require_token_target
+from agent_identity._http import parse_retry_after
+from agent_identity._resource_auth import require_token_target
 from agent_identity.approval import Action
 from agent_identity.approval import ping as ping_module
 from agent_identity.approval.ping import PingReceiver

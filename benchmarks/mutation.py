@@ -72,7 +72,12 @@ GROUPS: dict[str, Group] = {
         ),
     ),
     "http": Group(
-        ("agent_identity/_http.py",),
+        (
+            "agent_identity/_http.py",
+            "agent_identity/_guard.py",
+            "agent_identity/_netguard.py",
+            "agent_identity/_resource_auth.py",
+        ),
         (
             "tests/unit/test_http.py",
             "tests/unit/test_http_edges.py",

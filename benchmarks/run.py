@@ -9,10 +9,11 @@
    - ``sdk``: ``IdentityClient.client_credentials(refresh=True)`` (discovery done once,
      cache bypassed so every round is a real request);
    - ``authlib``: authlib's ``AsyncOAuth2Client.fetch_token`` (for reference).
-   Goal: sdk/bare <= 1.05.
+   Goal: sdk/bare <= 1.03 (authlib's figure, about 1.08, for reference).
 2. ``import``: ``import agent_identity`` and ``from agent_identity import IdentityClient``
-   in a fresh interpreter (median of N runs), next to ``import httpx2`` as the baseline.
-   Goal: <= 120 ms.
+   in a fresh interpreter with bytecode cached (median of N interleaved rounds), next to
+   ``import httpx2`` and authlib's httpx client measured in the same rounds.
+   Goal: ``IdentityClient`` <= 100 ms and <= authlib's figure.
 
 Nothing here asserts: the figures are printed for humans and CI logs.
 The token vault has its own suite: ``.venv/bin/python benchmarks/vault.py``.
@@ -22,9 +23,11 @@ The LangChain wrapper and the audit JSONL sink: ``.venv/bin/python benchmarks/la
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 
@@ -103,26 +106,39 @@ async def _token_bench(issuer: str, rounds: int) -> None:
         print(f"  {name:8s} {_fmt(med)}   ratio vs bare {med / base:5.2f}")
 
 
-def _import_time(statement: str, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        code = f"import time; t=time.perf_counter(); {statement}; print(time.perf_counter()-t)"
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        ).stdout
-        times.append(float(out.strip()))
-    return statistics.median(times)
+def _import_time(statement: str, env: dict[str, str]) -> float:
+    code = f"import time; t=time.perf_counter(); {statement}; print(time.perf_counter()-t)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout
+    return float(out.strip())
+
+
+_IMPORTS = (
+    ("import httpx2 (baseline)", "import httpx2"),
+    ("import agent_identity", "import agent_identity"),
+    ("from agent_identity import IdentityClient", "from agent_identity import IdentityClient"),
+    ("authlib httpx client", "import authlib.integrations.httpx_client"),
+)
 
 
 def _import_bench(runs: int) -> None:
-    print(f"import time in a fresh interpreter, median of {runs} runs:")
-    for label, statement in (
-        ("import httpx2 (baseline)", "import httpx2"),
-        ("import agent_identity", "import agent_identity"),
-        ("from agent_identity import IdentityClient", "from agent_identity import IdentityClient"),
-        ("authlib httpx client", "import authlib.integrations.httpx_client"),
-    ):
-        print(f"  {label:45s} {_fmt(_import_time(statement, runs))}")
+    print(f"import time in a fresh interpreter, {runs} interleaved rounds (median):")
+    # An editable checkout under PYTHONDONTWRITEBYTECODE would compile every module on every
+    # run, which no installed package does: cache the bytecode in a private folder, written
+    # by one warm-up run per statement (as installing a wheel does).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="agent-identity-pycache-")
+    samples: dict[str, list[float]] = {label: [] for label, _ in _IMPORTS}
+    for round_ in range(runs + 1):
+        for label, statement in _IMPORTS:
+            elapsed = _import_time(statement, env)
+            if round_:
+                samples[label].append(elapsed)
+    authlib = statistics.median(samples["authlib httpx client"])
+    for label, _ in _IMPORTS:
+        med = statistics.median(samples[label])
+        print(f"  {label:45s} {_fmt(med)}   ratio vs authlib {med / authlib:5.2f}")
 
 
 def main() -> None:

@@ -55,7 +55,9 @@ class AuthorizationDetail(BaseModel):
     is asked; fields may use aliases for the wire names (``populate_by_name`` is on).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, defer_build=True
+    )
 
     type: str
     locations: tuple[str, ...] | None = None

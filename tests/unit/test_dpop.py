@@ -17,7 +17,8 @@ from joserfc.jwk import import_key
 from pydantic import SecretStr
 
 from agent_identity import AccessToken, ConfigurationError, TokenAuth, TokenBindingError
-from agent_identity._http import HttpDriver, ResourceAuth, TransportPolicy
+from agent_identity._http import HttpDriver, TransportPolicy
+from agent_identity._resource_auth import ResourceAuth
 from agent_identity.models import TokenResponse
 from agent_identity.oauth._message import HttpRequest
 from agent_identity.oauth.dpop import (

@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent_identity import _http
+from agent_identity import _guard, _netguard
 from agent_identity._http import HttpDriver, TransportPolicy, create_client, parse_retry_after
 from agent_identity.errors import (
     AgentIdentityError,
@@ -835,15 +835,15 @@ async def test_guarded_backend_connects_to_the_vetted_address_and_keeps_the_host
     def allow_loopback(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return ip.is_loopback
 
-    backend = _http._GuardedBackend(resolve, allowed=allow_loopback)
+    backend = _guard.GuardedBackend(resolve, allowed=allow_loopback)
     async with serve() as server:
-        client = httpx2.AsyncClient(transport=_http._GuardedTransport(backend))
-        token = _http._VET_CONNECT.set(True)
+        client = httpx2.AsyncClient(transport=_guard.GuardedTransport(backend))
+        token = _netguard.VET_CONNECT.set(True)
         try:
             async with client:
                 response = await client.get(f"http://service.test:{server.port}/x")
         finally:
-            _http._VET_CONNECT.reset(token)
+            _netguard.VET_CONNECT.reset(token)
         assert response.status_code == 200
         assert b"\r\nhost: service.test:" in server.heads[0].lower()
 
@@ -852,9 +852,9 @@ async def test_guarded_backend_passes_through_when_not_vetting() -> None:
     async def resolve(host: str, port: int) -> Sequence[str]:
         raise AssertionError("must not resolve")
 
-    backend = _http._GuardedBackend(resolve)
+    backend = _guard.GuardedBackend(resolve)
     async with serve() as server:
-        async with httpx2.AsyncClient(transport=_http._GuardedTransport(backend)) as client:
+        async with httpx2.AsyncClient(transport=_guard.GuardedTransport(backend)) as client:
             response = await client.get(f"http://127.0.0.1:{server.port}/")
         assert response.status_code == 200
 
@@ -919,10 +919,10 @@ async def test_guarded_backend_verifies_tls_against_the_host_name(
         return ip.is_loopback
 
     server_tls, client_tls = _tls_contexts(tmp_path, cert_name)
-    backend = _http._GuardedBackend(resolve, allowed=allow_loopback)
+    backend = _guard.GuardedBackend(resolve, allowed=allow_loopback)
     async with serve(tls=server_tls) as server:
-        transport = _http._GuardedTransport(backend, ssl_context=client_tls)
-        token = _http._VET_CONNECT.set(True)
+        transport = _guard.GuardedTransport(backend, ssl_context=client_tls)
+        token = _netguard.VET_CONNECT.set(True)
         try:
             async with httpx2.AsyncClient(transport=transport, timeout=5) as client:
                 if accepted:
@@ -933,4 +933,4 @@ async def test_guarded_backend_verifies_tls_against_the_host_name(
                     with pytest.raises(httpx2.ConnectError):
                         await client.get(f"https://service.test:{server.port}/x")
         finally:
-            _http._VET_CONNECT.reset(token)
+            _netguard.VET_CONNECT.reset(token)

@@ -17,15 +17,10 @@ import httpx2
 import pytest
 from pydantic import SecretStr
 
-from agent_identity._http import (
-    _VET_CONNECT,
-    HttpDriver,
-    ResourceAuth,
-    TransportPolicy,
-    _GuardedBackend,
-    parse_retry_after,
-    resolve_host,
-)
+from agent_identity._guard import GuardedBackend
+from agent_identity._http import HttpDriver, TransportPolicy, parse_retry_after, resolve_host
+from agent_identity._netguard import VET_CONNECT
+from agent_identity._resource_auth import ResourceAuth
 from agent_identity.errors import (
     ConfigurationError,
     InvalidResponse,
@@ -205,17 +200,17 @@ async def test_guard_tries_each_vetted_address_and_reports_a_connect_error() -> 
         return ["1.1.1.1", "8.8.8.8"]
 
     inner = _Refusing()
-    backend = _GuardedBackend(resolve, inner=inner)
-    token = _VET_CONNECT.set(True)
+    backend = GuardedBackend(resolve, inner=inner)
+    token = VET_CONNECT.set(True)
     try:
         with pytest.raises(httpcore2.ConnectError, match=r"refused 8\.8\.8\.8"):
             await backend.connect_tcp("tools.example", 443, timeout=3.0, local_address="0.0.0.0")
     finally:
-        _VET_CONNECT.reset(token)
+        VET_CONNECT.reset(token)
     assert inner.tried == [("1.1.1.1", 3.0, "0.0.0.0"), ("8.8.8.8", 3.0, "0.0.0.0")]
     unvetted = _Refusing()
     with pytest.raises(httpcore2.ConnectError):  # not vetting: the name goes through as is
-        await _GuardedBackend(resolve, inner=unvetted).connect_tcp(
+        await GuardedBackend(resolve, inner=unvetted).connect_tcp(
             "tools.example", 443, timeout=2.0, local_address="0.0.0.0"
         )
     assert unvetted.tried == [("tools.example", 2.0, "0.0.0.0")]

@@ -21,8 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from agent_identity._http import parse_retry_after, require_token_target
+from agent_identity._http import parse_retry_after
 from agent_identity._limits import MAX_EPOCH, MAX_LIFETIME
+from agent_identity._resource_auth import require_token_target
 from agent_identity.approval import Action
 from agent_identity.approval.ping import PingReceiver
 from agent_identity.audit import AuditEvent, arguments_hash

@@ -151,8 +151,10 @@ def test_only_the_http_layer_imports_httpx2() -> None:
     root = pathlib.Path(agent_identity.__file__).parent
     offenders = []
     for path in root.rglob("*.py"):
-        # the I/O layer, and mcp.py: an httpx2.Auth (an HTTP-layer component, design.md)
-        if path.name in ("_http.py", "mcp.py") or "node_modules" in path.parts:
+        # the I/O layer (the driver, its SSRF-guarded transport, the resource-side
+        # httpx2.Auth flows), and mcp.py: an httpx2.Auth (an HTTP-layer component, design.md)
+        io_layer = ("_http.py", "_guard.py", "_resource_auth.py", "mcp.py")
+        if path.name in io_layer or "node_modules" in path.parts:
             continue
         text = path.read_text()
         if "import httpx2" in text.replace("    import httpx2", "") or "from httpx2" in text:

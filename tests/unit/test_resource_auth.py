@@ -14,8 +14,8 @@ import httpx2
 import pytest
 from pydantic import SecretStr
 
-from agent_identity._http import ResourceAuth, require_token_target
 from agent_identity._limits import MAX_LIFETIME
+from agent_identity._resource_auth import ResourceAuth, require_token_target
 from agent_identity.errors import InsecureURLError
 from agent_identity.models import AccessToken
 
