@@ -145,6 +145,21 @@ def test_import_does_not_load_optional_integrations() -> None:
     assert out.stdout.strip() == ""
 
 
+def test_importing_the_client_defers_the_heavy_modules() -> None:
+    """Issue 10 item 8: the HTTP stack, the web and browser consent handlers, the SQLite
+    store and pydantic's validator build wait for first use (benchmarks/run.py measures)."""
+    code = (
+        "import sys\n"
+        "from agent_identity import IdentityClient\n"
+        "heavy = ('httpx2', 'httpcore2', 'trio', 'email.utils', 'agent_identity._guard', "
+        "'agent_identity.consent.web', 'agent_identity.consent.loopback', "
+        "'agent_identity.vault.sqlite', 'agent_identity.audit', 'importlib.metadata')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
 def test_only_the_http_layer_imports_httpx2() -> None:
     import pathlib
 
