@@ -169,11 +169,18 @@ def _where(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path[:200]}"
 
 
+def _what(request: HttpRequest) -> str:
+    """``METHOD scheme://host/path`` of ``request``, for messages (made only when needed)."""
+    return f"{request.method} {_where(request.url)}"
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     scheme: str
     host: str  # lower-case ASCII, IPv6 without brackets
     port: int
+    #: The httpx2.URL that was checked; the request is sent to this very object.
+    url: Any
 
     @property
     def origin(self) -> tuple[str, str, int]:
@@ -192,7 +199,7 @@ def _target(url: str) -> _Target:
     if ours is None or ours.lower() != host:
         raise InsecureURLError(f"URL {_where(url)} has an ambiguous host")
     port = parsed.port if parsed.port is not None else _DEFAULT_PORTS.get(parsed.scheme, 0)
-    return _Target(scheme=parsed.scheme, host=host, port=port)
+    return _Target(scheme=parsed.scheme, host=host, port=port, url=parsed)
 
 
 def _is_ip_literal(host: str) -> bool:
@@ -240,6 +247,17 @@ class HttpDriver:
                 trust_env=False,
             )
         self._client = client
+        # The headers every request starts from. The driver's own client never changes its
+        # defaults, so they are merged once here and requests are built directly (httpx2's
+        # build_request re-merges URL, headers and cookies each time); an injected client
+        # keeps build_request, so its base URL, default headers and parameters apply.
+        self._base_headers: dict[str, str] = (
+            dict(client.headers.items()) if self._owns_client else {}
+        )
+        self._base_headers.update(
+            {"accept": "application/json", "accept-encoding": "identity", "user-agent": _USER_AGENT}
+        )
+        self._timeout: dict[str, float | None] = _httpx().Timeout(policy.timeout).as_dict()
 
     @property
     def policy(self) -> TransportPolicy:
@@ -314,7 +332,7 @@ class HttpDriver:
             if not _is_ip_literal(target.host):
                 await self._precheck(target, request.url)
         if not request.idempotent or policy.max_retries == 0:
-            return await self._attempt(request, vet)
+            return await self._attempt(request, vet, target)
         # tenacity is imported on the first retryable request (it is not small).
         from tenacity import (
             AsyncRetrying,
@@ -331,7 +349,7 @@ class HttpDriver:
             retry_error_callback=_last_outcome,
             before_sleep=_log_retry,
         )
-        response: HttpResponse = await retrying(self._attempt, request, vet)
+        response: HttpResponse = await retrying(self._attempt, request, vet, target)
         return response
 
     async def _sleep_between(self, seconds: float) -> None:
@@ -365,19 +383,15 @@ class HttpDriver:
         backoff = wait_random_exponential(multiplier=0.5, max=self._policy.max_retry_wait)
         return float(backoff(state))
 
-    async def _attempt(self, request: HttpRequest, vet: bool) -> HttpResponse:
+    async def _attempt(self, request: HttpRequest, vet: bool, target: _Target) -> HttpResponse:
         token = VET_CONNECT.set(vet)
         try:
-            return await self._exchange(request)
+            return await self._exchange(request, target)
         finally:
             VET_CONNECT.reset(token)
 
-    def _build(self, request: HttpRequest) -> httpx2.Request | None:
-        headers = {
-            "accept": "application/json",
-            "accept-encoding": "identity",
-            "user-agent": _USER_AGENT,
-        }
+    def _build(self, request: HttpRequest, target: _Target) -> httpx2.Request | None:
+        headers = dict(self._base_headers)
         headers.update({name.lower(): value for name, value in request.headers.items()})
         content: bytes | None = None
         if request.form is not None:
@@ -385,67 +399,82 @@ class HttpDriver:
             content = urlencode(request.form_pairs()).encode("ascii")
         elif request.body is not None:
             content = request.body
+        httpx = _httpx()
         try:
+            if self._owns_client and not self._client.cookies:
+                built: httpx2.Request = httpx.Request(
+                    request.method,
+                    target.url,
+                    headers=headers,
+                    content=content,
+                    extensions={"timeout": dict(self._timeout)},
+                )
+                return built
             return self._client.build_request(
                 request.method,
-                request.url,
+                target.url,
                 headers=headers,
                 content=content,
                 timeout=self._policy.timeout,
             )
-        except (_httpx().InvalidURL, _httpx().HTTPError, ValueError, TypeError):
+        except (httpx.InvalidURL, httpx.HTTPError, ValueError, TypeError):
             return None  # the caller raises outside this handler: no chained secrets
 
-    async def _exchange(self, request: HttpRequest) -> HttpResponse:
-        where = f"{request.method} {_where(request.url)}"
-        http_request = self._build(request)
+    async def _exchange(self, request: HttpRequest, target: _Target) -> HttpResponse:
+        http_request = self._build(request, target)
         if http_request is None:
-            raise ConfigurationError(f"{where}: request headers or form cannot be encoded")
+            raise ConfigurationError(f"{_what(request)}: request headers or form cannot be encoded")
         local_error = False
         httpx = _httpx()
         try:
-            with anyio.fail_after(self._policy.timeout):
+            # One deadline for the whole exchange, body included (a server trickling bytes
+            # cannot hold the caller past the policy's timeout). A bare cancel scope: only
+            # its own deadline can cancel it, so a caught cancellation means "timed out".
+            with anyio.CancelScope(deadline=anyio.current_time() + self._policy.timeout) as scope:
                 response = await self._client.send(
                     http_request, stream=True, follow_redirects=False
                 )
                 try:
-                    return await self._read(response, where)
+                    return await self._read(response, request)
                 finally:
                     await response.aclose()
+            assert scope.cancelled_caught
+            raise TimeoutError("the exchange outlived the policy's timeout")
         except AgentIdentityError:
             raise
         except (httpx.TimeoutException, TimeoutError) as exc:
-            raise RequestTimeout(f"{where} timed out ({type(exc).__name__})") from exc
+            raise RequestTimeout(f"{_what(request)} timed out ({type(exc).__name__})") from exc
         except httpx.DecodingError as exc:
-            raise InvalidResponse(f"{where}: response body cannot be decoded") from exc
+            raise InvalidResponse(f"{_what(request)}: response body cannot be decoded") from exc
         except httpx.LocalProtocolError:
             # h11 quotes the offending header value in its message: do not chain it.
             local_error = True
         except httpx.HTTPError as exc:
-            raise TransportError(f"{where} failed ({type(exc).__name__})") from exc
+            raise TransportError(f"{_what(request)} failed ({type(exc).__name__})") from exc
         assert local_error
-        raise TransportError(f"{where} failed: the request could not be encoded")
+        raise TransportError(f"{_what(request)} failed: the request could not be encoded")
 
-    async def _read(self, response: httpx2.Response, where: str) -> HttpResponse:
+    async def _read(self, response: httpx2.Response, request: HttpRequest) -> HttpResponse:
         status = response.status_code
         if 300 <= status < 400:
             raise InvalidResponse(
-                f"{where}: unexpected redirect (HTTP {status}); redirects are never followed"
+                f"{_what(request)}: unexpected redirect (HTTP {status}); "
+                "redirects are never followed"
             )
         cap = self._policy.max_response_bytes
         declared = response.headers.get("content-length")
         if declared is not None:
             text = declared.strip()
             if not _DELTA_SECONDS.fullmatch(text):
-                raise InvalidResponse(f"{where}: invalid Content-Length")
+                raise InvalidResponse(f"{_what(request)}: invalid Content-Length")
             if len(text) > 18 or int(text) > cap:
-                raise InvalidResponse(f"{where}: response body larger than {cap} bytes")
+                raise InvalidResponse(f"{_what(request)}: response body larger than {cap} bytes")
         chunks: list[bytes] = []
         total = 0
         async for chunk in response.aiter_bytes():
             total += len(chunk)
             if total > cap:
-                raise InvalidResponse(f"{where}: response body larger than {cap} bytes")
+                raise InvalidResponse(f"{_what(request)}: response body larger than {cap} bytes")
             chunks.append(chunk)
         headers: dict[str, str] = {}
         for name, value in response.headers.multi_items():

@@ -477,12 +477,13 @@ class IdentityClient:
             scopes=wanted,
             dpop=dpop,
         )
-        problem = policy_problem(
-            self.context, *token_facts(response, wanted), resource=canonical, requested=wanted
-        )
+        facts = token_facts(response, wanted)
+        problem = policy_problem(self.context, *facts, resource=canonical, requested=wanted)
         if problem is not None:
             raise problem
-        token = server.describe(response, resource=canonical, requested=wanted, dpop=dpop)
+        token = server.describe(
+            response, resource=canonical, requested=wanted, dpop=dpop, facts=facts
+        )
         await self.context.emit(
             "token.exchanged",
             issuer=server.issuer,

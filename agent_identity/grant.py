@@ -273,15 +273,13 @@ class AgentTokens:
             response = await server.client_credentials(
                 scopes=wanted, resource=canonical, dpop=self._dpop
             )
-            problem = policy_problem(
-                self._context,
-                *token_facts(response, wanted),
-                resource=canonical,
-                requested=wanted,
-            )
+            facts = token_facts(response, wanted)
+            problem = policy_problem(self._context, *facts, resource=canonical, requested=wanted)
             if problem is not None:
                 raise problem
-            token = server.describe(response, resource=canonical, requested=wanted, dpop=self._dpop)
+            token = server.describe(
+                response, resource=canonical, requested=wanted, dpop=self._dpop, facts=facts
+            )
             self._tokens[key] = token
             return token
 

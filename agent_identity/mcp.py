@@ -440,15 +440,15 @@ class _CrossAppSource:
             response = await self.server.jwt_bearer(
                 grant.access_token, scopes=wanted, resource=self.resource
             )
+            facts = token_facts(response, wanted)
             problem = policy_problem(
-                self._context,
-                *token_facts(response, wanted),
-                resource=self.resource,
-                requested=wanted,
+                self._context, *facts, resource=self.resource, requested=wanted
             )
             if problem is not None:
                 raise problem
-            token = self.server.describe(response, resource=self.resource, requested=wanted)
+            token = self.server.describe(
+                response, resource=self.resource, requested=wanted, facts=facts
+            )
             self._tokens[key] = token
             await self._context.emit(
                 "token.exchanged",

@@ -14,9 +14,9 @@ syntax, and no token, code or identifier holds control characters.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PrivateAttr, SecretStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr
 
 from agent_identity._limits import (
     MAX_INTERVAL,
@@ -149,21 +149,14 @@ class TokenResponse(_Wire):
     #: RFC 9396 §7.1: what the token was granted, as sent (read with
     #: :func:`agent_identity.oauth.rar.parse_granted`; a malformed value counts as absent).
     authorization_details: Any = None
-    # Set by the client, never from the wire: the provider documents its access tokens as
-    # opaque to clients, so they are never read for scopes or audience.
-    _opaque: bool = PrivateAttr(default=False)
-
-    @property
-    def access_token_opaque(self) -> bool:
-        """Whether the access token must not be read (the provider says it is opaque to
-        clients, e.g. Microsoft Entra): see :meth:`marked_opaque`."""
-        return self._opaque
+    #: Whether the access token must not be read (the provider says it is opaque to
+    #: clients, e.g. Microsoft Entra): see :meth:`marked_opaque`. Set by the client, never
+    #: from the wire (a class attribute, not a member).
+    access_token_opaque: ClassVar[bool] = False
 
     def marked_opaque(self) -> TokenResponse:
         """A copy whose access token is never read for scopes or audience."""
-        copy = self.model_copy()
-        copy._opaque = True
-        return copy
+        return _OpaqueTokenResponse.model_construct(self.model_fields_set, **dict(self))
 
     @property
     def scopes(self) -> tuple[str, ...] | None:
@@ -172,6 +165,12 @@ class TokenResponse(_Wire):
         if self.scope is None:
             return None
         return tuple(self.scope.split())
+
+
+class _OpaqueTokenResponse(TokenResponse):
+    """A token response whose access token the provider documents as opaque to clients."""
+
+    access_token_opaque: ClassVar[bool] = True
 
 
 class DeviceAuthorization(_Wire):

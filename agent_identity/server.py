@@ -1103,15 +1103,17 @@ class AuthorizationServer:
         resource: str | None,
         requested: Sequence[str],
         dpop: DPoPSigner | None = None,
+        facts: TokenFacts | None = None,
     ) -> AccessToken:
         """An :class:`~agent_identity.models.AccessToken` for ``response``, labelled with
         the scopes it carries (the response's ``scope``, else the readable JWT's
         ``scope``/``scp`` claim, else the requested ones with ``scopes_verified=False``)
         and, when the token is a readable JWT, its audience. Expiry from ``expires_in`` on
         the monotonic clock (security items 24, 39). A DPoP-bound token carries ``dpop``,
-        the signer of its key; granted ``authorization_details`` are attached."""
+        the signer of its key; granted ``authorization_details`` are attached. ``facts``:
+        :func:`token_facts` of ``response`` when the caller already has them."""
         received = self.clock.monotonic()
-        scopes, verified, audience = token_facts(response, requested)
+        scopes, verified, audience = facts or token_facts(response, requested)
         return AccessToken(
             value=response.access_token,
             token_type=response.token_type,
@@ -1170,9 +1172,11 @@ def granted_details(response: TokenResponse) -> tuple[dict[str, Any], ...] | Non
     return parse_granted(claims.get("authorization_details")) if claims is not None else None
 
 
-def token_facts(
-    response: TokenResponse, requested: Sequence[str]
-) -> tuple[tuple[str, ...], bool, tuple[str, ...] | None]:
+#: ``(scopes, verified, audience)``: what :func:`token_facts` reads from a token response.
+TokenFacts = tuple[tuple[str, ...], bool, tuple[str, ...] | None]
+
+
+def token_facts(response: TokenResponse, requested: Sequence[str]) -> TokenFacts:
     """``(scopes, verified, audience)`` of an issued access token: the response's
     ``scope`` (RFC 6749 §5.1), else the ``scope``/``scp`` claim of a readable JWT access
     token (RFC 9068 §2.2.3), else ``requested`` unverified. The audience is the JWT's

@@ -443,8 +443,7 @@ async def request_approval(
     details: list[dict[str, Any]] | None = custom or None
     if custom:
         unsupported = sorted(
-            {str(d["type"]) for d in custom}
-            - set(metadata.authorization_details_types_supported)
+            {str(d["type"]) for d in custom} - set(metadata.authorization_details_types_supported)
         )
         if unsupported:
             raise ApprovalUnavailable(
@@ -586,9 +585,8 @@ async def request_approval(
     from agent_identity.grant import details_problem, policy_problem
     from agent_identity.server import token_facts
 
-    problem = policy_problem(
-        context, *token_facts(response, wanted), resource=canonical, requested=wanted
-    )
+    facts = token_facts(response, wanted)
+    problem = policy_problem(context, *facts, resource=canonical, requested=wanted)
     if problem is None and details:
         problem = details_problem(response, details, resource=canonical, requested=wanted)
     if problem is not None:
@@ -601,7 +599,7 @@ async def request_approval(
             action.tool,
         )
         raise problem
-    token = server.describe(response, resource=canonical, requested=wanted, dpop=dpop)
+    token = server.describe(response, resource=canonical, requested=wanted, dpop=dpop, facts=facts)
     logger.info(
         "approval granted: tenant=%s user=%s tool=%s resource=%s",
         user.tenant,
@@ -618,9 +616,7 @@ async def request_approval(
     )
 
 
-def _action_details(
-    mapping: Any, action: Action, given: Details | None
-) -> list[dict[str, Any]]:
+def _action_details(mapping: Any, action: Action, given: Details | None) -> list[dict[str, Any]]:
     """The RFC 9396 details of an approval: those given, else what the client's
     ``action_details`` maps the tool to; validated (typed errors) before anything is sent."""
     if given is not None:

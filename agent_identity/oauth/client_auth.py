@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, Protocol, runtime_checkable
 from urllib.parse import quote_plus
 
@@ -127,10 +127,18 @@ class ClientSecretBasic:
     client_id: str
     client_secret: SecretStr
     method: ClassVar[str] = "client_secret_basic"
+    # The header value, encoded once (the credentials never change).
+    _header: SecretStr = field(init=False, compare=False, default=SecretStr(""))
 
     def __post_init__(self) -> None:
         require_client_id(self.client_id)
         _require_secret(self.client_secret)
+        user_pass = (
+            f"{_form_urlencode(self.client_id)}:"
+            f"{_form_urlencode(self.client_secret.get_secret_value())}"
+        )
+        encoded = base64.b64encode(user_pass.encode("ascii")).decode("ascii")
+        object.__setattr__(self, "_header", SecretStr(f"Basic {encoded}"))
 
     def apply(
         self,
@@ -141,12 +149,7 @@ class ClientSecretBasic:
         endpoint: str,
         now: float,
     ) -> None:
-        user_pass = (
-            f"{_form_urlencode(self.client_id)}:"
-            f"{_form_urlencode(self.client_secret.get_secret_value())}"
-        )
-        encoded = base64.b64encode(user_pass.encode("ascii")).decode("ascii")
-        headers["Authorization"] = f"Basic {encoded}"
+        headers["Authorization"] = self._header.get_secret_value()
 
     def __repr__(self) -> str:
         return f"ClientSecretBasic(client_id={self.client_id!r}, client_secret='**********')"

@@ -17,7 +17,7 @@ repeated blindly).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 def token_request(
@@ -138,8 +140,14 @@ def invalid_fields(model: type[BaseModel], data: Mapping[str, Any]) -> list[str]
     The caller raises *outside* any ``except`` block, so pydantic's error (which may quote
     the input values, tokens included) never becomes an exception's ``__context__``.
     """
+    return validated(model, data)[1]
+
+
+def validated(model: type[_M], data: Mapping[str, Any]) -> tuple[_M, None] | tuple[None, list[str]]:
+    """``(instance, None)`` for valid ``data``, else ``(None, refused member names)`` as
+    :func:`invalid_fields` reports them: one validation, and no pydantic error escapes."""
     try:
-        model.model_validate(data)
+        return model.model_validate(data), None
     except ValidationError as exc:
         found: dict[str, str] = {}
         for error in exc.errors(include_input=False, include_url=False):
@@ -153,8 +161,7 @@ def invalid_fields(model: type[BaseModel], data: Mapping[str, Any]) -> list[str]
                 if text.startswith(name):  # our own rule: "<member> is ..." (no value)
                     reason = f" ({text[len(name) :].strip()})"
             found.setdefault(name, f"{name}{reason}")
-        return [found[k] for k in sorted(found)] or ["(document)"]
-    return None
+        return None, [found[k] for k in sorted(found)] or ["(document)"]
 
 
 def parse_oauth_error(response: HttpResponse, body: Mapping[str, Any] | None = None) -> Exception:
@@ -202,12 +209,11 @@ def parse_token_response(response: HttpResponse) -> TokenResponse:
             body = None
         raise parse_oauth_error(response, body if body is not None else {})
     data = parse_json_object(response.content, what="token response")
-    fields = invalid_fields(TokenResponse, data)
-    if fields is not None:
+    token, fields = validated(TokenResponse, data)
+    if token is None:
         raise InvalidResponse(
-            f"token response is missing or has invalid members: {', '.join(fields)}"
+            f"token response is missing or has invalid members: {', '.join(fields or ())}"
         )
-    token = TokenResponse.model_validate(data)
     if not token.token_type:
         raise InvalidResponse("token response has an empty token_type")
     return token

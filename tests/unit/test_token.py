@@ -264,6 +264,27 @@ def test_sec_24_opaque_access_token_accepted() -> None:
     assert token.expires_in == 120
 
 
+def test_sec_24_opacity_is_the_clients_mark_never_the_servers() -> None:
+    # Only the provider profile marks tokens opaque; a member of that name is ignored, and
+    # the marked copy keeps every member.
+    token = parse_token_response(
+        _json(
+            200,
+            {
+                "access_token": "a.b.c",
+                "token_type": "Bearer",
+                "scope": "read",
+                "access_token_opaque": True,
+            },
+        )
+    )
+    assert token.access_token_opaque is False
+    marked = token.marked_opaque()
+    assert marked.access_token_opaque is True
+    assert marked.scope == "read" and marked.access_token.get_secret_value() == "a.b.c"
+    assert token.access_token_opaque is False
+
+
 def test_sec_24_expiry_only_from_expires_in() -> None:
     # A JWT-looking access token whose exp says "one year": the client does not look inside.
     header = base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=").decode()
