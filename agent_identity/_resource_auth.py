@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Generator
 import httpx2
 
 from agent_identity._http import TokenSource
-from agent_identity.errors import ConfigurationError, InsecureURLError
+from agent_identity.errors import ConfigurationError, InsecureURLError, StepUpLimitExceeded
 from agent_identity.models import AccessToken
 from agent_identity.oauth.urls import lenient_path, normalized_path
 from agent_identity.oauth.www_authenticate import Challenge, parse_www_authenticate
@@ -126,18 +126,26 @@ class ResourceAuth(httpx2.Auth):
     - ``401`` with ``error="insufficient_user_authentication"`` (RFC 9470): a new
       authentication with the challenge's ``acr_values``/``max_age``, then a retry;
     - ``403`` with ``error="insufficient_scope"`` and a ``scope``: consent to the union of
-      held and challenged scopes, then a retry (security item 29);
-    at most ``max_step_ups`` elevations per request; then the last response is returned.
+      held and challenged scopes, then a retry (security item 29).
+
+    Step-ups are counted per operation (method and path, without the query) across
+    requests: after ``max_step_ups`` of them a further challenge for that operation raises
+    :class:`~agent_identity.errors.StepUpLimitExceeded` instead of asking the user again
+    (the response is discarded). Any other answer to the operation resets its count.
     """
 
     requires_request_body = True
 
+    #: How many operations' step-up counts are remembered (the oldest is forgotten first).
+    MAX_TRACKED_OPERATIONS = 256
+
     def __init__(self, source: TokenSource, *, resource: str, max_step_ups: int = 2) -> None:
-        if max_step_ups < 0:
-            raise ConfigurationError("max_step_ups must be >= 0")
+        if isinstance(max_step_ups, bool) or not isinstance(max_step_ups, int) or max_step_ups < 0:
+            raise ConfigurationError("max_step_ups must be an int >= 0")
         self._source = source
         self._resource = resource
         self._max_step_ups = max_step_ups
+        self._step_ups: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"ResourceAuth(resource={self._resource!r})"
@@ -157,7 +165,7 @@ class ResourceAuth(httpx2.Auth):
         response = yield request
         refreshed = False
         nonce_retried = False
-        step_ups = 0
+        operation = f"{request.method} {_raw_path(request.url)[:200]}"
         while True:
             if wants_new_nonce(response, token) and not nonce_retried:
                 nonce_retried = True  # one retry with the resource's nonce (item 37)
@@ -168,13 +176,20 @@ class ResourceAuth(httpx2.Auth):
             error = challenge.error if challenge is not None else None
             if error == "use_dpop_nonce":
                 return  # a second nonce refusal: no refresh (the token is fine), no loop
-            if (
+            reauthenticate = (
                 response.status_code == 401
                 and error == "insufficient_user_authentication"
                 and challenge is not None
-                and step_ups < self._max_step_ups
-            ):
-                step_ups += 1
+            )
+            more_scope = (
+                response.status_code == 403
+                and error == "insufficient_scope"
+                and challenge is not None
+                and bool(challenge.scopes)
+            )
+            if challenge is not None and (reauthenticate or more_scope):
+                self._count_step_up(operation, challenge, response.status_code)
+            if reauthenticate and challenge is not None:
                 acr = challenge.get("acr_values")
                 token = await self._source.after_insufficient_authentication(
                     tuple(acr.split()) if acr else (), challenge.max_age
@@ -182,19 +197,31 @@ class ResourceAuth(httpx2.Auth):
             elif response.status_code == 401 and not refreshed:
                 refreshed = True
                 token = await self._source.after_unauthorized(token)
-            elif (
-                response.status_code == 403
-                and error == "insufficient_scope"
-                and challenge is not None
-                and challenge.scopes
-                and step_ups < self._max_step_ups
-            ):
-                step_ups += 1
+            elif more_scope and challenge is not None:
                 token = await self._source.after_insufficient_scope(challenge.scopes)
             else:
+                self._step_ups.pop(operation, None)  # answered otherwise: a new budget
                 return
             await present_token(request, token)
             response = yield request
+
+    def _count_step_up(self, operation: str, challenge: Challenge, status: int) -> None:
+        done = self._step_ups.get(operation, 0)
+        if done >= self._max_step_ups:
+            raise StepUpLimitExceeded(
+                f"{self._resource} still refuses {operation!r} ({challenge.error}) after "
+                f"{done} step-up(s); not asking again (max_step_ups={self._max_step_ups})",
+                resource=self._resource,
+                operation=operation,
+                scopes=tuple(challenge.scopes),
+                error=challenge.error,
+                status_code=status,
+                step_ups=done,
+            )
+        self._step_ups.pop(operation, None)
+        if len(self._step_ups) >= self.MAX_TRACKED_OPERATIONS:
+            del self._step_ups[next(iter(self._step_ups))]
+        self._step_ups[operation] = done + 1
 
 
 class TokenAuth(httpx2.Auth):

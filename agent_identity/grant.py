@@ -1106,8 +1106,10 @@ class UserGrant:
         consent to the union of held and challenged scopes and retries; on
         ``insufficient_user_authentication`` re-authenticates with the challenge's
         ``acr_values``/``max_age`` (RFC 9470). At most ``max_step_ups`` elevations per
-        request, then the last response is returned. The token is only ever sent to URLs
-        under ``resource`` (security item 23).
+        operation (method and path) across requests, then
+        :class:`~agent_identity.errors.StepUpLimitExceeded` (security item 29). The token
+        is only ever sent to URLs under ``resource`` (security item 23). Keep one auth
+        per resource for the session: the step-up counts live in it.
         """
         from agent_identity._resource_auth import ResourceAuth
 

@@ -16,6 +16,7 @@ from agent_identity import (
     InsecureURLError,
     InvalidScope,
     LoopbackConsent,
+    StepUpLimitExceeded,
 )
 from agent_identity.delegation import DelegationChain
 from agent_identity.devidp import DevBrowser, DevIdP
@@ -97,10 +98,16 @@ async def test_sec_29_step_up_is_bounded(dev_idp: DevIdP) -> None:
         await alice.consent(scopes="openid calendar.read", resource=CALENDAR)
         auth = alice.http_auth(resource=CALENDAR, scopes="calendar.read", max_step_ups=2)
         async with _api_client(api, auth) as http:
-            response = await http.get("events")
-        assert response.status_code == 403
+            with pytest.raises(StepUpLimitExceeded) as info:
+                await http.get("events")
+            assert len(browser.urls) == 1 + 2
+            assert len(api.seen) == 3
+            assert (info.value.status_code, info.value.step_ups) == (403, 2)
+            # the same operation again: refused at once, the user is not asked again
+            with pytest.raises(StepUpLimitExceeded):
+                await http.get("events")
         assert len(browser.urls) == 1 + 2
-        assert len(api.seen) == 3
+        assert len(api.seen) == 4
 
 
 async def test_401_refreshes_once_before_any_consent(dev_idp: DevIdP) -> None:

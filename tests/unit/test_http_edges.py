@@ -26,6 +26,7 @@ from agent_identity.errors import (
     InvalidResponse,
     RequestTimeout,
     SSRFBlockedError,
+    StepUpLimitExceeded,
 )
 from agent_identity.models import AccessToken
 from agent_identity.oauth._message import HttpRequest
@@ -262,27 +263,114 @@ async def _run(answer: httpx2.Response, max_step_ups: int = 2) -> tuple[int, lis
     return response.status_code, source.calls, len(sent)
 
 
-async def test_step_ups_stop_at_the_limit() -> None:
+async def _run_limited(
+    answer: httpx2.Response, max_step_ups: int = 2
+) -> tuple[StepUpLimitExceeded, list[Any], int]:
+    source = _Source()
+    sent: list[int] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        sent.append(1)
+        return httpx2.Response(answer.status_code, headers=answer.headers)
+
+    auth = ResourceAuth(source, resource="https://api.example", max_step_ups=max_step_ups)
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(handler), auth=auth) as client:
+        with pytest.raises(StepUpLimitExceeded) as info:
+            await client.get("https://api.example/x?q=1")
+    return info.value, source.calls, len(sent)
+
+
+async def test_sec_29_step_ups_stop_at_the_limit_with_a_typed_error() -> None:
     scope = httpx2.Response(
         403, headers={"www-authenticate": 'Bearer error="insufficient_scope", scope="write"'}
     )
-    status, calls, sent = await _run(scope)
-    assert status == 403
+    error, calls, sent = await _run_limited(scope)
     assert calls == [("token", None), ("scope", ("write",)), ("scope", ("write",))]
     assert sent == 3
+    assert (error.resource, error.operation) == ("https://api.example", "GET /x")
+    assert (error.status_code, error.error, error.scopes, error.step_ups) == (
+        403, "insufficient_scope", ("write",), 2
+    )  # fmt: skip
     mfa = httpx2.Response(
         401,
         headers={"www-authenticate": 'Bearer error="insufficient_user_authentication", '
                  'acr_values="mfa phr", max_age=30'},
     )  # fmt: skip
-    status, calls, sent = await _run(mfa, max_step_ups=1)
-    assert (status, sent) == (401, 3)  # one step-up, then the one refresh a 401 gets
-    assert calls == [
-        ("token", None), ("authentication", (("mfa", "phr"), 30)), ("unauthorized", None)
-    ]  # fmt: skip
-    assert (await _run(scope, max_step_ups=0))[1] == [("token", None)]
-    with pytest.raises(ConfigurationError):
-        ResourceAuth(_Source(), resource="https://api.example", max_step_ups=-1)
+    error, calls, sent = await _run_limited(mfa, max_step_ups=1)
+    assert sent == 2  # one step-up; the second challenge is not answered with a refresh
+    assert calls == [("token", None), ("authentication", (("mfa", "phr"), 30))]
+    assert (error.status_code, error.error, error.step_ups) == (
+        401, "insufficient_user_authentication", 1
+    )  # fmt: skip
+    error, calls, sent = await _run_limited(scope, max_step_ups=0)
+    assert (calls, sent, error.step_ups) == ([("token", None)], 1, 0)
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ConfigurationError):
+            ResourceAuth(_Source(), resource="https://api.example", max_step_ups=bad)  # type: ignore[arg-type]
+
+
+async def test_sec_29_the_budget_is_per_operation_across_requests() -> None:
+    """A resource that keeps refusing one operation does not get the user asked again on
+    the next request; another operation has its own budget; success resets it."""
+    source = _Source()
+    refusing = {"/admin"}
+    seen: list[str] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        if request.url.path in refusing:
+            return httpx2.Response(
+                403, headers={"www-authenticate": 'Bearer error="insufficient_scope", scope="a"'}
+            )
+        return httpx2.Response(200)
+
+    auth = ResourceAuth(source, resource="https://api.example", max_step_ups=1)
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(handler), auth=auth) as client:
+        with pytest.raises(StepUpLimitExceeded):
+            await client.get("https://api.example/admin")
+        asked = len([c for c in source.calls if c[0] == "scope"])
+        assert asked == 1
+        with pytest.raises(StepUpLimitExceeded):  # same operation: no new consent at all
+            await client.get("https://api.example/admin?again=1")
+        assert len([c for c in source.calls if c[0] == "scope"]) == asked
+        # another operation (method or path) has its own budget
+        with pytest.raises(StepUpLimitExceeded):
+            await client.post("https://api.example/admin")
+        assert len([c for c in source.calls if c[0] == "scope"]) == asked + 1
+        # once the operation is answered otherwise, its budget starts again
+        refusing.clear()
+        assert (await client.get("https://api.example/admin")).status_code == 200
+        refusing.add("/admin")
+        with pytest.raises(StepUpLimitExceeded):
+            await client.get("https://api.example/admin")
+        assert len([c for c in source.calls if c[0] == "scope"]) == asked + 2
+
+
+async def test_sec_29_the_budget_table_is_bounded() -> None:
+    """Counts are kept for MAX_TRACKED_OPERATIONS operations; the oldest is forgotten
+    first (then that operation may step up again), the newest are kept."""
+    source = _Source()
+    step_up = 'Bearer error="insufficient_scope", scope="a"'
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(403, headers={"www-authenticate": step_up})
+
+    def asked() -> int:
+        return len([c for c in source.calls if c[0] == "scope"])
+
+    auth = ResourceAuth(source, resource="https://api.example", max_step_ups=1)
+    limit = ResourceAuth.MAX_TRACKED_OPERATIONS
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(handler), auth=auth) as client:
+        for i in range(limit + 1):
+            with pytest.raises(StepUpLimitExceeded):
+                await client.get(f"https://api.example/p{i}")
+        assert asked() == limit + 1
+        with pytest.raises(StepUpLimitExceeded):  # recent: still exhausted, nobody asked
+            await client.get(f"https://api.example/p{limit}")
+        assert asked() == limit + 1
+        with pytest.raises(StepUpLimitExceeded):  # the oldest was forgotten: asked again
+            await client.get("https://api.example/p0")
+        assert asked() == limit + 2
 
 
 async def test_one_refresh_per_request_and_none_for_a_403() -> None:
@@ -326,11 +414,9 @@ async def test_step_up_count_with_the_default_limit() -> None:
     mfa = httpx2.Response(
         401, headers={"www-authenticate": 'Bearer error="insufficient_user_authentication"'}
     )
-    status, calls, sent = await _run(mfa)  # the default: two step-ups
-    assert (status, sent) == (401, 4)
-    assert [name for name, _ in calls] == [
-        "token", "authentication", "authentication", "unauthorized"
-    ]  # fmt: skip
+    error, calls, sent = await _run_limited(mfa)  # the default: two step-ups
+    assert (error.step_ups, sent) == (2, 3)
+    assert [name for name, _ in calls] == ["token", "authentication", "authentication"]
     source = _Source()
     auth = ResourceAuth(source, resource="https://api.example")
     scope = httpx2.Response(
@@ -338,5 +424,6 @@ async def test_step_up_count_with_the_default_limit() -> None:
     )
     transport = httpx2.MockTransport(lambda r: httpx2.Response(403, headers=scope.headers))
     async with httpx2.AsyncClient(transport=transport, auth=auth) as client:
-        await client.get("https://api.example/x")
+        with pytest.raises(StepUpLimitExceeded):
+            await client.get("https://api.example/x")
     assert [name for name, _ in source.calls] == ["token", "scope", "scope"]

@@ -281,7 +281,8 @@ def test_sec_24_opacity_is_the_clients_mark_never_the_servers() -> None:
     assert token.access_token_opaque is False
     marked = token.marked_opaque()
     assert marked.access_token_opaque is True
-    assert marked.scope == "read" and marked.access_token.get_secret_value() == "a.b.c"
+    assert marked.scope == "read"
+    assert marked.access_token.get_secret_value() == "a.b.c"
     assert token.access_token_opaque is False
 
 
