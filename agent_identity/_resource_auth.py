@@ -132,6 +132,8 @@ class ResourceAuth(httpx2.Auth):
     requests: after ``max_step_ups`` of them a further challenge for that operation raises
     :class:`~agent_identity.errors.StepUpLimitExceeded` instead of asking the user again
     (the response is discarded). Any other answer to the operation resets its count.
+    ``step_up_counts`` shares the counts between auths (a user's grant keeps one table per
+    resource, so a new ``http_auth()`` for the same user and resource does not reset them).
     """
 
     requires_request_body = True
@@ -139,13 +141,20 @@ class ResourceAuth(httpx2.Auth):
     #: How many operations' step-up counts are remembered (the oldest is forgotten first).
     MAX_TRACKED_OPERATIONS = 256
 
-    def __init__(self, source: TokenSource, *, resource: str, max_step_ups: int = 2) -> None:
+    def __init__(
+        self,
+        source: TokenSource,
+        *,
+        resource: str,
+        max_step_ups: int = 2,
+        step_up_counts: dict[str, int] | None = None,
+    ) -> None:
         if isinstance(max_step_ups, bool) or not isinstance(max_step_ups, int) or max_step_ups < 0:
             raise ConfigurationError("max_step_ups must be an int >= 0")
         self._source = source
         self._resource = resource
         self._max_step_ups = max_step_ups
-        self._step_ups: dict[str, int] = {}
+        self._step_ups: dict[str, int] = {} if step_up_counts is None else step_up_counts
 
     def __repr__(self) -> str:
         return f"ResourceAuth(resource={self._resource!r})"

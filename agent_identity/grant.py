@@ -316,6 +316,9 @@ class UserGrant:
         self._hot: dict[TokenKey, tuple[int, AccessToken]] = {}
         # Signers of the grant's DPoP keys, by the stored key's canonical JSON.
         self._signers: dict[str, DPoPSigner] = {}
+        # Step-ups per resource and operation (security item 29), shared by the http_auth()
+        # objects made for this grant.
+        self._step_up_counts: dict[str, dict[str, int]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -1108,16 +1111,19 @@ class UserGrant:
         ``acr_values``/``max_age`` (RFC 9470). At most ``max_step_ups`` elevations per
         operation (method and path) across requests, then
         :class:`~agent_identity.errors.StepUpLimitExceeded` (security item 29). The token
-        is only ever sent to URLs under ``resource`` (security item 23). Keep one auth
-        per resource for the session: the step-up counts live in it.
+        is only ever sent to URLs under ``resource`` (security item 23). The step-up counts
+        belong to this grant and resource: a new auth for them does not reset them.
         """
         from agent_identity._resource_auth import ResourceAuth
 
         canonical = canonical_resource_uri(resource)
+        if canonical not in self._step_up_counts and len(self._step_up_counts) >= 64:
+            del self._step_up_counts[next(iter(self._step_up_counts))]
         return ResourceAuth(
             UserTokenSource(self, canonical, words(scopes, "scopes")),
             resource=canonical,
             max_step_ups=max_step_ups,
+            step_up_counts=self._step_up_counts.setdefault(canonical, {}),
         )
 
     # -- token exchange -------------------------------------------------------------------

@@ -106,8 +106,13 @@ async def test_sec_29_step_up_is_bounded(dev_idp: DevIdP) -> None:
             # the same operation again: refused at once, the user is not asked again
             with pytest.raises(StepUpLimitExceeded):
                 await http.get("events")
+        # the counts belong to the grant and resource, not to one auth object
+        fresh = alice.http_auth(resource=CALENDAR, scopes="calendar.read", max_step_ups=2)
+        async with _api_client(api, fresh) as http:
+            with pytest.raises(StepUpLimitExceeded):
+                await http.get("events")
         assert len(browser.urls) == 1 + 2
-        assert len(api.seen) == 4
+        assert len(api.seen) == 5
 
 
 async def test_401_refreshes_once_before_any_consent(dev_idp: DevIdP) -> None:

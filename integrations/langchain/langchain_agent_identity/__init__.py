@@ -30,7 +30,7 @@ from agent_identity.tools import (
 )
 
 from ._context import acting_for
-from ._errors import HumanActionRequired, IdentityToolError, UserUnknown
+from ._errors import AccessRefused, HumanActionRequired, IdentityToolError, UserUnknown
 from ._tool import ProtectedTool, protect
 
 
@@ -46,6 +46,7 @@ def __getattr__(name: str) -> object:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessRefused",
     "ApprovalOptions",
     "HumanActionRequired",
     "IdentityMiddleware",

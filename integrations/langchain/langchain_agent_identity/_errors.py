@@ -25,11 +25,14 @@ from agent_identity import (
     ConsentRequired,
     ConsentTimeout,
     ReauthorizationRequired,
+    StepUpLimitExceeded,
 )
 from agent_identity.tools import ToolCall, ToolRequirement
 
 __all__ = [
     "HUMAN_ERRORS",
+    "AccessRefused",
+    "access_refused_for",
     "HumanActionRequired",
     "IdentityToolError",
     "UserUnknown",
@@ -37,9 +40,7 @@ __all__ = [
 ]
 
 Kind = Literal["consent", "reauthorization", "approval"]
-Reason = Literal[
-    "required", "denied", "timeout", "expired", "unavailable", "declined", "pending"
-]
+Reason = Literal["required", "denied", "timeout", "expired", "unavailable", "declined", "pending"]
 
 #: The SDK errors that mean "a human must act" (consent, re-consent, approval).
 HUMAN_ERRORS: tuple[type[Exception], ...] = (
@@ -78,6 +79,66 @@ class UserUnknown(IdentityToolError):
     """A protected tool was invoked without a user: neither the run's config, nor
     :func:`~langchain_agent_identity.acting_for`, nor an enclosing protected call says
     whom the agent acts for. No token was requested."""
+
+
+class AccessRefused(IdentityToolError):
+    """The service kept refusing the tool's request although the user was asked for the
+    access it named, as often as the tool's ``max_step_ups`` allows
+    (:class:`~agent_identity.StepUpLimitExceeded`, security item 29). Nobody is asked
+    again; the model is told not to retry. :meth:`payload` names the resource, the
+    refused operation and the scopes the service asked for, never a token."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tool: str,
+        resource: str,
+        operation: str,
+        scopes: Sequence[str],
+        step_ups: int,
+    ) -> None:
+        super().__init__(message)
+        self.tool = tool
+        self.resource = resource
+        self.operation = operation
+        self.scopes = tuple(scopes)
+        self.step_ups = step_ups
+
+    def __repr__(self) -> str:
+        return (
+            f"AccessRefused(tool={self.tool!r}, resource={self.resource!r}, "
+            f"operation={self.operation!r}, scopes={self.scopes!r})"
+        )
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "type": "agent_identity.access_refused",
+            "tool": self.tool,
+            "resource": self.resource,
+            "operation": self.operation,
+            "scopes": list(self.scopes),
+            "step_ups": self.step_ups,
+        }
+
+
+def access_refused_for(error: StepUpLimitExceeded, call: ToolCall) -> AccessRefused:
+    """The model-readable result of a :class:`~agent_identity.StepUpLimitExceeded`."""
+    method = error.operation.partition(" ")[0]
+    wanted = " ".join(error.scopes) or "more access"
+    message = (
+        f"The service at {error.resource} still refuses '{call.tool}' ({method} request) "
+        f"although the user was asked for the access it requires ({wanted}). The action "
+        "was not performed. Do not retry it; tell the user the service does not allow it."
+    )
+    return AccessRefused(
+        message,
+        tool=call.tool,
+        resource=error.resource,
+        operation=error.operation,
+        scopes=error.scopes,
+        step_ups=error.step_ups,
+    )
 
 
 class HumanActionRequired(IdentityToolError):

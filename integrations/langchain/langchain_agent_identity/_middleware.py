@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING, Any
 from langchain.agents.middleware import AgentMiddleware
 from langchain_core.messages import ToolMessage
 
-from agent_identity import ConfigurationError
+from agent_identity import ConfigurationError, StepUpLimitExceeded
 from agent_identity.tools import ApprovalOptions, ToolCall, ToolGuard, ToolRequirement
 
 from ._core import Runner
-from ._errors import HUMAN_ERRORS, IdentityToolError
+from ._errors import HUMAN_ERRORS, IdentityToolError, access_refused_for
 
 if TYPE_CHECKING:
     from langchain.agents.middleware import ToolCallRequest
@@ -149,6 +149,9 @@ class IdentityMiddleware(AgentMiddleware):
                 return runner.run_sync(call, requirement, functools.partial(handler, request))
             except HUMAN_ERRORS as exc:
                 outcome = self._human(exc, call, requirement, attempt, request)
+            except StepUpLimitExceeded as exc:
+                refused = access_refused_for(exc, call)
+                return refused.tool_message(request.tool_call.get("id") or "", call_name(request))
             if isinstance(outcome, ToolMessage):
                 return outcome
             request = outcome
@@ -172,6 +175,9 @@ class IdentityMiddleware(AgentMiddleware):
                 return await runner.arun(call, requirement, functools.partial(handler, request))
             except HUMAN_ERRORS as exc:
                 outcome = self._human(exc, call, requirement, attempt, request)
+            except StepUpLimitExceeded as exc:
+                refused = access_refused_for(exc, call)
+                return refused.tool_message(request.tool_call.get("id") or "", call_name(request))
             if isinstance(outcome, ToolMessage):
                 return outcome
             request = outcome

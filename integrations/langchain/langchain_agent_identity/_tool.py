@@ -28,12 +28,12 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, PrivateAttr
 
-from agent_identity import ConfigurationError
+from agent_identity import ConfigurationError, StepUpLimitExceeded
 from agent_identity.sync import BlockingIdentityClient
 from agent_identity.tools import ApprovalOptions, ToolCall, ToolGuard, ToolRequirement
 
 from ._core import MAX_HUMAN_ROUNDS, Runner
-from ._errors import HUMAN_ERRORS, HumanActionRequired, IdentityToolError
+from ._errors import HUMAN_ERRORS, HumanActionRequired, IdentityToolError, access_refused_for
 
 if TYPE_CHECKING:
     from agent_identity import IdentityClient
@@ -305,6 +305,8 @@ class ProtectedTool(BaseTool):
                 return runner.run_sync(call, self._requirement, inner)
             except HUMAN_ERRORS as exc:
                 self._human(exc, call, attempt)
+            except StepUpLimitExceeded as exc:
+                raise _for_call(access_refused_for(exc, call), call.call_id) from exc
 
     async def _arun(
         self,
@@ -329,6 +331,8 @@ class ProtectedTool(BaseTool):
                 return await runner.arun(call, self._requirement, body)
             except HUMAN_ERRORS as exc:
                 self._human(exc, call, attempt)
+            except StepUpLimitExceeded as exc:
+                raise _for_call(access_refused_for(exc, call), call.call_id) from exc
 
     def _human(self, error: BaseException, call: ToolCall, attempt: int) -> None:
         """Turn a consent/approval that cannot complete into the model's tool result, or

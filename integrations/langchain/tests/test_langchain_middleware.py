@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
+import httpx2
 import pytest
 from _helpers import CALENDAR, PAYMENTS, make_client
 from _lc_helpers import AsUser, NoHumanHere, blocking_client, client
@@ -552,3 +553,59 @@ async def test_ping_mode_through_both_styles(dev_idp_factory: Any, style: str) -
 async def ciba_idp_approve_first(idp: DevIdP) -> None:
     (pending,) = await idp.ciba_pending()
     await idp.ciba_approve(pending["auth_req_id"])
+
+
+async def test_sec_29_a_resource_that_keeps_refusing_is_a_readable_result(
+    dev_idp: DevIdP, trail: tuple[AuditTrail, MemorySink]
+) -> None:
+    """The middleware's side of ``AccessRefused``: a tool whose API keeps answering
+    ``403 insufficient_scope`` after the allowed step-up returns a readable error result
+    with its artifact, and the agent run goes on."""
+    from _lc_helpers import calendar_api
+    from _resource import CalendarAPI
+
+    base = await calendar_api(dev_idp)
+    api = CalendarAPI(issuer=base.issuer, jwks=base.jwks, always_insufficient=True)
+    audit, _ = trail
+    consent = AsUser()
+    async with client(dev_idp, consent=consent) as identity:
+
+        @tool
+        async def agenda(day: str) -> str:
+            """The user's agenda for a day."""
+            alice = identity.user("alice")
+            auth = alice.http_auth(resource=CALENDAR, scopes="calendar.read", max_step_ups=1)
+            async with httpx2.AsyncClient(
+                auth=auth, transport=httpx2.ASGITransport(app=api)
+            ) as http:
+                return str((await http.get(f"{CALENDAR}/events")).status_code)
+
+        middleware = IdentityMiddleware(
+            identity,
+            tools={"agenda": {"resource": CALENDAR, "scopes": "calendar.read"}},
+            audit=audit,
+        )
+        agent = create_agent(
+            ScriptedModel(
+                responses=[
+                    AIMessage(
+                        content="",
+                        tool_calls=[{"name": "agenda", "args": {"day": "monday"}, "id": "c1"}],
+                    ),
+                    AIMessage(content="the calendar service refuses"),
+                ]
+            ),
+            tools=[agenda],
+            middleware=[middleware],
+        )
+        state = await agent.ainvoke(
+            {"messages": [HumanMessage("what is on monday?")]},
+            config={"configurable": {"user_id": "alice"}},
+        )
+    (message,) = tool_messages(state)
+    assert message.status == "error"
+    assert "still refuses 'agenda'" in str(message.content)
+    assert message.artifact["type"] == "agent_identity.access_refused"
+    assert message.artifact["operation"] == "GET /api/events"
+    assert state["messages"][-1].content == "the calendar service refuses"
+    assert len(consent.flows) == 2  # the tool's consent and one step-up, no more

@@ -506,3 +506,51 @@ async def test_sec_34_36_a_protected_tool_presents_a_dpop_bound_token_with_proof
     assert api.check is not None
     jtis = [proof["claims"]["jti"] for proof in api.check.proofs]
     assert len(jtis) == len(set(jtis)) >= 2  # a fresh proof per request, retries included
+
+
+async def test_sec_29_a_resource_that_keeps_refusing_is_a_readable_result(
+    dev_idp: DevIdP,
+) -> None:
+    """A tool that calls its API through ``user.http_auth()``: the API keeps answering
+    ``403 insufficient_scope`` after the step-ups, so the tool's result tells the model not
+    to retry (``AccessRefused``, with its artifact), and calling the tool again does not
+    ask the user again: the step-up counts belong to the user's grant and resource."""
+    base = await calendar_api(dev_idp)
+    api = CalendarAPI(issuer=base.issuer, jwks=base.jwks, always_insufficient=True)
+    consent = AsUser()
+
+    async with client(dev_idp, consent=consent) as identity:
+
+        @tool
+        async def list_events(day: str) -> str:
+            """List the user's calendar events on a day."""
+            alice = identity.user("alice", tenant="acme")
+            auth = alice.http_auth(resource=CALENDAR, scopes="calendar.read", max_step_ups=1)
+            async with httpx2.AsyncClient(
+                auth=auth, transport=httpx2.ASGITransport(app=api)
+            ) as http:
+                response = await http.get(f"{CALENDAR}/events", params={"day": day})
+            return str(response.status_code)
+
+        protected = protect(
+            list_events, identity=identity, resource=CALENDAR, scopes="calendar.read"
+        )
+        message = await protected.ainvoke(_call({"day": "monday"}, "list_events"), config=ALICE)
+        asked = len(consent.flows)
+        assert asked == 2  # the tool's consent, then one step-up
+        again = await protected.ainvoke({"day": "tuesday"}, config=ALICE)
+    assert isinstance(message, ToolMessage)
+    assert message.status == "error"
+    assert "still refuses 'list_events'" in message.content
+    assert "Do not retry" in message.content
+    assert "alice" not in message.content
+    assert message.artifact == {
+        "type": "agent_identity.access_refused",
+        "tool": "list_events",
+        "resource": CALENDAR,
+        "operation": "GET /api/events",
+        "scopes": ["calendar.read"],
+        "step_ups": 1,
+    }
+    assert again == message.content
+    assert len(consent.flows) == asked  # nobody asked again
