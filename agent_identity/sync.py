@@ -34,8 +34,12 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from agent_identity.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from agent_identity.approval import Action, Approval
     from agent_identity.client import IdentityClient
     from agent_identity.consent.base import ConsentHandler
+    from agent_identity.grant import Details
     from agent_identity.models import AccessToken, Grant
     from agent_identity.user import UserIdentity
 
@@ -213,10 +217,14 @@ class BlockingUser:
         *,
         scopes: str | Sequence[str],
         resource: str | None = None,
+        resources: Sequence[str] = (),
         handler: ConsentHandler | None = None,
         prompt: str | None = None,
+        login_hint: str | None = None,
         acr_values: str | Sequence[str] = (),
         max_age: int | None = None,
+        extra_params: dict[str, str] | None = None,
+        authorization_details: Details | None = None,
     ) -> Grant:
         """Ask the user to consent (authorization code + PKCE, RFC 7636); see
         :meth:`UserIdentity.consent <agent_identity.UserIdentity.consent>`."""
@@ -224,10 +232,14 @@ class BlockingUser:
             self.async_user.consent,
             scopes=scopes,
             resource=resource,
+            resources=resources,
             handler=handler,
             prompt=prompt,
+            login_hint=login_hint,
             acr_values=acr_values,
             max_age=max_age,
+            extra_params=extra_params,
+            authorization_details=authorization_details,
         )
 
     def exchange(
@@ -237,6 +249,7 @@ class BlockingUser:
         scopes: str | Sequence[str] = (),
         actor: bool = True,
         subject_resource: str | None = None,
+        authorization_details: Details | None = None,
     ) -> AccessToken:
         """RFC 8693 token exchange with the agent as actor; see
         :meth:`UserIdentity.exchange <agent_identity.UserIdentity.exchange>`."""
@@ -246,6 +259,45 @@ class BlockingUser:
             scopes=scopes,
             actor=actor,
             subject_resource=subject_resource,
+            authorization_details=authorization_details,
+        )
+
+    def approve(
+        self,
+        *,
+        action: Action,
+        scopes: str | Sequence[str],
+        resource: str | None = None,
+        login_hint: str | None = None,
+        id_token_hint: str | SecretStr | None = None,
+        login_hint_token: str | SecretStr | None = None,
+        user_code: str | SecretStr | None = None,
+        requested_expiry: int | None = None,
+        acr_values: str | Sequence[str] = (),
+        binding_message: str | None = None,
+        authorization_details: Details | None = None,
+        key: str | None = None,
+        wait: float | None = None,
+    ) -> Approval:
+        """Ask the user to approve ``action`` on their device (OpenID CIBA, poll mode) and
+        wait for the decision; see :meth:`UserIdentity.approve
+        <agent_identity.UserIdentity.approve>`. ``approval.use(action)`` releases the
+        token, once, for that exact action."""
+        return self._call(
+            self.async_user.approve,
+            action=action,
+            scopes=scopes,
+            resource=resource,
+            login_hint=login_hint,
+            id_token_hint=id_token_hint,
+            login_hint_token=login_hint_token,
+            user_code=user_code,
+            requested_expiry=requested_expiry,
+            acr_values=acr_values,
+            binding_message=binding_message,
+            authorization_details=authorization_details,
+            key=key,
+            wait=wait,
         )
 
     def grant(self) -> Grant | None:
@@ -256,9 +308,10 @@ class BlockingUser:
         """Every grant this user has in the vault, at any connection of this tenant."""
         return self._call(self.async_user.connections)
 
-    def disconnect(self) -> None:
-        """Revoke the user's refresh token (RFC 7009), then forget the grant."""
-        self._call(self.async_user.disconnect)
+    def disconnect(self, *, revoke: bool = True) -> None:
+        """Revoke the user's refresh token (RFC 7009), then forget the grant
+        (``revoke=False``: forget it only)."""
+        self._call(self.async_user.disconnect, revoke=revoke)
 
 
 def _new_client(args: tuple[Any, ...], kwargs: dict[str, Any]) -> IdentityClient:

@@ -218,3 +218,56 @@ def test_repr_holds_no_secret(server: FakeServer) -> None:
         assert "s3cret" not in repr(identity)
         assert "at-1" not in repr(identity)
         assert ISSUER in repr(identity)
+
+
+@pytest.mark.parametrize("name", ["token", "consent", "exchange", "approve", "disconnect"])
+def test_the_blocking_user_takes_every_argument_of_the_async_user(name: str) -> None:
+    """Parity: a blocking agent can do what an async one can (RAR details, several
+    resources, login hints, CIBA approvals, forgetting without revoking)."""
+    import inspect
+
+    from agent_identity.user import UserIdentity
+
+    wanted = inspect.signature(getattr(UserIdentity, name)).parameters
+    got = inspect.signature(getattr(BlockingUser, name)).parameters
+    # ping mode needs a receiver served on the caller's loop: not offered by the facade
+    missing = set(wanted) - set(got) - {"ping"}
+    assert missing == set()
+    for parameter in set(wanted) & set(got) - {"self"}:
+        assert got[parameter].default == wanted[parameter].default, parameter
+
+
+def test_the_blocking_user_forwards_every_argument(identity: BlockingIdentityClient) -> None:
+    user = identity.user("alice")
+    seen: dict[str, dict[str, Any]] = {}
+
+    def recorder(name: str) -> Any:
+        async def record(**kwargs: Any) -> str:
+            seen[name] = kwargs
+            return name
+
+        return record
+
+    for name in ("consent", "exchange", "approve", "disconnect"):
+        setattr(user.async_user, name, recorder(name))
+    details = [{"type": "payment_initiation", "actions": ["initiate"]}]
+    user.consent(
+        scopes="a",
+        resources=["https://r1.example", "https://r2.example"],
+        login_hint="alice@example.com",
+        extra_params={"ui_locales": "fr"},
+        authorization_details=details,
+    )
+    assert seen["consent"]["resources"] == ["https://r1.example", "https://r2.example"]
+    assert seen["consent"]["login_hint"] == "alice@example.com"
+    assert seen["consent"]["extra_params"] == {"ui_locales": "fr"}
+    assert seen["consent"]["authorization_details"] == details
+    user.exchange(resource="https://r1.example", authorization_details=details)
+    assert seen["exchange"]["authorization_details"] == details
+    action = object()
+    user.approve(action=action, scopes="pay", wait=5.0, key="k")  # type: ignore[arg-type]
+    assert (seen["approve"]["action"], seen["approve"]["wait"], seen["approve"]["key"]) == (
+        action, 5.0, "k"
+    )  # fmt: skip
+    user.disconnect(revoke=False)
+    assert seen["disconnect"] == {"revoke": False}
