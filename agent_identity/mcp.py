@@ -126,6 +126,7 @@ from agent_identity.server import AuthorizationServer, token_facts
 
 if TYPE_CHECKING:
     from agent_identity.grant import AgentContext
+    from agent_identity.oauth.dpop import DPoPSigner
 
 __all__ = ["REGISTRATION_KIND", "IdTokenSource", "McpAuth", "McpMode", "McpUser"]
 
@@ -387,6 +388,9 @@ class _CrossAppSource:
         self._context = main.context
         self._tokens: dict[frozenset[str], AccessToken] = {}
         self._lock = anyio.Lock(fast_acquire=True)
+        # The DPoP key of the tokens from the MCP server's authorization server (RFC 9449),
+        # made on first use when that server binds tokens or the agent asked for DPoP.
+        self._dpop: DPoPSigner | None = None
 
     async def token(self, scopes: Sequence[str]) -> AccessToken:
         return await self._get(scopes, fresh=False)
@@ -437,8 +441,10 @@ class _CrossAppSource:
                     f"{idp.issuer} issued a {str(grant.issued_token_type)[:80]!r} token, not an "
                     "identity assertion grant (urn:ietf:params:oauth:token-type:id-jag)"
                 )
+            if self._dpop is None and self.server.uses_dpop:
+                self._dpop = await self.server.new_dpop_signer()
             response = await self.server.jwt_bearer(
-                grant.access_token, scopes=wanted, resource=self.resource
+                grant.access_token, scopes=wanted, resource=self.resource, dpop=self._dpop
             )
             facts = token_facts(response, wanted)
             problem = policy_problem(
@@ -447,7 +453,7 @@ class _CrossAppSource:
             if problem is not None:
                 raise problem
             token = self.server.describe(
-                response, resource=self.resource, requested=wanted, facts=facts
+                response, resource=self.resource, requested=wanted, dpop=self._dpop, facts=facts
             )
             self._tokens[key] = token
             await self._context.emit(

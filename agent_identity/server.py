@@ -833,10 +833,12 @@ class AuthorizationServer:
         *,
         scopes: Sequence[str] = (),
         resource: str | None = None,
+        dpop: DPoPSigner | None = None,
     ) -> TokenResponse:
         """RFC 7523 §2.1: a JWT as an authorization grant (``assertion``), with the client's
-        authentication. Refused before any request when the metadata lists grant types
-        without ``urn:ietf:params:oauth:grant-type:jwt-bearer``."""
+        authentication, bound to ``dpop`` if given (RFC 9449). Refused before any request
+        when the metadata lists grant types without
+        ``urn:ietf:params:oauth:grant-type:jwt-bearer``."""
         if self.supports_grant(JWT_BEARER_GRANT) is False:
             raise UnsupportedGrantType(
                 "unsupported_grant_type",
@@ -853,7 +855,7 @@ class AuthorizationServer:
         self._form_scopes(form, wire_scopes)
         if wire_resource is not None:
             form["resource"] = wire_resource
-        return await self.token_call(form)
+        return await self.token_call(form, dpop=dpop)
 
     async def token_exchange(
         self,

@@ -11,6 +11,7 @@ what was never, sent where.
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import time
@@ -20,8 +21,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx2
+from joserfc import jws
 from joserfc import jwt as jose_jwt
-from joserfc.jwk import RSAKey
+from joserfc.jwk import RSAKey, import_key
 
 from agent_identity import IdentityClient, TokenVault
 from agent_identity._http import HttpDriver
@@ -53,6 +55,8 @@ class Issued:
     client_id: str
     scopes: tuple[str, ...]
     acr: str | None = None
+    #: the RFC 7638 thumbprint of the DPoP key the token is bound to (RFC 9449)
+    jkt: str | None = None
 
 
 @dataclass
@@ -264,7 +268,22 @@ class World:
 
     def _mcp(self, seen: Seen) -> httpx2.Response:
         authorization = seen.headers.get("authorization", "")
-        issued = self.tokens.get(authorization.removeprefix("Bearer "))
+        scheme, _, value = authorization.partition(" ")
+        issued = self.tokens.get(value)
+        if issued is not None and issued.jkt is not None:
+            # RFC 9449 §7: a bound token needs the DPoP scheme and a proof by its key
+            claims, jkt = _dpop_proof(seen.headers.get("dpop", ""))
+            ath = base64.urlsafe_b64encode(hashlib.sha256(value.encode()).digest())
+            if (
+                scheme != "DPoP"
+                or claims is None
+                or jkt != issued.jkt
+                or claims.get("ath") != ath.rstrip(b"=").decode()
+                or claims.get("htm") != seen.method
+            ):
+                issued = None
+        elif scheme != "Bearer":
+            issued = None
         if issued is not None and (
             self.accepted_issuers is not None and issued.issuer not in self.accepted_issuers
         ):
@@ -386,6 +405,13 @@ class World:
         else:
             return httpx2.Response(400, json={"error": "unsupported_grant_type"})
         body["access_token"] = self.issue(server.issuer, client_id, scopes, acr)
+        proof = seen.headers.get("dpop")
+        if proof is not None and "dpop_signing_alg_values_supported" in server.overrides:
+            claims, jkt = _dpop_proof(proof)
+            if claims is None or claims.get("htu") != f"{server.issuer}/token":
+                return httpx2.Response(400, json={"error": "invalid_dpop_proof"})
+            self.tokens[body["access_token"]].jkt = jkt
+            body["token_type"] = "DPoP"
         if scopes:
             body["scope"] = " ".join(scopes)
         return httpx2.Response(200, json=body)
@@ -412,6 +438,21 @@ class World:
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [self.idp_key.as_dict(private=False)]}
+
+
+def _dpop_proof(proof: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The verified claims of a DPoP proof and its key's thumbprint, or ``(None, None)``."""
+    try:
+        header = json.loads(base64.urlsafe_b64decode(proof.split(".")[0] + "=="))
+        key = import_key(header["jwk"])
+        if header.get("typ") != "dpop+jwt":
+            return None, None
+        verified = jws.deserialize_compact(
+            proof, key, registry=jws.JWSRegistry(algorithms=[header["alg"]])
+        )
+        return json.loads(verified.payload), key.thumbprint()
+    except Exception:
+        return None, None
 
 
 def _challenge(params: Mapping[str, str]) -> str:

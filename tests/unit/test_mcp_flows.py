@@ -875,3 +875,30 @@ async def test_sec_02_configured_issuer_metadata_pointing_elsewhere_is_vetted() 
             with pytest.raises(SSRFBlockedError):
                 await _call(http)
     assert "169.254.169.254" not in world.hosts()
+
+
+async def test_sec_34_36_cross_app_access_tokens_are_dpop_bound_when_the_server_binds() -> None:
+    """The MCP server's authorization server announces DPoP-bound tokens: the ID-JAG is
+    redeemed with a proof (RFC 7523 grant + RFC 9449), the token comes back bound
+    (``token_type`` DPoP) and every MCP request presents it with a fresh proof by the same
+    key (``ath`` of the token, ``htm``); a bearer presentation would be refused."""
+    world = _xaa_world()
+    world.servers[AS].overrides.update(
+        {"dpop_signing_alg_values_supported": ["ES256"], "dpop_bound_access_tokens": True}
+    )
+    clients = {AS: {"client_id": "xaa-client", "client_secret": SECRET}}
+    async with _enterprise(world) as identity:
+        auth = identity.user("alice").mcp_auth(
+            MCP, clients=clients, cross_app_access=True, id_token=SecretStr("id-token-1")
+        )
+        async with auth, wire(auth, world) as http:
+            assert (await _call(http)).status_code == 200
+            assert (await _call(http)).status_code == 200
+    (bearer,) = world.token_requests(AS)
+    assert "dpop" in bearer.headers
+    (issued,) = [t for t in world.tokens.values() if t.issuer == AS]
+    assert issued.jkt is not None
+    calls = world.to(MCP, "POST")
+    assert [c.headers["authorization"].split()[0] for c in calls[-2:]] == ["DPoP", "DPoP"]
+    proofs = {c.headers["dpop"] for c in calls[-2:]}
+    assert len(proofs) == 2  # a fresh proof per request
