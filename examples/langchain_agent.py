@@ -216,8 +216,10 @@ async def run(issuer: str) -> None:
             done.set()
         show("alice's agent finished", f"model: {finals['alice']}")
         show("bob's agent finished (bob declined consent)", f"model: {finals['bob']}")
-        outcomes = [f"{e.tool}/{e.user}/{e.outcome}" for e in sink.events]
-        show(f"{len(sink.events)} audit records, one per tool call", " ".join(sorted(outcomes)))
+        # the trail is strict: a tool.started record precedes each call that runs
+        records = [e for e in sink.events if e.kind != "tool.started"]
+        outcomes = [f"{e.tool}/{e.user}/{e.outcome}" for e in records]
+        show(f"{len(records)} audit records, one per tool call", " ".join(sorted(outcomes)))
         await identity.user("alice", tenant="acme").disconnect()
     sync_part(issuer)
     print("\nDone.")
