@@ -707,3 +707,12 @@ def test_registration_round_trip_keeps_every_member() -> None:
         _json(201, {"client_id": "c", "token_endpoint_auth_method": 5}), issuer=ISSUER
     )
     assert odd.token_endpoint_auth_method is None
+
+
+def test_private_key_jwt_is_re_exported_lazily_from_client_auth() -> None:
+    from agent_identity.oauth import client_auth, private_key_jwt
+
+    assert client_auth.PrivateKeyJWT is private_key_jwt.PrivateKeyJWT
+    assert client_auth.generate_private_key is private_key_jwt.generate_private_key
+    with pytest.raises(AttributeError):
+        _ = client_auth.NotAThing  # type: ignore[attr-defined]
