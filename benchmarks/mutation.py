@@ -52,6 +52,7 @@ GROUPS: dict[str, Group] = {
         (
             "tests/unit/test_input_limits.py",
             "tests/unit/test_oauth_edges.py",
+            "tests/unit/test_resource_auth.py",
             "tests/unit/test_json.py",
             "tests/unit/test_token.py",
             "tests/unit/test_models.py",

@@ -216,7 +216,7 @@ async def run(issuer: str) -> None:
             done.set()
         show("alice's agent finished", f"model: {finals['alice']}")
         show("bob's agent finished (bob declined consent)", f"model: {finals['bob']}")
-        # a strict trail: a tool.started record before each tool runs, then one outcome
+        # the trail is strict: a tool.started record precedes each call that runs
         records = [e for e in sink.events if e.kind != "tool.started"]
         outcomes = [f"{e.tool}/{e.user}/{e.outcome}" for e in records]
         show(f"{len(records)} audit records, one per tool call", " ".join(sorted(outcomes)))

@@ -561,3 +561,158 @@ def test_private_key_jwt_arguments() -> None:
         )
     jwks = PrivateKeyJWT("a", key).public_jwks()
     assert "d" not in jwks["keys"][0]
+
+
+# -- second mutation run ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [  # RFC 3986 §5.4 results, as absolute paths
+        ("/a/b/c/./../../g", "/a/g"),
+        ("/a/b/c/../..", "/a/"),
+        ("/a/b/c/..", "/a/b/"),
+        ("/a/b/c/.", "/a/b/c/"),
+        ("/./a", "/a"),
+        ("/../a", "/a"),
+        ("/a/../../..", "/"),
+        ("/..", "/"),
+        ("/.", "/"),
+        ("/", "/"),
+        ("", ""),
+        ("/a//b/../c", "/a//c"),
+        ("/a/.b/..c/c.", "/a/.b/..c/c."),
+    ],
+)
+def test_remove_dot_segments(path: str, expected: str) -> None:
+    from agent_identity.oauth.urls import remove_dot_segments
+
+    assert remove_dot_segments(path) == expected
+
+
+def test_normalized_and_lenient_paths() -> None:
+    from agent_identity.oauth.urls import lenient_path, normalized_path, path_is_ambiguous
+
+    assert normalized_path("/%7e%41%2f%2E%2e/x%zz") is None
+    # RFC 3986 §6.2.2: "." is unreserved, so %2E decodes before dot segments go
+    assert normalized_path("/%7e%41%2f%2e%2E/%c3%a4") == "/~A%2F../%C3%A4"
+    assert normalized_path("/a/%2e%2E/b") == "/b"
+    assert lenient_path("/a/%2e%2E/b") == "/b"
+    assert lenient_path("/a/%25%32%65%25%32%65/b") == "/b"
+    assert lenient_path("/a\\..\\b;x/c") == "/b/c"
+    assert not path_is_ambiguous("/a%20b/c")
+    assert path_is_ambiguous("/a%2fb")
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("64:ff9b::8.8.8.8", True),
+        ("64:ff9b::127.0.0.1", False),
+        ("::8.8.8.8", True),
+        ("::127.0.0.1", False),
+        ("::2", False),
+        ("::1", False),
+        ("::", False),
+        ("2002:0808:0808::1", True),
+        ("2002:7f00:0001::1", False),
+        ("2606:4700::1111", True),
+        ("2606:4700::1111%eth0", False),  # a zone: not a globally routable destination
+    ],
+)
+def test_sec_02_ipv6_forms(address: str, public: bool) -> None:
+    import ipaddress
+
+    from agent_identity.oauth.urls import is_public_ip
+
+    assert is_public_ip(ipaddress.IPv6Address(address)) is public
+
+
+@pytest.mark.parametrize(
+    "host", ["1.2.3.4.0", "8.8.8.8.", "134744072.", "1.255.1", "0x.0x.0x.0x", "1a.1", "a.1"]
+)
+def test_sec_02_more_legacy_spellings(host: str) -> None:
+    test_sec_02_legacy_ipv4_spellings_agree_with_the_c_library(host)
+
+
+def test_is_loopback_host_odd_inputs() -> None:
+    from agent_identity.oauth.urls import is_loopback_host
+
+    assert not is_loopback_host(5)  # type: ignore[arg-type]
+    assert not is_loopback_host("::1]")
+    assert not is_loopback_host("[::1")
+    assert is_loopback_host("[::1]")
+
+
+def test_notification_bearer_with_invalid_unicode_is_refused_not_raised() -> None:
+    assert not ciba.check_notification_bearer("Bearer \ud800" + "x" * 42, SecretStr("x" * 43))
+
+
+def test_ciba_poller_never_polls_at_or_after_expiry() -> None:
+    from agent_identity.errors import ApprovalExpired
+
+    poller = ciba.CibaPoller(interval=5.0, deadline=100.0, ready_at=100.0)
+    with pytest.raises(ApprovalExpired):
+        poller.next_wait(90.0)
+    ready = ciba.CibaPoller(interval=5.0, deadline=100.0, ready_at=50.0)
+    assert ready.next_wait(60.0) == 0.0
+    assert ready.next_wait(45.0) == 5.0
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ('Bearer scope=read:all "x\\",y", realm="r"', [("bearer", {"realm": "r"}, None)]),
+        ('@, Bearer error="x"', [("bearer", {"error": "x"}, None)]),
+        ('@ Bearer error="x"', []),
+        ('=x, Bearer error="y"', [("bearer", {"error": "y"}, None)]),
+        ('Bearer a="1\\\\", b=2', [("bearer", {"a": "1\\", "b": "2"}, None)]),
+        ('Bearer a=b:c, c="x,y", d=e', [("bearer", {"c": "x,y", "d": "e"}, None)]),
+        ('Bearer realm="abc\\', [("bearer", {}, None)]),
+        ("Bearer", [("bearer", {}, None)]),
+        ("Basic YWxhZGRpbjpvcGVuc2VzYW1l", [("basic", {}, "YWxhZGRpbjpvcGVuc2VzYW1l")]),
+        ('Bearer realm="a", DPoP algs="ES256"', [("bearer", {"realm": "a"}, None),
+                                                 ("dpop", {"algs": "ES256"}, None)]),
+    ],
+)  # fmt: skip
+def test_www_authenticate_recovery_is_exact(header: str, expected: list[Any]) -> None:
+    from agent_identity.oauth.www_authenticate import parse_www_authenticate
+
+    parsed = [(c.scheme, dict(c.params), c.token68) for c in parse_www_authenticate(header)]
+    assert parsed == expected
+
+
+def test_pending_flows_capacity_and_discard() -> None:
+    flows = authorize.PendingAuthorizations()
+    for index in range(257):
+        pending = authorize.PendingAuthorization(
+            issuer=ISSUER, client_id="a", redirect_uri="http://127.0.0.1:1/cb",
+            state=f"s{index}", nonce=None, code_verifier=SecretStr("v" * 43), scopes=(),
+            resources=(), iss_parameter_supported=False, token_endpoint=ENDPOINT,
+            created_at=float(index), expires_at=1e9,
+        )  # fmt: skip
+        flows.add(pending, now=float(index))
+    assert len(flows) == 256  # the oldest was dropped
+    flows.discard("s256")
+    assert len(flows) == 255
+
+
+def test_registration_round_trip_keeps_every_member() -> None:
+    entry = registration.ClientRegistration(
+        issuer=ISSUER, client_id="c", client_secret=SecretStr("s"), client_secret_expires_at=99,
+        token_endpoint_auth_method="client_secret_post", redirect_uris=("https://a/cb",),
+    )  # fmt: skip
+    assert registration.ClientRegistration.from_bytes(entry.to_bytes()) == entry
+    odd = registration.parse_registration(
+        _json(201, {"client_id": "c", "token_endpoint_auth_method": 5}), issuer=ISSUER
+    )
+    assert odd.token_endpoint_auth_method is None
+
+
+def test_private_key_jwt_is_re_exported_lazily_from_client_auth() -> None:
+    from agent_identity.oauth import client_auth, private_key_jwt
+
+    assert client_auth.PrivateKeyJWT is private_key_jwt.PrivateKeyJWT
+    assert client_auth.generate_private_key is private_key_jwt.generate_private_key
+    with pytest.raises(AttributeError):
+        _ = client_auth.NotAThing  # type: ignore[attr-defined]
