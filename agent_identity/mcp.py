@@ -749,12 +749,11 @@ class McpAuth(httpx2.Auth):
             )
             return await session.source.step_up(session.scopes)
         acr = challenge.get("acr_values")
-        max_age = challenge.get("max_age")
         logger.info("MCP re-authentication: server=%s operation=%s", self.server_url, operation)
+        # max_age by the bounded-number rule (ASCII digits, clamped to a year): "²" or a
+        # 400-digit value is not a crash (security items 7, 30)
         return await session.source.reauthenticate(
-            session.scopes,
-            tuple(acr.split()) if acr else (),
-            int(max_age) if max_age and max_age.isdigit() else None,
+            session.scopes, tuple(acr.split()) if acr else (), challenge.max_age
         )
 
     # -- discovery ----------------------------------------------------------------------

@@ -48,7 +48,8 @@ class Group:
 
 GROUPS: dict[str, Group] = {
     "oauth": Group(
-        ("agent_identity/oauth/*.py",),
+        # the bounded-number and text rules moved to the bottom layer (agent_identity/_limits.py)
+        ("agent_identity/oauth/*.py", "agent_identity/_limits.py"),
         (
             "tests/unit/test_input_limits.py",
             "tests/unit/test_oauth_edges.py",

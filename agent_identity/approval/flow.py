@@ -224,7 +224,7 @@ class _Pending:
         try:
             raw = json.loads(data)
             pending = cls(**raw)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             problem = True
         if (
             problem

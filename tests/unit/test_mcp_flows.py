@@ -7,6 +7,7 @@ MCP-only agents, and SSRF refusals of endpoints learned from metadata (security 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx2
@@ -489,6 +490,28 @@ async def test_sec_30_insufficient_user_authentication_carries_acr_and_max_age()
     assert len(browser.urls) == 2
 
 
+@pytest.mark.parametrize(
+    ("sent", "expected"),
+    [("9" * 400, "31536000"), ("-5", None), ("12x", None), ("", None)],
+)
+async def test_sec_07_30_a_strange_max_age_is_read_by_the_bounded_number_rule(
+    sent: str, expected: str | None
+) -> None:
+    """A 400-digit value, a sign, trailing junk, nothing: a huge value is clamped to a
+    year (it used to be sent on as is), the others are not numbers and no max_age is sent.
+    (Non-ASCII digits: test_resource_auth, through the same Challenge.max_age.)"""
+    world = _world()
+    world.require_acr = {"tools/call transfer": ("urn:example:mfa", sent)}
+    browser = ConsentBrowser(world)
+    async with mcp_only(world, consent=browser) as identity:
+        auth = identity.user("alice").mcp_auth(MCP)
+        async with auth, wire(auth, world) as http:
+            assert (await _call(http, "tools/call", "transfer")).status_code == 200
+    params = browser.params()
+    assert params["acr_values"] == "urn:example:mfa"
+    assert params.get("max_age") == expected
+
+
 # -- the agent as itself: client credentials (F) ---------------------------------------------------
 
 
@@ -902,3 +925,31 @@ async def test_sec_34_36_cross_app_access_tokens_are_dpop_bound_when_the_server_
     assert [c.headers["authorization"].split()[0] for c in calls[-2:]] == ["DPoP", "DPoP"]
     proofs = {c.headers["dpop"] for c in calls[-2:]}
     assert len(proofs) == 2  # a fresh proof per request
+
+
+async def test_sec_22_mcp_tokens_only_in_the_authorization_header() -> None:
+    """Every request to the MCP server carries the token in ``Authorization`` and nowhere
+    else (not in the URL, the body or another header), also after a refresh and a step-up."""
+    world = _world()
+    world.per_operation = {"tools/call admin": ("tools.read", "tools.admin")}
+    async with mcp_only(world) as identity:
+        auth = identity.user("alice").mcp_auth(MCP)
+        async with auth, wire(auth, world) as http:
+            assert (await _call(http, "tools/call", "whoami")).status_code == 200
+            world.tokens.clear()  # revoked: a 401, a refresh
+            assert (await _call(http, "tools/call", "whoami")).status_code == 200
+            assert (await _call(http, "tools/call", "admin")).status_code == 200  # step-up
+    calls = world.to(MCP)
+    tokens = [
+        r.headers["authorization"].partition(" ")[2]
+        for r in calls
+        if r.headers.get("authorization")
+    ]
+    assert len(set(tokens)) >= 3  # first, refreshed, stepped up
+    for request in calls:
+        for token in tokens:
+            assert token not in request.url
+            assert token not in json.dumps(request.json)
+            assert token not in json.dumps(request.form)
+            others = {k: v for k, v in request.headers.items() if k != "authorization"}
+            assert token not in json.dumps(others)

@@ -195,6 +195,9 @@ def test_sec_25_token_requests_never_idempotent() -> None:
     for request in requests:
         assert request.idempotent is False
         assert request.method == "POST"
+        # The pure builders do not know where the endpoint came from: AuthorizationServer
+        # sends every request as server-supplied unless its origin is the configured
+        # issuer's (test_server_seam: test_sec_02_endpoints_learned_from_discovery_...).
         assert request.server_supplied is False
 
 
