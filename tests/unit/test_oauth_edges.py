@@ -703,10 +703,11 @@ def test_registration_round_trip_keeps_every_member() -> None:
         token_endpoint_auth_method="client_secret_post", redirect_uris=("https://a/cb",),
     )  # fmt: skip
     assert registration.ClientRegistration.from_bytes(entry.to_bytes()) == entry
-    odd = registration.parse_registration(
-        _json(201, {"client_id": "c", "token_endpoint_auth_method": 5}), issuer=ISSUER
-    )
-    assert odd.token_endpoint_auth_method is None
+    # how the server wants the client to authenticate cannot be read: refused, not guessed
+    with pytest.raises(InvalidResponse, match="token_endpoint_auth_method"):
+        registration.parse_registration(
+            _json(201, {"client_id": "c", "token_endpoint_auth_method": 5}), issuer=ISSUER
+        )
 
 
 def test_private_key_jwt_is_re_exported_lazily_from_client_auth() -> None:
