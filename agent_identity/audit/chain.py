@@ -51,11 +51,22 @@ def _digest(body: dict[str, Any]) -> str:
 
 
 def make_record(event: dict[str, Any], *, seq: int, prev_hash: str) -> tuple[bytes, str]:
-    """The JSONL line (with its ``\\n``) for ``event`` and the record's hash."""
-    body = {"event": event, "prev_hash": prev_hash, "seq": seq, "v": FORMAT_VERSION}
-    digest = _digest(body)
-    line = canonical_json({**body, "hash": digest}) + "\n"
-    return line.encode("utf-8"), digest
+    """The JSONL line (with its ``\\n``) for ``event`` and the record's hash.
+
+    The line is ``canonical_json`` of the body (``event``, ``prev_hash``, ``seq``, ``v``)
+    plus ``hash``, the SHA-256 of the body's canonical text. For the writer's own values
+    (an integer ``seq``, a 64-hex-digit ``prev_hash``) the event is encoded once and both
+    texts are spelled around it (``hash`` sorts between ``event`` and ``prev_hash``; those
+    values need no escaping); anything else takes the general path.
+    """
+    if type(seq) is not int or not isinstance(prev_hash, str) or not _HEX64.fullmatch(prev_hash):
+        body = {"event": event, "prev_hash": prev_hash, "seq": seq, "v": FORMAT_VERSION}
+        digest = _digest(body)
+        return (canonical_json({**body, "hash": digest}) + "\n").encode("utf-8"), digest
+    head = '{"event":' + canonical_json(event)
+    tail = f',"prev_hash":"{prev_hash}","seq":{seq},"v":{FORMAT_VERSION}}}'
+    digest = hashlib.sha256((head + tail).encode("utf-8")).hexdigest()
+    return f'{head},"hash":"{digest}"{tail}\n'.encode(), digest
 
 
 def rotation_index(path: Path) -> int | None:

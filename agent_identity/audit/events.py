@@ -14,8 +14,8 @@ import functools
 import hashlib
 import json
 import math
+import os
 import re
-import uuid
 from collections.abc import Mapping, Set
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal, get_args
@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from agent_identity.audit.redaction import redact, redact_text
+from agent_identity.audit.spans import current_span_ids
 
 __all__ = [
     "AuditEvent",
@@ -160,12 +161,16 @@ def _sort_key(value: Any) -> str:
     return canonical_json(value)
 
 
+#: One encoder for every record (``json.dumps`` with options builds a new one per call).
+_CANONICAL: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical_json(value: Any) -> str:
     """The canonical JSON text of a JSON value: sorted keys, no whitespace, UTF-8 text
     (in the spirit of RFC 8785; numbers use Python's shortest round-trip form)."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return _CANONICAL.encode(value)
 
 
 def arguments_hash(arguments: Mapping[str, Any]) -> str:
@@ -210,7 +215,11 @@ def _now() -> datetime:
 
 
 def _new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID as text; what ``str(uuid.uuid4())`` gives, built from
+    the same 16 random bytes without the ``UUID`` object (a record is built per call)."""
+    h = os.urandom(16).hex()
+    variant = "89ab"[int(h[16], 16) & 3]  # RFC 9562 §4.1: variant bits 10
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
 
 
 class AuditEvent(BaseModel):
@@ -253,8 +262,6 @@ class AuditEvent(BaseModel):
     @classmethod
     def _trace_context(cls, data: Any) -> Any:
         if isinstance(data, dict) and "trace_id" not in data and "span_id" not in data:
-            from agent_identity.audit.spans import current_span_ids
-
             trace_id, span_id = current_span_ids()
             if trace_id is not None:
                 data = {**data, "trace_id": trace_id, "span_id": span_id}

@@ -31,6 +31,9 @@ __all__ = ["AuditStats", "AuditTrail"]
 logger = logging.getLogger("agent_identity.audit.trail")
 
 _IDLE_POLL = 0.1  # seconds: bound on the pickup delay of records from foreign threads
+#: Seconds the writer waits after a wake-up before taking a batch, so that records emitted
+#: close together (one per tool call) share one sink call instead of one each.
+_LINGER = 0.005
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,10 @@ class AuditTrail:
         self._writer_running = True
         try:
             while True:
+                with self._mutex:
+                    pending = len(self._queue)
+                if 0 < pending < self._batch_size and not self._closing:
+                    await anyio.sleep(_LINGER)  # let the batch fill
                 batch = self._take()
                 if batch:
                     await self._write(batch, inflight=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +24,7 @@ from agent_identity.audit import (
     verify_chain,
 )
 from agent_identity.audit.chain import VerifyResult, make_record
+from agent_identity.audit.events import canonical_json
 
 pytestmark = pytest.mark.anyio
 
@@ -412,3 +415,31 @@ async def test_a_relinked_record_with_a_boolean_sequence_is_broken(tmp_path: Pat
     result = verify_chain([path])
     assert result.first_broken == (str(path), 2)
     assert result.reason == "malformed sequence number"
+
+
+_TEXT = st.text(st.characters(exclude_categories=("Cs",)))  # records are valid Unicode
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | _TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+    max_leaves=20,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    event=st.dictionaries(_TEXT, _JSON, max_size=6),
+    seq=st.one_of(st.integers(0, 2**70), st.booleans()),
+    prev_hash=st.one_of(st.text(alphabet="0123456789abcdef", min_size=64, max_size=64), _TEXT),
+)
+def test_make_record_is_the_canonical_encoding_of_the_record(
+    event: dict[str, Any], seq: int, prev_hash: str
+) -> None:
+    """The one-pass line (the event encoded once) is exactly the canonical JSON of the
+    whole record, and its hash the SHA-256 of the body's canonical JSON, for any event
+    and for values the writer never uses (a boolean seq, a prev_hash that is not hex)."""
+    body = {"event": event, "prev_hash": prev_hash, "seq": seq, "v": 1}
+    digest = hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+    line, got = make_record(event, seq=seq, prev_hash=prev_hash)
+    assert got == digest
+    assert line == (canonical_json({**body, "hash": digest}) + "\n").encode("utf-8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -81,6 +82,10 @@ def test_defaults_time_and_ids() -> None:
     assert event.time.utcoffset() == timedelta(0)
     assert len(event.event_id) == 36
     assert event.event_id != AuditEvent(kind="revocation").event_id
+    for _ in range(200):  # a random (version 4, RFC 9562 variant) UUID, as str(uuid4())
+        ident = AuditEvent(kind="revocation").event_id
+        parsed = uuid.UUID(ident)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, ident)
     assert event.trace_id is None
     assert event.span_id is None
     local = datetime(2025, 1, 1, 12, tzinfo=timezone(timedelta(hours=2)))

@@ -181,6 +181,20 @@ async def test_flush_on_close(anyio_backend: str) -> None:
     assert sink.closed
 
 
+async def test_records_emitted_close_together_share_a_sink_call() -> None:
+    """One record per tool call, the writer running between calls: the records still
+    reach the sink in a few batches (a sink call per record would cost every tool call a
+    thread hop and an fsync), in order, and all of them by flush()."""
+    sink = SlowSink(delay=0)
+    async with AuditTrail(sink) as trail:
+        for i in range(20):
+            await trail.emit(_event(i))
+            await anyio.sleep(0)  # the writer may run here, as between two tool calls
+        await trail.flush()
+        assert [e.tool for e in sink.events] == [f"t{i}" for i in range(20)]
+        assert sink.calls <= 4, sink.calls
+
+
 async def test_emit_nowait_from_another_thread() -> None:
     sink = MemorySink()
     async with AuditTrail(sink) as trail:
