@@ -13,7 +13,11 @@ server for the one consent that warms the vault.)
    ``IdentityMiddleware.awrap_tool_call`` (the ``create_agent`` hook) around a handler
    that runs the bare tool, against that handler alone. Median per call over ``--calls``
    calls each, interleaved call by call (the order rotates) so that machine drift hits all
-   variants alike. Goal: <= 100 us added per call.
+   variants alike. Goal: <= 100 us added per call. And the SDK's share alone:
+   ``ToolGuard.run`` (warm token, tool context, one audit record) around the tool's
+   coroutine, against the coroutine alone: what remains once LangChain's own per-call work
+   is taken out (``protect()`` replaces the wrapped tool's ``arun`` with its own, so its
+   figure is the difference a user sees, not the SDK's cost).
 2. ``audit``: records per second written by ``AuditTrail(JsonlSink(path))`` for
    ``--records`` records (tool-call records built beforehand; timed from the first
    ``emit`` until the trail is closed, i.e. every record is on disk), with fsync on and
@@ -24,6 +28,7 @@ server for the one consent that warms the vault.)
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -45,6 +50,7 @@ from langchain_core.tools import tool  # noqa: E402
 from agent_identity import IdentityClient, LoopbackConsent  # noqa: E402
 from agent_identity.audit import AuditEvent, AuditTrail, JsonlSink, verify_chain  # noqa: E402
 from agent_identity.devidp import DEV_CLIENTS, DevBrowser, DevIdP  # noqa: E402
+from agent_identity.tools import ToolCall, ToolGuard, ToolRequirement  # noqa: E402
 from agent_identity.vault import TokenVault  # noqa: E402
 
 CLIENT_ID = "agent-confidential"
@@ -53,6 +59,11 @@ CONFIG: Any = {"configurable": {"user_id": "alice", "tenant_id": "bench"}}
 ARGS = {"day": "monday"}
 CALL: Any = {"type": "tool_call", "name": "list_events", "args": ARGS, "id": "call-1"}
 COMMAND = ".venv/bin/python benchmarks/langchain.py"
+BASELINES = (
+    "bare",
+    "handler alone (middleware baseline)",
+    "tool coroutine alone (guard baseline)",
+)
 
 
 def _us(seconds: float) -> str:
@@ -111,7 +122,10 @@ async def _overhead(issuer: str, calls: int, tmp: Path) -> None:
         # The middleware: awrap_tool_call around the handler create_agent would give it
         # (here: the bare tool's ainvoke), against that handler alone.
         request = ToolCallRequest(
-            tool_call=CALL, tool=list_events, state={}, runtime=_Runtime(CONFIG)  # type: ignore[arg-type]
+            tool_call=CALL,
+            tool=list_events,
+            state={},
+            runtime=_Runtime(CONFIG),  # type: ignore[arg-type]
         )
 
         async def handler(req: ToolCallRequest) -> Any:
@@ -135,10 +149,30 @@ async def _overhead(issuer: str, calls: int, tmp: Path) -> None:
 
             return run
 
+        # The SDK's share alone: ToolGuard.run (warm token, context, one audit record)
+        # around the tool's coroutine, against that coroutine alone.
+        guard = ToolGuard(identity, audit=synced)
+        requirement = ToolRequirement(resource=CALENDAR, scopes=("calendar.read",))
+        guarded_call = ToolCall(tool="list_events", arguments=ARGS, user="alice", tenant="bench")
+        body = functools.partial(list_events.coroutine, **ARGS)
+
+        def guard_runner(guarded: bool) -> Callable[[], Awaitable[float]]:
+            async def run() -> float:
+                start = time.perf_counter()
+                if guarded:
+                    await guard.run(guarded_call, requirement, body)
+                else:
+                    await body()
+                return time.perf_counter() - start
+
+            return run
+
         runners = {name: runner(t) for name, t in tools.items()}
         runners["handler alone (middleware baseline)"] = middleware_runner(None)
         runners["IdentityMiddleware, JSONL fsync on"] = middleware_runner(synced)
         runners["IdentityMiddleware, JSONL fsync off"] = middleware_runner(unsynced)
+        runners["tool coroutine alone (guard baseline)"] = guard_runner(False)
+        runners["ToolGuard.run, JSONL fsync on"] = guard_runner(True)
         for run in runners.values():  # warm up caches (and check the tools work)
             for _ in range(200):
                 await run()
@@ -160,7 +194,7 @@ async def _overhead(issuer: str, calls: int, tmp: Path) -> None:
     base = 0.0
     for name in names:
         med = statistics.median(samples[name])
-        if name in ("bare", "handler alone (middleware baseline)"):
+        if name in BASELINES:
             base = med
             label = "bare @tool ainvoke (baseline)" if name == "bare" else name
             print(f"   {label:<38} {_us(med)}   ratio 1.00")
