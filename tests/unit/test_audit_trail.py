@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
@@ -189,7 +190,7 @@ async def test_records_emitted_close_together_share_a_sink_call() -> None:
     async with AuditTrail(sink) as trail:
         for i in range(20):
             await trail.emit(_event(i))
-            await anyio.sleep(0)  # the writer may run here, as between two tool calls
+            await anyio.lowlevel.checkpoint()  # the writer may run here (between tool calls)
         await trail.flush()
         assert [e.tool for e in sink.events] == [f"t{i}" for i in range(20)]
         assert sink.calls <= 4, sink.calls
