@@ -14,29 +14,25 @@ machine and fail when ``CI`` is set (as ``tests/_idp.py`` does for Node.js).
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import html.parser
 import importlib.util
 import json
 import os
-import queue
-import shutil
 import subprocess
 import sys
-import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http.cookiejar import CookieJar
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Final, Self
+from typing import Any, Final, Self
 from urllib.parse import urljoin, urlsplit
 
 import httpx2
 import pytest
+
+from agent_identity.devidp._process import ServerProcess
 
 _SERVE: Final = Path(__file__).resolve().parent / "dot_server" / "serve.py"
 _SKIP_REASON: Final = "needs django and django-oauth-toolkit (pip install -e '.[test]')"
@@ -186,9 +182,7 @@ class DotServer:
                 for c in DOT_CLIENTS.values()
             ],
         }
-        self._process: subprocess.Popen[str] | None = None
-        self._workdir: Path | None = None
-        self._log: IO[str] | None = None
+        self._server = ServerProcess("dot-server", DotServerError)
         self._issuer: str | None = None
         self._port: int | None = None
 
@@ -198,86 +192,27 @@ class DotServer:
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> Self:
-        if self._process is not None:
+        if self._server.started:
             return self
-        self._workdir = Path(tempfile.mkdtemp(prefix="dot-server-"))
         config = dict(self._config)
-        config["database"] = str(self._workdir / "db.sqlite3")
+        config["database"] = "db.sqlite3"  # in the server's work directory, its cwd
         if self._template is not None:
             config["template_database"] = str(self._template)
-        config_path = self._workdir / "config.json"
-        config_path.write_text(json.dumps(config))
-        config_path.chmod(0o600)
-        self._log = (self._workdir / "server.log").open("w+", encoding="utf-8")
         # The server exits when its stdin closes: even a SIGKILLed pytest leaves nothing.
         env = {**os.environ, "DOT_SERVER_EXIT_WITH_PARENT": "1", "PYTHONUNBUFFERED": "1"}
         env.pop("DJANGO_SETTINGS_MODULE", None)
-        self._process = subprocess.Popen(
-            [sys.executable, str(_SERVE), "--config", str(config_path)],
-            cwd=self._workdir,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
+        ready = self._server.start(
+            lambda path: [sys.executable, str(_SERVE), "--config", str(path)],
+            config=config,
             env=env,
+            timeout=self._startup_timeout,
         )
-        atexit.register(self.stop)
-        ready = self._wait_ready()
         self._issuer = str(ready["issuer"])
         self._port = int(ready["port"])
         return self
 
-    def _wait_ready(self) -> dict[str, Any]:
-        assert self._process is not None
-        assert self._process.stdout is not None
-        lines: queue.Queue[str | None] = queue.Queue()
-        stdout = self._process.stdout
-
-        def pump() -> None:
-            for line in stdout:
-                lines.put(line)
-            lines.put(None)
-
-        threading.Thread(target=pump, name="dot-server-stdout", daemon=True).start()
-        deadline = time.monotonic() + self._startup_timeout
-        while True:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                log = self.log_text()
-                self.stop()
-                raise DotServerError(
-                    f"DOT server not ready in {self._startup_timeout:.0f}s:\n{log[-3000:]}"
-                ) from None
-            if line is None:
-                log = self.log_text()
-                self.stop()
-                raise DotServerError(f"DOT server exited before it was ready:\n{log[-3000:]}")
-            with contextlib.suppress(ValueError):
-                ready = json.loads(line)
-                if isinstance(ready, dict) and ready.get("ready") is True:
-                    return ready
-
     def stop(self) -> None:
-        atexit.unregister(self.stop)
-        process, self._process = self._process, None
-        if process is not None:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=5)
-            for stream in (process.stdout, process.stdin):
-                if stream is not None:
-                    stream.close()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
+        self._server.stop()
         self._issuer = None
         self._port = None
 
@@ -294,17 +229,11 @@ class DotServer:
 
     def log_text(self) -> str:
         """The server's stderr so far (diagnostics; no tokens or secrets are logged)."""
-        if self._log is None:
-            return ""
-        self._log.flush()
-        self._log.seek(0)
-        text = self._log.read()
-        self._log.seek(0, os.SEEK_END)
-        return text
+        return self._server.log_text()
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._server.running
 
     @property
     def issuer(self) -> str:

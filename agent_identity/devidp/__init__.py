@@ -30,17 +30,14 @@ access tokens (RFC 9068) whose ``aud`` is the resource, and token exchange (RFC 
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import hashlib
 import html.parser
 import json
 import os
-import queue
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -49,6 +46,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, Self
 from urllib.parse import urlencode, urljoin, urlsplit
+
+from agent_identity.devidp._process import ServerProcess
 
 __all__ = [
     "CIBA_GRANT_TYPE",
@@ -434,9 +433,7 @@ class DevIdP:
             },
             "refresh_delay_ms": int(refresh_delay * 1000),
         }
-        self._process: subprocess.Popen[str] | None = None
-        self._workdir: Path | None = None
-        self._log: IO[str] | None = None
+        self._server = ServerProcess("devidp", DevIdPError)
         self._issuer: str | None = None
         self._port: int | None = None
 
@@ -448,91 +445,33 @@ class DevIdP:
 
     def start(self) -> Self:
         """Install if needed, spawn the server and wait for its ready line."""
-        if self._process is not None:
+        if self._server.started:
             return self
         install_dir = ensure_installed()
         node = _node_binary(install_dir)
-        self._workdir = Path(tempfile.mkdtemp(prefix="devidp-"))
-        config_path = self._workdir / "config.json"
-        config_path.write_text(json.dumps(self._config))
-        config_path.chmod(0o600)
-        log_path = self._workdir / "server.log"
-        self._log = log_path.open("w+", encoding="utf-8")
-        # The server exits when its stdin closes: a parent that dies without calling stop()
-        # (even SIGKILL) never leaves it behind.
         env = {**os.environ, "NODE_NO_WARNINGS": "1", "DEVIDP_EXIT_WITH_PARENT": "1"}
         env.pop("DEBUG", None)
-        self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            [
+        ready = self._server.start(
+            lambda config: [
                 node,
                 str(install_dir / "server.mjs"),
                 "--config",
-                str(config_path),
+                str(config),
                 "--port",
                 str(self._port_requested),
             ],
-            cwd=install_dir,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
+            config=self._config,
             env=env,
+            cwd=install_dir,
+            timeout=self._startup_timeout,
         )
-        atexit.register(self.stop)
-        lines: queue.Queue[str | None] = queue.Queue()
-        stdout = self._process.stdout
-        assert stdout is not None
-
-        def pump() -> None:
-            for line in stdout:
-                lines.put(line)
-            lines.put(None)
-
-        threading.Thread(target=pump, name="devidp-stdout", daemon=True).start()
-        deadline = time.monotonic() + self._startup_timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                line = lines.get(timeout=max(remaining, 0.01))
-            except queue.Empty:
-                self.stop()
-                raise DevIdPError(
-                    f"dev IdP did not become ready in {self._startup_timeout:.0f}s"
-                ) from None
-            if line is None:
-                log = self.log_text()
-                self.stop()
-                raise DevIdPError(f"dev IdP exited before it was ready:\n{log[-2000:]}")
-            try:
-                ready = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(ready, dict) and ready.get("ready") is True:
-                self._issuer = str(ready["issuer"])
-                self._port = int(ready["port"])
-                return self
+        self._issuer = str(ready["issuer"])
+        self._port = int(ready["port"])
+        return self
 
     def stop(self) -> None:
         """Terminate the server (then kill it if it does not exit) and clean up."""
-        atexit.unregister(self.stop)
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-        if process is not None and process.stdout is not None:
-            process.stdout.close()
-        if process is not None and process.stdin is not None:
-            process.stdin.close()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
+        self._server.stop()
         self._issuer = None
         self._port = None
 
@@ -549,19 +488,13 @@ class DevIdP:
 
     def log_text(self) -> str:
         """The server's stderr so far (diagnostics only; holds no tokens or secrets)."""
-        if self._log is None:
-            return ""
-        self._log.flush()
-        self._log.seek(0)
-        text = self._log.read()
-        self._log.seek(0, os.SEEK_END)
-        return text
+        return self._server.log_text()
 
     # -- properties -----------------------------------------------------------------
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._server.running
 
     @property
     def issuer(self) -> str:
