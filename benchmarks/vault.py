@@ -242,7 +242,7 @@ async def _tasks(idp: DevIdP, db: Path, keys: Keyring, rounds: int) -> None:
             user = identity.user("alice", tenant=tenant)
             await user.consent(scopes=["openid", *READ], resource=CALENDAR)
             await user.token(resource=CALENDAR, scopes=READ)
-        key = GrantKey(tenant, "alice", idp.issuer)
+        key = GrantKey(tenant, "alice", idp.issuer, CLIENT_ID)
         for _ in range(rounds):
             await _expire(vault, key)
             async with _client(idp, vault) as identity:  # a fresh process's view
@@ -282,7 +282,7 @@ async def _processes(
         user = identity.user("alice", tenant=tenant)
         await user.consent(scopes=["openid", *READ], resource=CALENDAR)
         await user.token(resource=CALENDAR, scopes=READ)
-    key = GrantKey(tenant, "alice", idp.issuer)
+    key = GrantKey(tenant, "alice", idp.issuer, CLIENT_ID)
     counts: list[int] = []
     distinct: list[int] = []
     elapsed: list[float] = []
@@ -342,7 +342,9 @@ async def _populate(
     data = record.to_bytes()
     # synchronous=NORMAL: no fsync per commit while filling (reads are unaffected)
     store = SQLiteStore(path, synchronous="NORMAL")
-    grant_keys = [GrantKey(f"tenant-{i % 100}", f"user-{i}", issuer) for i in range(count)]
+    grant_keys = [
+        GrantKey(f"tenant-{i % 100}", f"user-{i}", issuer, CLIENT_ID) for i in range(count)
+    ]
     try:
         for key in grant_keys:
             storage_key = key.storage_key
@@ -360,7 +362,9 @@ async def _scale(
     idp: DevIdP, tmp: Path, db: Path, keys: Keyring, grants: int, lookups: int
 ) -> None:
     async with TokenVault.sqlite(db, keys=keys) as vault:
-        current = await vault.load(GrantKey("bench-warm", "alice", idp.issuer), fresh=True)
+        current = await vault.load(
+            GrantKey("bench-warm", "alice", idp.issuer, CLIENT_ID), fresh=True
+        )
         assert current is not None
         record = current.record
     started = time.perf_counter()
@@ -410,7 +414,11 @@ async def _scale(
 
 
 def _lookup_loop(
-    url: str, key_b64: str, parts: tuple[str, str, str], start_at: float, seconds: float
+    url: str,
+    key_b64: str,
+    parts: tuple[str, str, str, str | None],
+    start_at: float,
+    seconds: float,
 ) -> int:
     """One worker process of 6c: ``load(fresh=True)`` in a loop from ``start_at`` for
     ``seconds``; returns how many lookups it made."""
@@ -483,7 +491,7 @@ async def _postgres_runs(
     vaults = {name: TokenVault.from_url(url, keys=keys) for name, url in stores.items()}
     load_samples: dict[str, list[float]] = {name: [] for name in stores}
     warm_samples: dict[str, list[float]] = {name: [] for name in stores}
-    key = GrantKey(tenant, "alice", idp.issuer)
+    key = GrantKey(tenant, "alice", idp.issuer, CLIENT_ID)
     users: dict[str, tuple[IdentityClient, Any]] = {}
     try:
         for name, vault in vaults.items():
@@ -539,7 +547,7 @@ async def _postgres_runs(
             "(goal <= 20 us)" if name == "postgres" else "",
         )
 
-    parts = (key.tenant, key.user, key.connection)
+    parts = (key.tenant, key.user, key.connection, key.client_id)
     context = multiprocessing.get_context("spawn")
     rates: dict[str, float] = {}
     with concurrent.futures.ProcessPoolExecutor(max_workers=8, mp_context=context) as pool:
