@@ -66,7 +66,9 @@ class AuditTrail:
       and raises :class:`~agent_identity.errors.AuditError` on failure;
     - ``include_arguments``: keep tool arguments (redacted, bounded) in records; by default
       they are removed and only ``arguments_hash`` stays;
-    - ``batch_size``: records per sink call in the background writer.
+    - ``batch_size``: records per sink call at most in the background writer, which waits
+      5 ms for a batch to fill before a sink call (records of calls close together share
+      one write; :meth:`flush` and leaving the trail write what is buffered).
     """
 
     def __init__(
