@@ -21,6 +21,7 @@ from agent_identity.oauth.www_authenticate import Challenge, parse_www_authentic
 
 __all__ = [
     "ResourceAuth",
+    "StepUpBudget",
     "TokenAuth",
     "bearer_challenge",
     "present_token",
@@ -129,17 +130,15 @@ class ResourceAuth(httpx2.Auth):
       held and challenged scopes, then a retry (security item 29).
 
     Step-ups are counted per operation (method and path, without the query) across
-    requests: after ``max_step_ups`` of them a further challenge for that operation raises
+    requests in a :class:`StepUpBudget`: after ``max_step_ups`` of them a further
+    challenge for that operation raises
     :class:`~agent_identity.errors.StepUpLimitExceeded` instead of asking the user again
     (the response is discarded). Any other answer to the operation resets its count.
-    ``step_up_counts`` shares the counts between auths (a user's grant keeps one table per
-    resource, so a new ``http_auth()`` for the same user and resource does not reset them).
+    ``step_ups`` shares the budget between auths (a user's grant keeps one per resource,
+    so a new ``http_auth()`` for the same user and resource does not reset it).
     """
 
     requires_request_body = True
-
-    #: How many operations' step-up counts are remembered (the oldest is forgotten first).
-    MAX_TRACKED_OPERATIONS = 256
 
     def __init__(
         self,
@@ -147,14 +146,12 @@ class ResourceAuth(httpx2.Auth):
         *,
         resource: str,
         max_step_ups: int = 2,
-        step_up_counts: dict[str, int] | None = None,
+        step_ups: StepUpBudget | None = None,
     ) -> None:
-        if isinstance(max_step_ups, bool) or not isinstance(max_step_ups, int) or max_step_ups < 0:
-            raise ConfigurationError("max_step_ups must be an int >= 0")
+        self._max_step_ups = check_max_step_ups(max_step_ups)
         self._source = source
         self._resource = resource
-        self._max_step_ups = max_step_ups
-        self._step_ups: dict[str, int] = {} if step_up_counts is None else step_up_counts
+        self._step_ups = StepUpBudget() if step_ups is None else step_ups
 
     def __repr__(self) -> str:
         return f"ResourceAuth(resource={self._resource!r})"
@@ -197,7 +194,13 @@ class ResourceAuth(httpx2.Auth):
                 and bool(challenge.scopes)
             )
             if challenge is not None and (reauthenticate or more_scope):
-                self._count_step_up(operation, challenge, response.status_code)
+                self._step_ups.charge(
+                    operation,
+                    challenge,
+                    response.status_code,
+                    resource=self._resource,
+                    limit=self._max_step_ups,
+                )
             if reauthenticate and challenge is not None:
                 acr = challenge.get("acr_values")
                 token = await self._source.after_insufficient_authentication(
@@ -209,28 +212,64 @@ class ResourceAuth(httpx2.Auth):
             elif more_scope and challenge is not None:
                 token = await self._source.after_insufficient_scope(challenge.scopes)
             else:
-                self._step_ups.pop(operation, None)  # answered otherwise: a new budget
+                self._step_ups.reset(operation)  # answered otherwise: a new budget
                 return
             await present_token(request, token)
             response = yield request
 
-    def _count_step_up(self, operation: str, challenge: Challenge, status: int) -> None:
-        done = self._step_ups.get(operation, 0)
-        if done >= self._max_step_ups:
+
+def check_max_step_ups(value: int) -> int:
+    """``value`` if it is a usable step-up limit (an int >= 0, not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError("max_step_ups must be an int >= 0")
+    return value
+
+
+class StepUpBudget:
+    """Step-ups per operation across requests (security item 29), for
+    :class:`ResourceAuth` and MCP authorization alike.
+
+    :meth:`charge` counts one step-up for an operation, or raises
+    :class:`~agent_identity.errors.StepUpLimitExceeded` once ``limit`` were made;
+    :meth:`reset` starts the operation afresh (it was answered otherwise). At most
+    :attr:`MAX_TRACKED_OPERATIONS` operations are remembered, the least recently charged
+    forgotten first, whatever the operations a server makes us send.
+    """
+
+    #: How many operations' step-up counts are remembered (the oldest is forgotten first).
+    MAX_TRACKED_OPERATIONS = 256
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def charge(
+        self, operation: str, challenge: Challenge, status: int, *, resource: str, limit: int
+    ) -> None:
+        counts = self._counts
+        done = counts.pop(operation, 0)
+        if done >= limit:
+            counts[operation] = done
             raise StepUpLimitExceeded(
-                f"{self._resource} still refuses {operation!r} ({challenge.error}) after "
-                f"{done} step-up(s); not asking again (max_step_ups={self._max_step_ups})",
-                resource=self._resource,
+                f"{resource} still refuses {operation!r} ({challenge.error}) after "
+                f"{done} step-up(s); not asking again (max_step_ups={limit})",
+                resource=resource,
                 operation=operation,
                 scopes=tuple(challenge.scopes),
                 error=challenge.error,
                 status_code=status,
                 step_ups=done,
             )
-        self._step_ups.pop(operation, None)
-        if len(self._step_ups) >= self.MAX_TRACKED_OPERATIONS:
-            del self._step_ups[next(iter(self._step_ups))]
-        self._step_ups[operation] = done + 1
+        if len(counts) >= self.MAX_TRACKED_OPERATIONS:
+            del counts[next(iter(counts))]
+        counts[operation] = done + 1
+
+    def reset(self, operation: str) -> None:
+        self._counts.pop(operation, None)
 
 
 class TokenAuth(httpx2.Auth):

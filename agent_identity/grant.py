@@ -104,6 +104,7 @@ if TYPE_CHECKING:
     from pydantic import SecretStr
 
     from agent_identity._http import TransportPolicy
+    from agent_identity._resource_auth import StepUpBudget
     from agent_identity.audit import AuditTrail
     from agent_identity.oauth.dpop import DPoPSigner
     from agent_identity.vault import TokenVault
@@ -318,7 +319,7 @@ class UserGrant:
         self._signers: dict[str, DPoPSigner] = {}
         # Step-ups per resource and operation (security item 29), shared by the http_auth()
         # objects made for this grant.
-        self._step_up_counts: dict[str, dict[str, int]] = {}
+        self._step_up_budgets: dict[str, StepUpBudget] = {}
 
     def __repr__(self) -> str:
         return (
@@ -1114,16 +1115,17 @@ class UserGrant:
         is only ever sent to URLs under ``resource`` (security item 23). The step-up counts
         belong to this grant and resource: a new auth for them does not reset them.
         """
-        from agent_identity._resource_auth import ResourceAuth
+        from agent_identity._resource_auth import ResourceAuth, StepUpBudget
 
         canonical = canonical_resource_uri(resource)
-        if canonical not in self._step_up_counts and len(self._step_up_counts) >= 64:
-            del self._step_up_counts[next(iter(self._step_up_counts))]
+        budgets = self._step_up_budgets
+        if canonical not in budgets and len(budgets) >= 64:
+            del budgets[next(iter(budgets))]
         return ResourceAuth(
             UserTokenSource(self, canonical, words(scopes, "scopes")),
             resource=canonical,
             max_step_ups=max_step_ups,
-            step_up_counts=self._step_up_counts.setdefault(canonical, {}),
+            step_ups=budgets.setdefault(canonical, StepUpBudget()),
         )
 
     # -- token exchange -------------------------------------------------------------------

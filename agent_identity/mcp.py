@@ -84,7 +84,9 @@ from pydantic import SecretStr
 
 from agent_identity._http import HttpDriver, TransportPolicy
 from agent_identity._resource_auth import (
+    StepUpBudget,
     bearer_challenge,
+    check_max_step_ups,
     present_token,
     require_token_target,
     wants_new_nonce,
@@ -96,7 +98,6 @@ from agent_identity.errors import (
     InvalidResponse,
     MetadataError,
     ReauthorizationRequired,
-    StepUpLimitExceeded,
     VersionConflict,
 )
 from agent_identity.grant import AgentTokens, UserGrant, policy_problem
@@ -573,8 +574,7 @@ class McpAuth(httpx2.Auth):
         id_token: IdTokenSource | None = None,
         own_server: AuthorizationServer | None = None,
     ) -> None:
-        if not isinstance(max_step_ups, int) or max_step_ups < 0:
-            raise ConfigurationError("max_step_ups must be an int >= 0")
+        check_max_step_ups(max_step_ups)
         if user is not None:
             context = user.context
         elif context is None:
@@ -628,7 +628,7 @@ class McpAuth(httpx2.Auth):
         self._clients_by_issuer: dict[str, AuthorizationServer] = {}
         self._registration_by_issuer: dict[str, str] = {}
         #: step-ups per operation, until the operation is answered otherwise (item 29)
-        self._step_ups: dict[str, int] = {}
+        self._step_ups = StepUpBudget()
 
     def __repr__(self) -> str:
         who = self._user.user_id if self._user is not None else None
@@ -669,7 +669,6 @@ class McpAuth(httpx2.Auth):
         self, request: httpx2.Request
     ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
         require_token_target(request.url, self.server_url)
-        operation = _operation(request)
         session = self._session
         token: AccessToken | None = None
         if session is not None:
@@ -702,7 +701,7 @@ class McpAuth(httpx2.Auth):
                 and challenge is not None
                 and (more_scope or session.source.can_reauthenticate)
             ):
-                token = await self._step_up(session, challenge, operation, status)
+                token = await self._step_up(session, challenge, _operation(request), status)
             elif (
                 status == 401
                 and token is not None
@@ -717,8 +716,9 @@ class McpAuth(httpx2.Auth):
                 session = await self._discover(challenge)
                 token = await session.source.token(session.scopes)
             else:
-                if not (reauthenticate or more_scope):
-                    self._step_ups.pop(operation, None)  # answered otherwise: a new budget
+                if self._step_ups and not (reauthenticate or more_scope):
+                    # answered otherwise: a new budget (the body is read only when counting)
+                    self._step_ups.reset(_operation(request))
                 return
             await present_token(request, token)
             response = yield request
@@ -726,19 +726,9 @@ class McpAuth(httpx2.Auth):
     async def _step_up(
         self, session: _Session, challenge: Challenge, operation: str, status: int
     ) -> AccessToken:
-        done = self._step_ups.get(operation, 0)
-        if done >= self._max_step_ups:
-            raise StepUpLimitExceeded(
-                f"{self.server_url} still refuses {operation!r} ({challenge.error}) after "
-                f"{done} step-up(s); not asking again (max_step_ups={self._max_step_ups})",
-                resource=self.server_url,
-                operation=operation,
-                scopes=tuple(challenge.scopes),
-                error=challenge.error,
-                status_code=status,
-                step_ups=done,
-            )
-        self._step_ups[operation] = done + 1
+        self._step_ups.charge(
+            operation, challenge, status, resource=self.server_url, limit=self._max_step_ups
+        )
         if status == 403:
             session.scopes = authz.scopes_union(session.scopes, challenge.scopes)
             logger.info(

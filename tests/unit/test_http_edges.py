@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from agent_identity._guard import GuardedBackend
 from agent_identity._http import HttpDriver, TransportPolicy, parse_retry_after, resolve_host
 from agent_identity._netguard import VET_CONNECT
-from agent_identity._resource_auth import ResourceAuth
+from agent_identity._resource_auth import ResourceAuth, StepUpBudget
 from agent_identity.errors import (
     ConfigurationError,
     InvalidResponse,
@@ -359,7 +359,7 @@ async def test_sec_29_the_budget_table_is_bounded() -> None:
         return len([c for c in source.calls if c[0] == "scope"])
 
     auth = ResourceAuth(source, resource="https://api.example", max_step_ups=1)
-    limit = ResourceAuth.MAX_TRACKED_OPERATIONS
+    limit = StepUpBudget.MAX_TRACKED_OPERATIONS
     async with httpx2.AsyncClient(transport=httpx2.MockTransport(handler), auth=auth) as client:
         for i in range(limit + 1):
             with pytest.raises(StepUpLimitExceeded):
@@ -371,6 +371,37 @@ async def test_sec_29_the_budget_table_is_bounded() -> None:
         with pytest.raises(StepUpLimitExceeded):  # the oldest was forgotten: asked again
             await client.get("https://api.example/p0")
         assert asked() == limit + 2
+
+
+def test_sec_29_one_step_up_budget_serves_http_auth_and_mcp() -> None:
+    """StepUpBudget, the table ResourceAuth and McpAuth both count in: the limit per
+    operation, a reset, the bound (the least recently charged operation is forgotten
+    first, so a server naming ever new operations cannot grow it), and limits that are
+    not an int >= 0 refused on both paths."""
+    from agent_identity import IdentityClient
+    from agent_identity.oauth.www_authenticate import Challenge
+
+    challenge = Challenge(scheme="bearer", params={"error": "insufficient_scope", "scope": "a"})
+    budget = StepUpBudget()
+
+    def charge(operation: str) -> None:
+        budget.charge(operation, challenge, 403, resource="https://api.example", limit=2)
+
+    charge("op")
+    charge("op")
+    with pytest.raises(StepUpLimitExceeded) as info:
+        charge("op")
+    assert (info.value.operation, info.value.step_ups) == ("op", 2)
+    budget.reset("op")
+    charge("op")  # answered otherwise in between: a new budget
+    for i in range(StepUpBudget.MAX_TRACKED_OPERATIONS + 50):
+        charge(f"tools/call t{i}")
+    assert len(budget) == StepUpBudget.MAX_TRACKED_OPERATIONS
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ConfigurationError, match="max_step_ups"):
+            ResourceAuth(_Source(), resource="https://api.example", max_step_ups=bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="max_step_ups"):
+            IdentityClient().mcp_auth("https://mcp.example/mcp", max_step_ups=bad)  # type: ignore[arg-type]
 
 
 async def test_one_refresh_per_request_and_none_for_a_403() -> None:
