@@ -685,8 +685,11 @@ class McpAuth(httpx2.Auth):
                 await present_token(request, token)
                 response = yield request
                 continue
-            challenge = bearer_challenge(response)
+            dpop = token is not None and token.dpop_bound
+            challenge = bearer_challenge(response, prefer="dpop" if dpop else "bearer")
             error = challenge.error if challenge is not None else None
+            if error == "use_dpop_nonce" and nonce_retried:
+                return  # a second nonce refusal: the token is fine, no refresh, no rediscovery
             status = response.status_code
             reauthenticate = status == 401 and error == "insufficient_user_authentication"
             more_scope = (
@@ -1112,6 +1115,6 @@ def _operation(request: httpx2.Request) -> str:
     if isinstance(params, dict):
         for member in ("name", "uri"):
             value = params.get(member)
-            if isinstance(value, str):
-                return f"{method} {value[:200]}"
+            if isinstance(value, str):  # a URI's query stays out of logs and errors
+                return f"{method} {value.partition('?')[0][:200]}"
     return method

@@ -158,6 +158,9 @@ class World:
         self.refuse: dict[str, tuple[str, ...]] = {}
         self.require_acr: dict[str, tuple[str, str | None]] = {}  # op -> (acr, max_age)
         self.accepted_issuers: set[str] | None = None
+        #: answer every DPoP-bound request 401 use_dpop_nonce with a new nonce (a Bearer
+        #: challenge first in the header, as servers that offer both schemes do)
+        self.always_new_nonce = False
         self.legacy_metadata: dict[str, Any] | None = None
         # DNS
         self.addresses: dict[str, Sequence[str] | Callable[[], Sequence[str]]] = {}
@@ -284,6 +287,14 @@ class World:
                 issued = None
         elif scheme != "Bearer":
             issued = None
+        if issued is not None and issued.jkt is not None and self.always_new_nonce:
+            return httpx2.Response(
+                401,
+                headers={
+                    "www-authenticate": 'Bearer realm="mcp", DPoP error="use_dpop_nonce"',
+                    "dpop-nonce": f"n-{len(self.requests)}",
+                },
+            )
         if issued is not None and (
             self.accepted_issuers is not None and issued.issuer not in self.accepted_issuers
         ):

@@ -927,6 +927,31 @@ async def test_sec_34_36_cross_app_access_tokens_are_dpop_bound_when_the_server_
     assert len(proofs) == 2  # a fresh proof per request
 
 
+async def test_sec_37_a_second_nonce_refusal_ends_the_mcp_request() -> None:
+    """An MCP server that wants a new DPoP nonce on every answer (its Bearer challenge
+    listed first): one retry with its nonce, then its answer is returned. The DPoP
+    challenge is the one read (not the Bearer one), and the token is fine: no refresh, no
+    new discovery, no new token."""
+    world = _xaa_world()
+    world.servers[AS].overrides.update(
+        {"dpop_signing_alg_values_supported": ["ES256"], "dpop_bound_access_tokens": True}
+    )
+    clients = {AS: {"client_id": "xaa-client", "client_secret": SECRET}}
+    async with _enterprise(world) as identity:
+        auth = identity.user("alice").mcp_auth(
+            MCP, clients=clients, cross_app_access=True, id_token=SecretStr("id-token-1")
+        )
+        async with auth, wire(auth, world) as http:
+            assert (await _call(http)).status_code == 200
+            before = len(world.requests)
+            world.always_new_nonce = True
+            assert (await _call(http)).status_code == 401
+            after = world.requests[before:]
+    assert [(s.method, s.url) for s in after] == [("POST", MCP), ("POST", MCP)]
+    first, retry = after
+    assert first.headers["dpop"] != retry.headers["dpop"]  # a fresh proof with the nonce
+
+
 async def test_sec_22_mcp_tokens_only_in_the_authorization_header() -> None:
     """Every request to the MCP server carries the token in ``Authorization`` and nowhere
     else (not in the URL, the body or another header), also after a refresh and a step-up."""
@@ -953,3 +978,13 @@ async def test_sec_22_mcp_tokens_only_in_the_authorization_header() -> None:
             assert token not in json.dumps(request.form)
             others = {k: v for k, v in request.headers.items() if k != "authorization"}
             assert token not in json.dumps(others)
+
+
+def test_the_step_up_operation_of_a_resource_read_leaves_its_query_out() -> None:
+    """The operation names the resource URI for counting step-ups; it is logged and put
+    in StepUpLimitExceeded, so a query (which may carry anything) stays out."""
+    from agent_identity.mcp import _operation
+
+    body = {"jsonrpc": "2.0", "method": "resources/read", "params": {"uri": "file:///a?k=SECRET"}}
+    request = httpx2.Request("POST", MCP, json=body)
+    assert _operation(request) == "resources/read file:///a"
