@@ -30,6 +30,7 @@ from urllib.parse import quote_plus
 
 from pydantic import SecretStr
 
+from agent_identity._limits import sane_text
 from agent_identity.errors import ConfigurationError
 from agent_identity.oauth._ids import CLIENT_ASSERTION_TYPE, require_client_id
 
@@ -87,6 +88,8 @@ class ClientAuthentication(Protocol):
 def _require_secret(secret: object) -> None:
     if not isinstance(secret, SecretStr) or not secret.get_secret_value():
         raise ConfigurationError("client_secret must be a non-empty SecretStr")
+    # never quoted: an encoding error of a lone surrogate would carry the whole secret
+    sane_text(secret.get_secret_value(), "client_secret", error=ConfigurationError)
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
+from agent_identity._limits import display_text
 from agent_identity.errors import ConfigurationError
 
 __all__ = [
@@ -90,6 +91,8 @@ def _json(value: Any) -> bytes:
 
 def access_token_hash(access_token: str) -> str:
     """``ath`` (RFC 9449 §4.2): base64url(SHA-256(ASCII(access token)))."""
+    if not access_token.isascii():  # encode()'s exception would carry the whole token
+        raise ConfigurationError("the access token is not ASCII (RFC 9449 §7.1)")
     return _b64(hashlib.sha256(access_token.encode("ascii")).digest())
 
 
@@ -154,7 +157,8 @@ def choose_algorithm(supported: Sequence[str] | None, preference: Sequence[str])
             return alg if alg in supported else "Ed25519"
     raise ConfigurationError(
         "the authorization server supports no DPoP algorithm this client can use "
-        f"(it lists {', '.join(supported)}; the client offers {', '.join(preference)})"
+        f"(it lists {display_text(', '.join(map(str, supported)))}; "
+        f"the client offers {', '.join(preference)})"
     )
 
 

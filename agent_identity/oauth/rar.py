@@ -33,6 +33,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from agent_identity._limits import has_lone_surrogate
 from agent_identity.errors import ConfigurationError
 
 __all__ = [
@@ -80,7 +81,11 @@ class AuthorizationDetail(BaseModel):
 def _check_json(value: Any, depth: int = 0) -> Any:
     if depth > _MAX_DEPTH:
         raise ConfigurationError("authorization details are nested too deeply")
-    if value is None or isinstance(value, bool | str | int):
+    if isinstance(value, str):
+        if has_lone_surrogate(value):  # it could not be sent (UTF-8) nor compared
+            raise ConfigurationError("authorization details hold invalid Unicode")
+        return value
+    if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -91,8 +96,10 @@ def _check_json(value: Any, depth: int = 0) -> Any:
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for key, item in value.items():
-            if not isinstance(key, str):
-                raise ConfigurationError("authorization details member names must be strings")
+            if not isinstance(key, str) or has_lone_surrogate(key):
+                raise ConfigurationError(
+                    "authorization details member names must be strings of valid Unicode"
+                )
             out[key] = _check_json(item, depth + 1)
         return out
     raise ConfigurationError(

@@ -717,3 +717,48 @@ def test_private_key_jwt_is_re_exported_lazily_from_client_auth() -> None:
     assert client_auth.generate_private_key is private_key_jwt.generate_private_key
     with pytest.raises(AttributeError):
         _ = client_auth.NotAThing  # type: ignore[attr-defined]
+
+
+# -- values that would carry a secret into an exception, or escape untyped ------------------
+
+
+def test_sec_40_a_client_secret_of_invalid_unicode_is_refused_without_quoting_it() -> None:
+    """A lone surrogate in a client secret: a typed ConfigurationError that does not hold
+    the secret (percent-encoding it would raise UnicodeEncodeError carrying all of it)."""
+    from agent_identity.oauth.client_auth import ClientSecretBasic, ClientSecretPost
+
+    for kind in (ClientSecretBasic, ClientSecretPost):
+        with pytest.raises(ConfigurationError) as info:
+            kind("agent", SecretStr("s3cr3t-CANARY\ud800"))
+        assert "CANARY" not in repr(info.value)
+        assert "CANARY" not in repr(info.value.args)
+
+
+def test_sec_40_ath_of_a_non_ascii_token_is_refused_without_quoting_it() -> None:
+    from agent_identity.oauth.dpop import access_token_hash
+
+    with pytest.raises(ConfigurationError) as info:
+        access_token_hash("tok\u00e9-CANARY")
+    assert "CANARY" not in repr(info.value)
+    assert info.value.__context__ is None  # no encoding error holding the token either
+
+
+def test_authorization_details_of_invalid_unicode_are_a_typed_error() -> None:
+    from agent_identity.oauth.rar import details_to_wire
+
+    for details in (
+        {"type": "x", "n": "a\ud800"},
+        {"type": "x", "\udc00": 1},
+        {"type": "x", "l": ["\ud800"]},
+    ):
+        with pytest.raises(ConfigurationError, match="Unicode"):
+            details_to_wire([details])
+
+
+def test_the_servers_dpop_algorithms_are_shown_safely() -> None:
+    from agent_identity.oauth.dpop import choose_algorithm
+
+    with pytest.raises(ConfigurationError) as info:
+        choose_algorithm(["HS256\r\x1b[31m"], ["ES256"])
+    assert "\r" not in str(info.value)
+    assert "\x1b" not in str(info.value)
