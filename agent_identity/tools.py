@@ -32,6 +32,7 @@ agent step never see each other's tokens).
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import re
 import time
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     import httpx2
 
     from agent_identity.approval import Approval, ApprovalPolicy, PingReceiver
-    from agent_identity.audit import AuditTrail
+    from agent_identity.audit import AuditEvent, AuditTrail
     from agent_identity.client import IdentityClient
     from agent_identity.models import AccessToken
 
@@ -68,9 +69,6 @@ logger = logging.getLogger("agent_identity.tools")
 
 _MAX_NAME = 1024  # the audit record's bound for names
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-logger = logging.getLogger("agent_identity.tools")
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,21 +360,25 @@ class ToolGuard:
             return
         from agent_identity.audit import AuditEvent
 
-        event = AuditEvent.for_tool_call(
-            "tool.denied",
-            tool=tool,
-            arguments=arguments,
-            include_arguments=self.include_arguments,
-            tenant=tenant,
-            user=user,
-            agent=self.identity.client_id or None,
-            issuer=self.identity.issuer or None,
-            resource=requirement.resource,
-            scopes_requested=requirement.scopes,
-            outcome="denied",
-            error_type=type(error).__name__,
+        await self._emit(
+            tool,
+            functools.partial(
+                AuditEvent.for_tool_call,
+                "tool.denied",
+                tool=tool,
+                arguments=arguments,
+                include_arguments=self.include_arguments,
+                tenant=tenant,
+                user=user,
+                agent=self.identity.client_id or None,
+                issuer=self.identity.issuer or None,
+                resource=requirement.resource,
+                scopes_requested=requirement.scopes,
+                outcome="denied",
+                error_type=type(error).__name__,
+            ),
+            strict=False,  # the call is refused anyway: its own error is what the caller gets
         )
-        await self.audit.emit(event)
 
     async def _audit(
         self,
@@ -394,8 +396,10 @@ class ToolGuard:
         kind = {
             "ok": "tool.succeeded", "denied": "tool.denied", "started": "tool.started"
         }.get(outcome, "tool.failed")  # fmt: skip
-        try:
-            event = AuditEvent.for_tool_call(
+        await self._emit(
+            call.tool,
+            functools.partial(
+                AuditEvent.for_tool_call,
                 kind,  # type: ignore[arg-type]
                 tool=call.tool,
                 arguments=call.arguments,
@@ -414,15 +418,26 @@ class ToolGuard:
                 latency_ms=(time.perf_counter() - started) * 1000,
                 token_fingerprint=fingerprint(token.value) if token is not None else None,
                 actors=_actors(token) if requirement.delegate and token is not None else (),
-            )
-        except Exception as exc:  # the record cannot be built: say so, never a foreign error
+            ),
+            strict=self.audit.strict,
+        )
+
+    async def _emit(self, tool: str, build: Callable[[], AuditEvent], *, strict: bool) -> None:
+        """Build a record and emit it. A record that cannot be built (a value the record
+        refuses) raises :class:`AuditError` when ``strict`` (no record, no call), else is
+        logged by its error's type: never a foreign error, never the value."""
+        assert self.audit is not None
+        try:
+            event = build()
+        except Exception as exc:
             problem = type(exc).__name__
-        else:
-            await self.audit.emit(event)
+            if strict:
+                raise AuditError(
+                    f"audit record of tool {tool!r} could not be built ({problem})"
+                ) from None
+            logger.warning("audit record of a tool call could not be built (%s)", problem)
             return
-        if self.audit.strict:
-            raise AuditError(f"audit record of tool {call.tool!r} could not be built ({problem})")
-        logger.warning("audit record of a tool call could not be built (%s)", problem)
+        await self.audit.emit(event)
 
 
 def _actors(token: AccessToken) -> tuple[str, ...]:

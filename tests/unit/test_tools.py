@@ -429,3 +429,26 @@ def test_tool_call_and_requirement_rules() -> None:
     with pytest.raises(ConfigurationError):
         ToolRequirement(scopes=("read",))
     assert ToolRequirement(resource="https://api.example", scopes=()).scopes == ()
+
+
+@pytest.mark.parametrize("strict", [False, True])
+async def test_a_refusal_whose_record_cannot_be_built_is_logged_not_replaced(
+    strict: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """refuse() for values the record refuses (a 2,000-character tool name, a user with a
+    lone surrogate: what ToolCall itself refuses): no foreign ValidationError replaces the
+    caller's refusal; the record's problem is logged by its type, without the values."""
+    sink = MemorySink()
+    async with identity() as client, AuditTrail(sink, strict=strict) as trail:
+        guard = ToolGuard(client, audit=trail)
+        for tool, user in (("t" * 2000, "alice"), ("pay", "al\ud800ice")):
+            await guard.refuse(
+                tool=tool,
+                arguments={},
+                requirement=NO_TOKEN,
+                error=ConfigurationError("bad call"),
+                user=user,
+            )
+    assert sink.events == []
+    problems = [r.getMessage() for r in caplog.records if "could not be built" in r.getMessage()]
+    assert problems == ["audit record of a tool call could not be built (ValidationError)"] * 2
