@@ -320,8 +320,12 @@ class AuditEvent(BaseModel):
                 raise ValueError("extra numbers must be finite")
         out: dict[str, ExtraValue] = redact(value)
         for key, member in out.items():
-            if isinstance(member, str) and len(member) > MAX_EXTRA_STRING:
-                out[key] = member[: MAX_EXTRA_STRING - 1] + "\u2026"
+            if isinstance(member, str):
+                if len(member) > MAX_EXTRA_STRING:
+                    member = member[: MAX_EXTRA_STRING - 1] + "\u2026"
+                # valid Unicode, so that every sink can encode the record (a lone
+                # surrogate would make the JSONL sink drop its whole batch)
+                out[key] = _SURROGATE.sub("\ufffd", member)
         return out
 
     @classmethod

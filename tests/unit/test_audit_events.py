@@ -144,3 +144,13 @@ async def test_trail_strips_arguments_unless_it_includes_them() -> None:
     async with AuditTrail(sink2, include_arguments=True) as trail:
         await trail.emit(event)
     assert sink2.events[0].arguments == {"q": "private"}
+
+
+def test_extra_text_is_valid_unicode_so_any_sink_can_write_the_record() -> None:
+    """A lone surrogate in an extra value is replaced: the chained JSONL line can be
+    encoded (else the sink would fail and drop the whole batch the record is in)."""
+    from agent_identity.audit.chain import GENESIS, make_record
+
+    event = AuditEvent(kind="revocation", extra={"note": "a\ud800b"})
+    assert event.extra["note"] == "a\ufffdb"
+    make_record(event.to_json_dict(), seq=0, prev_hash=GENESIS)
