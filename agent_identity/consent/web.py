@@ -556,7 +556,9 @@ class WebConsentCallback:
             return
         if kind != "http":
             return
-        if scope.get("method") not in ("GET", "HEAD"):
+        if scope.get("method") != "GET":
+            # HEAD too: a link checker or prefetcher must not spend the single-use
+            # authorization before the user's browser arrives
             await _page(send, 405, "Method not allowed.", extra=[(b"allow", b"GET")])
             return
         query = bytes(scope.get("query_string") or b"").decode("latin-1")

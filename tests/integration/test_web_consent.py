@@ -278,6 +278,7 @@ async def test_the_callback_app_in_starlette_never_redirects(
         async with httpx2.AsyncClient(
             transport=httpx2.ASGITransport(app=app), base_url="http://worker"
         ) as http:
+            head = await http.head(f"{path}?{callback.query}")  # a prefetcher: spends nothing
             response = await http.get(f"{path}?{callback.query}")
             replay = await http.get(f"{path}?{callback.query}")
             post = await http.post(path)
@@ -288,6 +289,7 @@ async def test_the_callback_app_in_starlette_never_redirects(
     assert replay.status_code == 400
     assert "StateMismatch" in replay.text
     assert post.status_code == 405
+    assert head.status_code == 405
     assert len(results) == 1
     assert results[0].user == "alice"
 
