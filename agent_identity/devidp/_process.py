@@ -59,19 +59,23 @@ class ServerProcess:
         stays silent for ``timeout`` seconds, it is stopped and ``error`` is raised with
         the end of its log."""
         workdir = self._workdir = Path(tempfile.mkdtemp(prefix=f"{self._name}-"))
-        config_path = workdir / "config.json"
-        config_path.write_text(json.dumps(config))
-        config_path.chmod(0o600)
-        self._log = (workdir / "server.log").open("w+", encoding="utf-8")
-        self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            list(argv(config_path)),
-            cwd=cwd or workdir,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            env=dict(env),
-        )
+        try:
+            config_path = workdir / "config.json"
+            config_path.touch(0o600)  # never readable by others, not even for a moment
+            config_path.write_text(json.dumps(config))
+            self._log = (workdir / "server.log").open("w+", encoding="utf-8")
+            self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                list(argv(config_path)),
+                cwd=cwd or workdir,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._log,
+                text=True,
+                env=dict(env),
+            )
+        except BaseException:
+            self.stop()  # no work directory or log file left behind
+            raise
         atexit.register(self.stop)
         return self._wait_ready(timeout)
 
@@ -89,8 +93,11 @@ class ServerProcess:
         threading.Thread(target=pump, name=f"{self._name}-stdout", daemon=True).start()
         deadline = time.monotonic() + timeout
         while True:
+            remaining = deadline - time.monotonic()
             try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+                if remaining <= 0:  # also for a server that keeps printing other lines
+                    raise queue.Empty
+                line = lines.get(timeout=remaining)
             except queue.Empty:
                 self._fail(f"{self._name} did not become ready in {timeout:.0f}s")
             if line is None:

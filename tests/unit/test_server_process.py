@@ -64,3 +64,25 @@ def test_a_silent_server_is_stopped_after_the_timeout() -> None:
     with pytest.raises(Boom, match="did not become ready in 1s"):
         server.start(lambda _: _python(code), config={}, env=dict(os.environ), timeout=1)
     assert not server.started
+
+
+def test_a_server_that_keeps_talking_but_never_is_ready_is_stopped_after_the_timeout() -> None:
+    server = ServerProcess("fake-server", Boom)
+    code = "import time\nwhile True:\n    print('still starting', flush=True)\n    time.sleep(0.01)"
+    with pytest.raises(Boom, match="did not become ready in 1s"):
+        server.start(lambda _: _python(code), config={}, env=dict(os.environ), timeout=1)
+    assert not server.started
+
+
+def test_a_server_that_cannot_be_spawned_leaves_nothing_behind(tmp_path: Path) -> None:
+    server = ServerProcess("fake-server", Boom)
+    seen: list[Path] = []
+
+    def argv(config: Path) -> list[str]:
+        seen.append(config)
+        return [str(tmp_path / "no-such-program")]
+
+    with pytest.raises(FileNotFoundError):
+        server.start(argv, config={}, env=dict(os.environ))
+    assert not seen[0].parent.exists()
+    assert not server.started
