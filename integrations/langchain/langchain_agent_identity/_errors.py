@@ -3,8 +3,9 @@
 When a consent or an approval cannot complete, the protected tool raises a
 :class:`HumanActionRequired` (a LangChain ``ToolException``); the wrapper handles it, so
 the agent receives a short message saying what the user must do instead of crashing.
-Messages name the tool, the resource and the scopes, never a secret, a user id or a
-server-supplied description.
+Messages name the tool and the resource and scopes it was configured with, never a secret,
+a user id, a server-supplied description or scopes a server asked for (those are in the
+payload only).
 """
 
 from __future__ import annotations
@@ -125,11 +126,11 @@ class AccessRefused(IdentityToolError):
 def access_refused_for(error: StepUpLimitExceeded, call: ToolCall) -> AccessRefused:
     """The model-readable result of a :class:`~agent_identity.StepUpLimitExceeded`."""
     method = error.operation.partition(" ")[0]
-    wanted = " ".join(error.scopes) or "more access"
+    # The scopes the service asked for stay in the payload: its words never reach the model.
     message = (
         f"The service at {error.resource} still refuses '{call.tool}' ({method} request) "
-        f"although the user was asked for the access it requires ({wanted}). The action "
-        "was not performed. Do not retry it; tell the user the service does not allow it."
+        "although the user was asked for the access it requires. The action was not "
+        "performed. Do not retry it; tell the user the service does not allow it."
     )
     return AccessRefused(
         message,
@@ -247,7 +248,9 @@ def human_action_for(
         binding = error.binding_message or None
         expires_at = error.expires_at
     tool = call.tool
-    access = _access(resource, scopes)
+    # What the model reads names the access this tool was configured with; the scopes a
+    # server asked for (a step-up challenge) stay in the payload, never in the model's text.
+    access = _access(requirement.resource, requirement.scopes)
     kind: Kind
     reason: Reason
     if isinstance(error, ConsentDenied):

@@ -33,7 +33,7 @@ from agent_identity.sync import BlockingIdentityClient
 from agent_identity.tools import ApprovalOptions, ToolCall, ToolGuard, ToolRequirement
 
 from ._core import MAX_HUMAN_ROUNDS, Runner
-from ._errors import HUMAN_ERRORS, HumanActionRequired, IdentityToolError, access_refused_for
+from ._errors import HUMAN_ERRORS, IdentityToolError, access_refused_for
 
 if TYPE_CHECKING:
     from agent_identity import IdentityClient
@@ -416,7 +416,7 @@ def _for_call(error: E, call_id: str | None) -> E:
 def _tool_message_out(error: IdentityToolError) -> ToolMessage:
     """The tool result with its structured artifact (returned as is by LangChain)."""
     assert error.tool_call_id is not None
-    name = error.tool if isinstance(error, HumanActionRequired) else ""
+    name: str = getattr(error, "tool", "")  # AccessRefused and HumanActionRequired name it
     return error.tool_message(error.tool_call_id, name)
 
 

@@ -541,6 +541,7 @@ async def test_sec_29_a_resource_that_keeps_refusing_is_a_readable_result(
         again = await protected.ainvoke({"day": "tuesday"}, config=ALICE)
     assert isinstance(message, ToolMessage)
     assert message.status == "error"
+    assert message.name == "list_events"
     assert "still refuses 'list_events'" in message.content
     assert "Do not retry" in message.content
     assert "alice" not in message.content
