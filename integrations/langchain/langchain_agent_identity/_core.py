@@ -24,7 +24,6 @@ approval, the call, one audit record); what is LangChain-specific lives here, on
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -48,7 +47,6 @@ if TYPE_CHECKING:
 __all__ = ["MAX_HUMAN_ROUNDS", "MAX_PENDING_ROUNDS", "Decision", "Runner", "decision_of"]
 
 T = TypeVar("T")
-logger = logging.getLogger("langchain_agent_identity")
 
 #: How many times one invocation may interrupt for a human (LangGraph) before giving up.
 MAX_HUMAN_ROUNDS = 3
@@ -193,21 +191,27 @@ class Runner:
         requirement: ToolRequirement,
         error: BaseException,
     ) -> None:
+        """Log and audit a call refused before it ran, from sync code (on the portal)."""
+        blocking = self.require_blocking(tool)
         kwargs: dict[str, Any] = {
             "tool": tool,
             "arguments": arguments,
             "requirement": requirement,
             "error": error,
         }
-        if self._blocking is None:
-            self._guard_warning(tool, error)
-            return
-        self._blocking.portal.call(_refuse, self._guard, kwargs)
+        blocking.portal.call(_refuse, self._guard, kwargs)
 
-    def _guard_warning(self, tool: str, error: BaseException) -> None:
-        logger.warning(
-            "protected tool %r refused before running: %s: %s", tool, type(error).__name__, error
-        )
+    def require_blocking(self, tool: str) -> BlockingIdentityClient:
+        """The BlockingIdentityClient sync calls run on; a sync call with an async
+        IdentityClient is a developer's mistake, raised before anything else (no result
+        for the model, no token asked for)."""
+        if self._blocking is None:
+            raise ConfigurationError(
+                f"{tool!r} was invoked synchronously, but it was protected with an async "
+                "IdentityClient: use 'await ...ainvoke(...)', or give a BlockingIdentityClient "
+                "(agent_identity.BlockingIdentityClient) for invoke()"
+            )
+        return self._blocking
 
     async def arun(
         self, call: ToolCall, requirement: ToolRequirement, body: Callable[[], Awaitable[T]]
@@ -217,22 +221,15 @@ class Runner:
             return await self._guard.run(call, requirement, body)
         return await _run_on_portal(self._blocking, self._guard, call, requirement, body)
 
-    def run_sync(
-        self, call: ToolCall, requirement: ToolRequirement, body: Callable[[], T]
-    ) -> T:
+    def run_sync(self, call: ToolCall, requirement: ToolRequirement, body: Callable[[], T]) -> T:
         """One guarded run from sync code (a BlockingIdentityClient is needed): the body
         runs in a worker thread inside the guard's context."""
-        if self._blocking is None:
-            raise ConfigurationError(
-                f"{call.tool!r} was invoked synchronously, but it was protected with an async "
-                "IdentityClient: use 'await ...ainvoke(...)', or give a BlockingIdentityClient "
-                "(agent_identity.BlockingIdentityClient) for invoke()"
-            )
+        blocking = self.require_blocking(call.tool)
 
         async def on_portal() -> T:
             return await anyio.to_thread.run_sync(body)
 
-        return self._blocking.portal.call(self._guard.run, call, requirement, on_portal)
+        return blocking.portal.call(self._guard.run, call, requirement, on_portal)
 
     # -- humans -------------------------------------------------------------------------------
 
@@ -312,4 +309,3 @@ def require_langgraph() -> None:
         raise ConfigurationError(
             "interrupt_on_human needs LangGraph: pip install 'langchain-agent-identity[langgraph]'"
         ) from exc
-

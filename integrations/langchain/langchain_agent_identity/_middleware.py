@@ -140,6 +140,7 @@ class IdentityMiddleware(AgentMiddleware):
         if requirement is None:
             return handler(request)
         runner = self._runner
+        runner.require_blocking(call_name(request))
         for attempt in itertools.count():
             call = self._call(request)
             if not isinstance(call, ToolCall):

@@ -293,6 +293,7 @@ class ProtectedTool(BaseTool):
         **kwargs: Any,
     ) -> Any:
         runner = self._runner
+        runner.require_blocking(self.name)
         call_id = kwargs.pop(_CALL_ID, None)
         arguments = self._model_arguments(args, kwargs)
         call = runner.call_for(self.name, arguments, config, call_id)

@@ -384,6 +384,10 @@ async def test_sync_invoke_with_an_async_client_says_what_to_do(dev_idp: DevIdP)
         protected = protect(anything, identity=identity, resource=CALENDAR, scopes="calendar.read")
         with pytest.raises(ConfigurationError, match="BlockingIdentityClient"):
             await anyio.to_thread.run_sync(lambda: protected.invoke({}, config=ALICE))
+        # with nobody to act for too: the developer's mistake is raised, not a result for
+        # the model that says "unknown user" (and that no trail would have recorded)
+        with pytest.raises(ConfigurationError, match="BlockingIdentityClient"):
+            await anyio.to_thread.run_sync(lambda: protected.invoke({}))
 
 
 # -- when a human is needed ----------------------------------------------------------------
