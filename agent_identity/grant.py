@@ -1002,9 +1002,13 @@ class UserGrant:
             await self._context.vault.save(self.key, updated, expected_version=current.version)
 
     async def _forget_dead_grant(self, current: VersionedGrant) -> None:
-        # if it changed meanwhile (a new consent), keep the newer grant
-        with contextlib.suppress(VersionConflict):
+        # if it changed meanwhile (a new consent), keep the newer grant (and its ID token)
+        try:
             await self._context.vault.delete(self.key, expected_version=current.version)
+        except VersionConflict:
+            pass
+        else:
+            await self._forget_id_token()
         self._hot.clear()
 
     async def refresh_after_rejection(self, rejected: AccessToken) -> AccessToken:
@@ -1215,6 +1219,7 @@ class UserGrant:
                 # An unreadable (tampered, replayed) row cannot be revoked at the server,
                 # but the user can still be disconnected here.
                 logger.warning("removing an unreadable grant row without revoking it")
+                await self._forget_id_token()
                 await vault.delete(self.key)
                 self._hot.clear()
                 return
@@ -1222,9 +1227,9 @@ class UserGrant:
                 return
             if revoke:
                 await self._revoke_all(current.record)
+            await self._forget_id_token()  # first: never an ID token without its grant
             await vault.delete(self.key)
             self._hot.clear()
-            await self._forget_id_token()
             await self.audit_event("revocation", scopes_granted=current.record.scopes)
 
     # -- the user's ID token ----------------------------------------------------------------
@@ -1238,16 +1243,22 @@ class UserGrant:
         when it was received and kept sealed in the vault next to the grant. One that
         expires within ``min_ttl`` seconds (wall clock) is replaced by refreshing the grant
         once (OpenID providers issue a new ID token on refresh, OpenID Connect Core §12.2).
-        Raises :class:`~agent_identity.errors.ConsentRequired` (scopes ``openid``) when no
-        usable ID token can be had, and
-        :class:`~agent_identity.errors.ReauthorizationRequired` when the grant is gone:
-        sign the user in again with ``consent(scopes=["openid", ...])``."""
+        Only while the grant it came with is held: a grant removed (disconnected, or found
+        dead at a refresh) takes its ID token along. Raises
+        :class:`~agent_identity.errors.ConsentRequired` (scopes ``openid``) when no usable
+        ID token can be had, and :class:`~agent_identity.errors.ReauthorizationRequired`
+        when the refresh for a new one finds the grant dead: sign the user in again with
+        ``consent(scopes=["openid", ...])``.
+        """
         from pydantic import SecretStr as _Secret
 
-        kept = await self._kept_id_token(min_ttl)
-        if kept is not None:
-            return _Secret(kept)
         current = await self._load(fresh=True)
+        if current is None:
+            await self._forget_id_token()  # left by a grant removed without it
+        else:
+            kept = await self._kept_id_token(min_ttl)
+            if kept is not None:
+                return _Secret(kept)
         if (
             current is not None
             and current.record.refresh_token is not None

@@ -36,6 +36,7 @@ from agent_identity import (
     InsecureURLError,
     InvalidResponse,
     MetadataError,
+    ReauthorizationRequired,
     SSRFBlockedError,
     StepUpLimitExceeded,
     TokenVault,
@@ -730,6 +731,33 @@ async def test_an_unacceptable_id_token_from_a_refresh_is_not_kept(fault: str) -
             await alice.main.id_token(min_ttl=7200)  # refreshed, but the new one is refused
         assert len(world.token_requests(IDP, "refresh_token")) == 1
         assert (await alice.main.id_token()).get_secret_value() == kept.get_secret_value()
+
+
+async def test_the_kept_id_token_goes_with_its_grant() -> None:
+    """A grant found dead at a refresh (invalid_grant: revoked at the IdP) takes its kept
+    ID token along, and so does a grant row removed without it: id_token() no longer
+    hands out the user's ID token as a cross-app subject token."""
+    world = _xaa_world()
+    async with _enterprise(world) as identity:
+        alice = identity.user("alice")
+        await alice.consent(scopes=["openid"])
+        await alice.main.id_token()
+        world.refresh_tokens.clear()  # revoked at the IdP
+        world.id_token_ttl = 4 * 3600
+        with pytest.raises(ReauthorizationRequired):
+            await alice.main.id_token(min_ttl=7200)  # the refresh finds the grant dead
+        assert await identity.vault.load(alice.main.key) is None
+        with pytest.raises(ConsentRequired):
+            await alice.main.id_token()  # not the one kept before
+        stored = await identity.vault.store.get(f"id-token:{alice.main.key.storage_key}")
+        assert stored is None
+
+        await alice.consent(scopes=["openid"])
+        await alice.main.id_token()
+        await identity.vault.delete(alice.main.key)  # removed elsewhere, ID token left
+        with pytest.raises(ConsentRequired):
+            await alice.main.id_token()
+        assert await identity.vault.store.get(f"id-token:{alice.main.key.storage_key}") is None
 
 
 async def test_the_kept_id_token_is_forgotten_on_disconnect() -> None:
