@@ -509,8 +509,6 @@ async def request_approval(
                     client_notification_token=notification_token,
                 )
                 poller = CibaPoller.start(ack, now=clock.monotonic())
-                if on_requested is not None:
-                    await on_requested()
                 pending = _Pending(
                     client_id=server.client_id,
                     issuer=metadata.issuer,
@@ -536,6 +534,10 @@ async def request_approval(
                 version = await vault.put_blob(
                     PENDING_KIND, name, pending.to_bytes(), expected_version=0
                 )
+                if on_requested is not None:
+                    # after the row: a failing audit (strict trail) or a cancellation here
+                    # leaves the request to be continued, never asked a second time
+                    await on_requested()
                 logger.info(
                     "approval requested (%s mode): tenant=%s user=%s tool=%s",
                     mode,

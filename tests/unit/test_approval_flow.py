@@ -29,6 +29,7 @@ from agent_identity import (
     TokenVault,
 )
 from agent_identity.approval import PingReceiver, flow, purge_expired
+from agent_identity.errors import AuditError
 from agent_identity.oauth.ciba import CIBA_GRANT_TYPE
 
 pytestmark = pytest.mark.anyio
@@ -190,9 +191,7 @@ async def test_sec_41_authorization_details_when_the_type_is_supported(clock: Fa
         polls=["token", "token"],
     )
     async with client_for(server, TokenVault.memory(), clock) as identity:
-        await identity.user("alice").approve(
-            action=PAY, scopes="payments.write", resource=PAYMENTS
-        )
+        await identity.user("alice").approve(action=PAY, scopes="payments.write", resource=PAYMENTS)
         # without a resource no details are sent (servers refuse RAR without one)
         await identity.user("alice").approve(action=PAY, scopes="payments.write")
     details = json.loads(server.backchannel[0]["authorization_details"])
@@ -582,3 +581,29 @@ async def test_a_resumed_approval_is_audited_as_requested_once(clock: FakeClock)
     assert len(server.backchannel) == 1
     assert kinds.count("approval.requested") == 1
     assert kinds.count("approval.granted") == 1
+
+
+async def test_a_request_whose_audit_record_fails_is_continued_not_asked_again(
+    clock: FakeClock,
+) -> None:
+    """A strict trail that cannot write ``approval.requested``: the call fails with
+    AuditError, but the request the user's device already shows was kept first, so the
+    next call continues it instead of sending a second prompt."""
+    from agent_identity.audit import AuditEvent, AuditTrail, MemorySink
+
+    class RefusesRequested(MemorySink):
+        async def write(self, events: Any) -> None:
+            if any(isinstance(e, AuditEvent) and e.kind == "approval.requested" for e in events):
+                raise OSError("disk full")
+            await super().write(events)
+
+    vault = TokenVault.memory()
+    server = FakeAS(clock, polls=["token"])
+    trail = AuditTrail(RefusesRequested(), strict=True)
+    async with trail, client_for(server, vault, clock, audit=trail) as identity:
+        with pytest.raises(AuditError):
+            await identity.user("alice").approve(action=PAY, scopes=["payments.write"])
+    async with client_for(server, vault, clock) as identity:
+        approval = await identity.user("alice").approve(action=PAY, scopes=["payments.write"])
+    assert len(server.backchannel) == 1
+    assert approval.use(PAY).value.get_secret_value() == ACCESS_TOKEN
