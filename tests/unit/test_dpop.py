@@ -452,12 +452,23 @@ async def test_sec_36_bearer_tokens_never_travel_with_a_dpop_scheme_or_proof() -
 async def test_sec_23_token_auth_sends_only_under_the_token_resource() -> None:
     from agent_identity import InsecureURLError
 
+    sent: list[httpx2.Request] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        return httpx2.Response(200)
+
     async with httpx2.AsyncClient(
-        transport=httpx2.MockTransport(lambda r: httpx2.Response(200)),
-        auth=TokenAuth(access_token("DPoP", signer())),
+        transport=httpx2.MockTransport(handler), auth=TokenAuth(access_token("DPoP", signer()))
     ) as http:
         with pytest.raises(InsecureURLError):
             await http.get("https://evil.example/v1")
+        assert sent == []  # refused before anything was sent
+        resource = access_token("DPoP", signer()).resource
+        assert resource is not None
+        await http.get(f"{resource}/events")  # under the resource: sent, with the token
+    (allowed,) = sent
+    assert allowed.headers["authorization"].startswith("DPoP ")
 
 
 def test_sec_40_no_key_material_in_reprs() -> None:
