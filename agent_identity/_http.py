@@ -1,4 +1,5 @@
-"""The I/O layer: the only module of agent_identity that imports httpx2.
+"""The I/O layer (with ``_netguard``, ``_guard`` and ``_resource_auth``, the modules that
+import httpx2; ``mcp`` subclasses ``httpx2.Auth`` too).
 
 The sans-IO protocol modules (``agent_identity.oauth``) build :class:`HttpRequest` values
 and parse :class:`HttpResponse` values; :class:`HttpDriver` performs them. Everything the
