@@ -928,20 +928,30 @@ async def test_sec_02_configured_issuer_metadata_pointing_elsewhere_is_vetted() 
     assert "169.254.169.254" not in world.hosts()
 
 
+def _dpop_xaa_world() -> World:
+    """Cross-app access whose MCP authorization server binds tokens (DPoP, ES256)."""
+    world = _xaa_world()
+    world.servers[AS].overrides.update(
+        {"dpop_signing_alg_values_supported": ["ES256"], "dpop_bound_access_tokens": True}
+    )
+    return world
+
+
+def _xaa_auth(identity: IdentityClient) -> Any:
+    clients = {AS: {"client_id": "xaa-client", "client_secret": SECRET}}
+    return identity.user("alice").mcp_auth(
+        MCP, clients=clients, cross_app_access=True, id_token=SecretStr("id-token-1")
+    )
+
+
 async def test_sec_34_36_cross_app_access_tokens_are_dpop_bound_when_the_server_binds() -> None:
     """The MCP server's authorization server announces DPoP-bound tokens: the ID-JAG is
     redeemed with a proof (RFC 7523 grant + RFC 9449), the token comes back bound
     (``token_type`` DPoP) and every MCP request presents it with a fresh proof by the same
     key (``ath`` of the token, ``htm``); a bearer presentation would be refused."""
-    world = _xaa_world()
-    world.servers[AS].overrides.update(
-        {"dpop_signing_alg_values_supported": ["ES256"], "dpop_bound_access_tokens": True}
-    )
-    clients = {AS: {"client_id": "xaa-client", "client_secret": SECRET}}
+    world = _dpop_xaa_world()
     async with _enterprise(world) as identity:
-        auth = identity.user("alice").mcp_auth(
-            MCP, clients=clients, cross_app_access=True, id_token=SecretStr("id-token-1")
-        )
+        auth = _xaa_auth(identity)
         async with auth, wire(auth, world) as http:
             assert (await _call(http)).status_code == 200
             assert (await _call(http)).status_code == 200
@@ -960,15 +970,9 @@ async def test_sec_37_a_second_nonce_refusal_ends_the_mcp_request() -> None:
     listed first): one retry with its nonce, then its answer is returned. The DPoP
     challenge is the one read (not the Bearer one), and the token is fine: no refresh, no
     new discovery, no new token."""
-    world = _xaa_world()
-    world.servers[AS].overrides.update(
-        {"dpop_signing_alg_values_supported": ["ES256"], "dpop_bound_access_tokens": True}
-    )
-    clients = {AS: {"client_id": "xaa-client", "client_secret": SECRET}}
+    world = _dpop_xaa_world()
     async with _enterprise(world) as identity:
-        auth = identity.user("alice").mcp_auth(
-            MCP, clients=clients, cross_app_access=True, id_token=SecretStr("id-token-1")
-        )
+        auth = _xaa_auth(identity)
         async with auth, wire(auth, world) as http:
             assert (await _call(http)).status_code == 200
             before = len(world.requests)
